@@ -1,0 +1,29 @@
+//! modelgate: a tiny, fast, stateless HTTP router for OpenAI-compatible LLM inference.
+//!
+//! Layers (imports point downward only; `tests/layering.rs` enforces it):
+//! - L0 pure: `buf`, `timer`, `config`, `secrets`, `auth`, `scan`, `router`, `h1`, `error`
+//! - L1 transport: `net`
+//! - L2 protocol: `conn`, `upstream`, `admin`
+//! - L3 runtime: `cli`, `server`, `worker` (and `main.rs`)
+//!
+//! See `docs/ARCHITECTURE.md`.
+
+pub mod auth;
+pub mod buf;
+pub mod config;
+pub mod error;
+pub mod h1;
+pub mod router;
+pub mod scan;
+pub mod secrets;
+pub mod timer;
+
+pub mod net;
+
+pub mod admin;
+pub mod conn;
+pub mod upstream;
+
+pub mod cli;
+pub mod server;
+pub mod worker;
