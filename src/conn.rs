@@ -1,1 +1,1473 @@
-//! (in progress)
+//! One client connection's whole life, as one enum of phases ([`Phase`]).
+//!
+//! ```text
+//!   Idle ──first byte──▶ Head ──local endpoint / error──▶ Respond ──▶ Idle | Linger ──▶ closed
+//!                         │
+//!                         ├─ /route/{model}/… ─────────────────────▶ Proxy (body streamed)
+//!                         └─ routed by body ──▶ Body (read + scan) ──▶ Proxy (body buffered)
+//!   Proxy ──response complete──▶ Idle (keep-alive; pipelined bytes parsed at once) | Linger
+//! ```
+//!
+//! A connection moves bytes and drives the pure core (`h1`, `scan`, `router`, `admin`,
+//! `error`); it never touches the `Poll`. When it needs an upstream socket it returns
+//! [`Want::Upstream`] and the worker attaches one; sockets it is done with are left in
+//! `released` (reusable) or `dead` (to close) for the worker to collect.
+
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin;
+use crate::auth;
+use crate::buf::{Block, Pool, BLOCK_SIZE};
+use crate::config::Timeouts;
+use crate::error::{self, ApiError};
+use crate::h1::{
+    self, BodyTracker, Method, Parse, RequestFraming, RequestHead, ResponseFraming,
+    UpstreamRequest, MAX_HEAD_BYTES,
+};
+use crate::net::{Io, Peer};
+use crate::router::{self, Route, Routes, Target};
+use crate::scan::ModelScanner;
+use crate::upstream::Sock;
+
+/// Iterations of one connection's loop per turn before yielding to the others (PITFALLS 1).
+const STEPS_PER_TURN: usize = 32;
+/// How long a closing connection waits for the client's FIN after our last byte.
+const LINGER: Duration = Duration::from_secs(2);
+/// Input discarded while lingering before we stop being polite.
+const LINGER_BYTES: usize = 64 * 1024;
+/// Longest client `X-Request-Id` we forward; longer ones are replaced by a generated id.
+const MAX_REQUEST_ID: usize = 128;
+/// Body blocks queued towards an upstream while the client streams (`/route/`).
+const STREAM_QUEUE: usize = 2;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the worker must do after driving a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Nothing until the next event or deadline.
+    Wait,
+    /// Work is left but the turn's budget is spent: drive again before polling.
+    Yield,
+    /// Attach an upstream socket ([`Conn::upstream_wanted`] says for what), then drive.
+    Upstream,
+    /// Close the connection (and any upstream it holds).
+    Close,
+}
+
+/// Bytes queued for one peer.
+pub enum Chunk {
+    Block(Block),
+    Owned(Vec<u8>),
+    Static(&'static [u8]),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Block(b) => b.filled(),
+            Chunk::Owned(v) => v,
+            Chunk::Static(s) => s,
+        }
+    }
+}
+
+/// A write queue with a cursor. While `retain` is set, written chunks are kept so the whole
+/// request can be sent again on a fresh upstream connection (PITFALLS 15).
+#[derive(Default)]
+pub struct Outbox {
+    chunks: Vec<Chunk>,
+    idx: usize,
+    off: usize,
+    retain: bool,
+}
+
+/// Outcome of flushing an outbox.
+enum Flush {
+    /// Wrote this many bytes (maybe 0: not writable or nothing queued).
+    Wrote(usize),
+    Failed,
+}
+
+impl Outbox {
+    fn push(&mut self, chunk: Chunk) {
+        if !chunk.bytes().is_empty() {
+            self.chunks.push(chunk);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.idx >= self.chunks.len()
+    }
+
+    fn pending(&self) -> usize {
+        self.chunks.len() - self.idx
+    }
+
+    fn rewind(&mut self) {
+        self.idx = 0;
+        self.off = 0;
+    }
+
+    /// Stops keeping written chunks (a response byte arrived: no retry any more).
+    fn release_written(&mut self) {
+        self.retain = false;
+        self.chunks.drain(..self.idx);
+        self.idx = 0;
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.idx < self.chunks.len() {
+            let left = self.chunks[self.idx].bytes().len() - self.off;
+            if n >= left {
+                n -= left;
+                self.idx += 1;
+                self.off = 0;
+            } else {
+                self.off += n;
+                n = 0;
+            }
+        }
+        if !self.retain && self.idx > 0 {
+            self.chunks.drain(..self.idx);
+            self.idx = 0;
+        }
+    }
+
+    /// Writes until empty or `WouldBlock`, several chunks per syscall.
+    fn flush(&mut self, sock: &mut Sock) -> Flush {
+        let mut total = 0;
+        while !self.is_empty() && sock.writable {
+            let mut slices = [IoSlice::new(&[]); 16];
+            let mut count = 0;
+            for (i, chunk) in self.chunks[self.idx..].iter().take(16).enumerate() {
+                let bytes = chunk.bytes();
+                slices[i] = IoSlice::new(if i == 0 { &bytes[self.off..] } else { bytes });
+                count += 1;
+            }
+            match sock.stream.write_vectored(&slices[..count]) {
+                Io::Done(n) => {
+                    total += n;
+                    self.advance(n);
+                }
+                Io::WouldBlock => sock.writable = false,
+                Io::Eof | Io::Failed(_) => return Flush::Failed,
+            }
+        }
+        Flush::Wrote(total)
+    }
+}
+
+/// Counts a proxied request against `maxConcurrentRequests` until dropped.
+pub struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    /// A slot, or None when `cap` (non-zero) requests are already in flight.
+    pub fn acquire(counter: &Arc<AtomicU64>, cap: u64) -> Option<InFlight> {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        if cap > 0 && before >= cap {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(Arc::clone(counter)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Generates request ids: a per-worker random prefix and a counter, as 32 hex digits.
+pub struct RequestIds {
+    prefix: u64,
+    counter: u64,
+}
+
+impl RequestIds {
+    pub fn new(seed: u64) -> RequestIds {
+        RequestIds {
+            prefix: seed,
+            counter: 0,
+        }
+    }
+
+    fn next(&mut self) -> RequestId {
+        self.counter = self.counter.wrapping_add(1);
+        let mut id = RequestId {
+            bytes: [0; MAX_REQUEST_ID],
+            len: 32,
+        };
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, word) in [self.prefix, self.counter].iter().enumerate() {
+            for j in 0..16 {
+                id.bytes[i * 16 + j] = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        id
+    }
+}
+
+/// The request id sent upstream and back to the client.
+#[derive(Clone, Copy)]
+struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID],
+    len: usize,
+}
+
+impl RequestId {
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The client's id when it is short printable ASCII, else a generated one.
+    fn choose(raw: &[u8], head: &RequestHead, ids: &mut RequestIds) -> RequestId {
+        if let Some(value) = head.request_id.clone().and_then(|r| raw.get(r)) {
+            if !value.is_empty()
+                && value.len() <= MAX_REQUEST_ID
+                && value.iter().all(|b| b.is_ascii_graphic())
+            {
+                let mut id = RequestId {
+                    bytes: [0; MAX_REQUEST_ID],
+                    len: value.len(),
+                };
+                id.bytes[..value.len()].copy_from_slice(value);
+                return id;
+            }
+        }
+        ids.next()
+    }
+}
+
+/// What a connection may use from its worker while being driven.
+pub struct Ctx<'a> {
+    pub now: Instant,
+    pub pool: &'a Pool,
+    /// The current routing table (a request keeps the one it started with).
+    pub routes: &'a Arc<Routes>,
+    pub in_flight: &'a Arc<AtomicU64>,
+    pub ids: &'a mut RequestIds,
+    /// Reused buffer for writing heads.
+    pub scratch: &'a mut Vec<u8>,
+}
+
+/// The phases of a client connection.
+enum Phase {
+    /// Between requests; holds no buffer unless pipelined bytes are waiting.
+    Idle,
+    /// Reading a request head; the deadline is absolute from `started` (slowloris).
+    Head { started: Instant, scanned: usize },
+    /// Reading and scanning a body before it can be routed.
+    Body(Box<BodyRead>),
+    /// Exchanging with an upstream.
+    Proxy(Box<Exchange>),
+    /// Writing a locally made response; then the next request, or close.
+    Respond { close: bool },
+    /// Our last byte is out and FIN sent; discarding input until the client's FIN, so
+    /// unread input does not turn our close into a reset that eats the response.
+    Linger { until: Instant, discarded: usize },
+    /// Finished; the worker removes it.
+    Closed,
+}
+
+/// A body being buffered and scanned for `model`.
+struct BodyRead {
+    head: RequestHead,
+    /// The raw head at `[0, head_len)`, then bytes read with it.
+    head_block: Block,
+    /// Body bytes after the head that were read with it.
+    initial: usize,
+    body: Vec<Block>,
+    tracker: BodyTracker,
+    scanner: ModelScanner,
+    payload: u64,
+    routes: Arc<Routes>,
+    request_id: RequestId,
+}
+
+/// Where the response is.
+enum Resp {
+    Head,
+    Body {
+        tracker: BodyTracker,
+        keep_alive: bool,
+    },
+    Done {
+        keep_alive: bool,
+    },
+}
+
+/// Why the upstream side failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    /// EOF, reset or a failed write before a complete response head.
+    Broken,
+    Timeout,
+    /// The response head was not HTTP we can forward.
+    BadResponse,
+}
+
+/// One request/response exchange with an upstream.
+struct Exchange {
+    route: Arc<Route>,
+    method: Method,
+    client_keep_alive: bool,
+    to_upstream: Outbox,
+    /// The request body still streaming from the client (`/route/` requests).
+    req_body: Option<BodyTracker>,
+    req_payload: u64,
+    max_body: u64,
+    resp: Resp,
+    resp_buf: Option<Block>,
+    /// Any byte came from the upstream: no retry from here on.
+    upstream_spoke: bool,
+    /// The client got the response head: errors can only truncate now.
+    head_sent: bool,
+    client_close: bool,
+    /// The upstream died mid-body: close the client after what we have.
+    truncated: bool,
+    client_has_pending: bool,
+    connecting: bool,
+    reused: bool,
+    retried: bool,
+    fresh_only: bool,
+    addr_attempt: usize,
+    connect_started: Instant,
+    request_sent: Option<Instant>,
+    request_id: RequestId,
+    _slot: InFlight,
+}
+
+impl Exchange {
+    fn response_done(&self) -> bool {
+        matches!(self.resp, Resp::Done { .. })
+    }
+}
+
+/// One client connection.
+pub struct Conn {
+    pub client: Sock,
+    pub peer: Peer,
+    pub upstream: Option<Sock>,
+    /// A reusable upstream connection to park in the pool.
+    pub released: Option<(Arc<str>, Sock)>,
+    /// Upstream sockets to close.
+    pub dead: Vec<Sock>,
+    /// Earliest deadline already in the worker's timer heap (lazy timers).
+    pub timer_at: Option<Instant>,
+    /// Tells timer entries of a previous connection in the same slot apart.
+    pub generation: u64,
+    /// Finish the current exchange, then close (graceful shutdown).
+    pub draining: bool,
+    phase: Phase,
+    inbuf: Option<Block>,
+    to_client: Outbox,
+    last_activity: Instant,
+}
+
+enum Flow {
+    Again,
+    Wait,
+    Yield,
+    Upstream,
+    Close,
+}
+
+impl Conn {
+    pub fn new(client: Sock, peer: Peer, generation: u64, now: Instant) -> Conn {
+        Conn {
+            client,
+            peer,
+            upstream: None,
+            released: None,
+            dead: Vec::new(),
+            timer_at: None,
+            generation,
+            draining: false,
+            phase: Phase::Head {
+                started: now,
+                scanned: 0,
+            },
+            inbuf: None,
+            to_client: Outbox::default(),
+            last_activity: now,
+        }
+    }
+
+    /// Idle between requests with nothing buffered: safe to close at shutdown.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Idle) && self.inbuf.as_ref().is_none_or(|b| b.is_empty())
+            || matches!(self.phase, Phase::Head { .. }) && self.inbuf.is_none()
+    }
+
+    /// The route, attempt and whether a pooled connection may be used, when the connection
+    /// waits for an upstream socket.
+    pub fn upstream_wanted(&self) -> Option<(&Arc<Route>, usize, bool)> {
+        match &self.phase {
+            Phase::Proxy(ex) if self.upstream.is_none() => {
+                Some((&ex.route, ex.addr_attempt, ex.fresh_only))
+            }
+            _ => None,
+        }
+    }
+
+    /// Hands the connection its upstream socket (`reused` from the pool, else connecting).
+    pub fn attach_upstream(&mut self, sock: Sock, reused: bool, now: Instant) {
+        if let Phase::Proxy(ex) = &mut self.phase {
+            ex.reused = reused;
+            ex.connecting = !reused;
+            ex.connect_started = now;
+            if reused {
+                sock.stream.set_nodelay();
+            }
+        }
+        self.upstream = Some(sock);
+    }
+
+    /// The worker could not even start a connect.
+    pub fn connect_failed(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        let flow = self.with_exchange(|conn, ex| conn.upstream_failed(ex, Failure::Connect, ctx));
+        self.finish_turn(flow)
+    }
+
+    /// Drives the connection as far as readiness allows.
+    pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        for _ in 0..STEPS_PER_TURN {
+            let flow = match self.phase {
+                Phase::Idle | Phase::Head { .. } => self.read_head(ctx),
+                Phase::Body(_) => self.read_body(ctx),
+                Phase::Proxy(_) => self.with_exchange(|conn, ex| conn.pump(ex, ctx)),
+                Phase::Respond { close } => self.respond(close, ctx),
+                Phase::Linger { .. } => self.linger(ctx),
+                Phase::Closed => Flow::Close,
+            };
+            match flow {
+                Flow::Again => continue,
+                other => return self.finish_turn(other),
+            }
+        }
+        Want::Yield
+    }
+
+    /// A deadline passed: decide what it means in the current phase.
+    pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        let flow = match &self.phase {
+            Phase::Idle | Phase::Linger { .. } | Phase::Closed | Phase::Respond { .. } => {
+                Flow::Close
+            }
+            Phase::Head { .. } => {
+                if self.inbuf.as_ref().is_some_and(|b| !b.is_empty()) {
+                    self.reject(ApiError::RequestTimeout, true)
+                } else {
+                    Flow::Close
+                }
+            }
+            Phase::Body(_) => self.reject(ApiError::RequestTimeout, true),
+            Phase::Proxy(_) => self.with_exchange(|conn, ex| {
+                if ex.head_sent {
+                    // Idle mid-stream: the only honest signal left is a close.
+                    Flow::Close
+                } else {
+                    conn.upstream_failed(ex, Failure::Timeout, ctx)
+                }
+            }),
+        };
+        match flow {
+            Flow::Again => self.drive(ctx),
+            other => self.finish_turn(other),
+        }
+    }
+
+    /// When this connection next needs attention if no event comes.
+    pub fn deadline(&self, t: &Timeouts) -> Instant {
+        match &self.phase {
+            Phase::Idle => self.last_activity + t.keep_alive,
+            Phase::Head { started, .. } => *started + t.header,
+            Phase::Body(_) | Phase::Respond { .. } | Phase::Closed => self.last_activity + t.idle,
+            Phase::Linger { until, .. } => *until,
+            Phase::Proxy(ex) => {
+                if ex.connecting {
+                    ex.connect_started + t.connect
+                } else {
+                    let idle = self.last_activity + t.idle;
+                    match (&ex.resp, t.first_byte, ex.request_sent) {
+                        (Resp::Head, Some(limit), Some(sent)) => idle.min(sent + limit),
+                        _ => idle,
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_turn(&mut self, flow: Flow) -> Want {
+        match flow {
+            Flow::Again | Flow::Yield => Want::Yield,
+            Flow::Wait => Want::Wait,
+            Flow::Upstream => Want::Upstream,
+            Flow::Close => {
+                self.phase = Phase::Closed;
+                if let Some(up) = self.upstream.take() {
+                    self.dead.push(up);
+                }
+                Want::Close
+            }
+        }
+    }
+
+    /// Runs `f` with the exchange taken out of the phase (so `f` may borrow `self`).
+    fn with_exchange(&mut self, f: impl FnOnce(&mut Conn, &mut Exchange) -> Flow) -> Flow {
+        let Phase::Proxy(mut ex) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return Flow::Close;
+        };
+        let flow = f(self, &mut ex);
+        if matches!(self.phase, Phase::Closed) && !matches!(flow, Flow::Close) {
+            self.phase = Phase::Proxy(ex);
+        }
+        flow
+    }
+
+    // ----- reading a request head -------------------------------------------------------
+
+    fn read_head(&mut self, ctx: &mut Ctx<'_>) -> Flow {
+        loop {
+            if let Some(buf) = self.inbuf.as_ref().filter(|b| !b.is_empty()) {
+                let (started, scanned) = match self.phase {
+                    Phase::Head { started, scanned } => (started, scanned),
+                    _ => (ctx.now, 0),
+                };
+                let bytes = buf.filled();
+                if h1::head_end(bytes, scanned).is_some() {
+                    match h1::parse_request(bytes) {
+                        Ok(Parse::Complete(head)) => return self.start_request(head, ctx),
+                        Ok(Parse::Partial) => {}
+                        Err(e) => return self.reject(ApiError::from(e), true),
+                    }
+                }
+                if bytes.len() > MAX_HEAD_BYTES {
+                    return self.reject(ApiError::HeadTooLarge, true);
+                }
+                self.phase = Phase::Head {
+                    started,
+                    scanned: bytes.len(),
+                };
+            }
+            if !self.client.readable {
+                if self.inbuf.as_ref().is_some_and(|b| b.is_empty()) {
+                    self.inbuf = None;
+                }
+                return Flow::Wait;
+            }
+            if self.inbuf.is_none() {
+                match ctx.pool.take() {
+                    Some(block) => self.inbuf = Some(block),
+                    None => return self.reject(ApiError::Overloaded, true),
+                }
+            }
+            let Some(buf) = self.inbuf.as_mut() else {
+                return Flow::Close;
+            };
+            if buf.spare().is_empty() && !buf.grow(MAX_HEAD_BYTES + 1) {
+                return self.reject(ApiError::Overloaded, true);
+            }
+            match self.client.stream.read(buf.spare()) {
+                Io::Done(n) => {
+                    buf.commit(n);
+                    self.last_activity = ctx.now;
+                }
+                Io::WouldBlock => self.client.readable = false,
+                Io::Eof | Io::Failed(_) => return Flow::Close,
+            }
+        }
+    }
+
+    /// A complete head: authenticate, answer locally, or start a proxied exchange.
+    fn start_request(&mut self, head: RequestHead, ctx: &mut Ctx<'_>) -> Flow {
+        let routes = Arc::clone(ctx.routes);
+        let Some(buf) = self.inbuf.as_ref() else {
+            return Flow::Close;
+        };
+        let raw = buf.filled();
+        let has_body = head.framing != RequestFraming::Empty;
+        // Errors before the body is read leave it on the wire: close (PITFALLS 12).
+        let close_on_error = has_body || !head.keep_alive;
+        let target = raw.get(head.target.clone()).unwrap_or(b"/");
+        let decision = match router::classify(target) {
+            Target::Health => Decision::Local(Local::Health),
+            Target::ListModels => Decision::Local(Local::List),
+            Target::GetModel(id) => Decision::Local(Local::Get(id)),
+            Target::BadEncoding => {
+                Decision::Reject(ApiError::BadRequest("invalid percent-encoding in the path"))
+            }
+            Target::ByPath { model, forward } => {
+                let mut path = Vec::with_capacity(forward.rest.len() + forward.query.len() + 1);
+                forward.write_to(&mut path);
+                Decision::ByPath(model, path)
+            }
+            Target::ByBody => Decision::ByBody,
+        };
+        let needs_auth =
+            !routes.auth_tokens.is_empty() && !matches!(decision, Decision::Local(Local::Health));
+        if needs_auth {
+            let presented = head
+                .authorization
+                .clone()
+                .and_then(|r| raw.get(r))
+                .and_then(auth::bearer_token);
+            let ok = presented.is_some_and(|t| auth::token_matches(t, &routes.auth_tokens));
+            if !ok {
+                return self.reject(ApiError::InvalidApiKey, close_on_error);
+            }
+        }
+        match decision {
+            Decision::Reject(err) => self.reject(err, close_on_error),
+            Decision::Local(local) => {
+                if !admin::method_allowed(head.method) {
+                    return self.reject(ApiError::MethodNotAllowed, close_on_error);
+                }
+                let body = match local {
+                    Local::Health => Ok(admin::health(&routes)),
+                    Local::List => Ok(admin::list_models(&routes)),
+                    Local::Get(id) => admin::get_model(&routes, &id),
+                };
+                match body {
+                    Ok(body) => {
+                        let mut out = Vec::with_capacity(body.len() + 160);
+                        error::write_json_response(
+                            200,
+                            &body,
+                            close_on_error,
+                            head.method == Method::Head,
+                            &mut out,
+                        );
+                        self.consume_head(head.head_len);
+                        self.to_client.push(Chunk::Owned(out));
+                        self.phase = Phase::Respond {
+                            close: close_on_error,
+                        };
+                        Flow::Again
+                    }
+                    Err(err) => self.reject(err, close_on_error),
+                }
+            }
+            Decision::ByPath(model, path) => {
+                self.start_path_route(head, &model, &path, routes, ctx)
+            }
+            Decision::ByBody => self.start_body(head, routes, ctx),
+        }
+    }
+
+    fn consume_head(&mut self, head_len: usize) {
+        if let Some(buf) = self.inbuf.as_mut() {
+            buf.consume(head_len);
+        }
+    }
+
+    /// `/route/{model}/…`: the route is known from the path, so the body streams through.
+    fn start_path_route(
+        &mut self,
+        head: RequestHead,
+        model: &str,
+        path: &[u8],
+        routes: Arc<Routes>,
+        ctx: &mut Ctx<'_>,
+    ) -> Flow {
+        let close_on_error = head.framing != RequestFraming::Empty || !head.keep_alive;
+        let Some(route) = routes.get(model).cloned() else {
+            return self.reject(ApiError::ModelNotFound(model.to_owned()), close_on_error);
+        };
+        if let RequestFraming::Length(n) = head.framing {
+            if routes.max_body_bytes > 0 && n > routes.max_body_bytes {
+                return self.reject(ApiError::BodyTooLarge, true);
+            }
+        }
+        let Some(slot) = InFlight::acquire(ctx.in_flight, routes.max_concurrent_requests) else {
+            return self.reject(ApiError::Overloaded, close_on_error);
+        };
+        let Some(buf) = self.inbuf.as_ref() else {
+            return Flow::Close;
+        };
+        let request_id = RequestId::choose(buf.filled(), &head, ctx.ids);
+        let head_chunk = build_upstream_head(
+            buf.filled(),
+            &head,
+            &route,
+            path,
+            self.peer,
+            request_id.get(),
+            !routes.auth_tokens.is_empty(),
+            ctx,
+        );
+        if head.expect_continue {
+            self.to_client.push(Chunk::Static(CONTINUE));
+        }
+        self.consume_head(head.head_len);
+        let streaming = head.framing != RequestFraming::Empty;
+        let mut to_upstream = Outbox {
+            retain: !streaming,
+            ..Outbox::default()
+        };
+        to_upstream.push(head_chunk);
+        self.phase = Phase::Proxy(Box::new(Exchange::new(
+            route,
+            &head,
+            to_upstream,
+            streaming.then(|| BodyTracker::for_request(head.framing)),
+            routes.max_body_bytes,
+            request_id,
+            slot,
+            ctx.now,
+        )));
+        Flow::Upstream
+    }
+
+    /// Routed by body: check what can be checked from the head, then read the body.
+    fn start_body(&mut self, head: RequestHead, routes: Arc<Routes>, ctx: &mut Ctx<'_>) -> Flow {
+        let close_on_error = head.framing != RequestFraming::Empty || !head.keep_alive;
+        if head.content_encoded {
+            return self.reject(ApiError::UnsupportedMediaType, close_on_error);
+        }
+        match head.framing {
+            RequestFraming::Empty => {
+                self.consume_head(head.head_len);
+                return self.reject(
+                    ApiError::Scan(crate::scan::ScanError::InvalidJson {
+                        offset: 0,
+                        reason: "empty body",
+                    }),
+                    !head.keep_alive,
+                );
+            }
+            RequestFraming::Length(n) if routes.max_body_bytes > 0 && n > routes.max_body_bytes => {
+                return self.reject(ApiError::BodyTooLarge, true);
+            }
+            _ => {}
+        }
+        if head.expect_continue {
+            self.to_client.push(Chunk::Static(CONTINUE));
+        }
+        let Some(head_block) = self.inbuf.take() else {
+            return Flow::Close;
+        };
+        let request_id = RequestId::choose(head_block.filled(), &head, ctx.ids);
+        let mut body = Box::new(BodyRead {
+            tracker: BodyTracker::for_request(head.framing),
+            head,
+            head_block,
+            initial: 0,
+            body: Vec::new(),
+            scanner: ModelScanner::new(),
+            payload: 0,
+            routes,
+            request_id,
+        });
+        // Body bytes that came with the head: observe them, then copy them into body blocks.
+        let start = body.head.head_len;
+        let bytes = body.head_block.filled().get(start..).unwrap_or(&[]);
+        let (consumed, result) = observe_body(
+            &mut body.tracker,
+            &mut body.scanner,
+            &mut body.payload,
+            body.routes.max_body_bytes,
+            bytes,
+        );
+        let mut copied = 0;
+        while copied < consumed {
+            let Some(mut block) = ctx.pool.take() else {
+                return self.reject(ApiError::Overloaded, true);
+            };
+            copied += block.extend(&bytes[copied..consumed]);
+            body.body.push(block);
+        }
+        body.initial = consumed;
+        if let Err(err) = result {
+            return self.reject(err, true);
+        }
+        self.phase = Phase::Body(body);
+        Flow::Again
+    }
+
+    // ----- reading a body to route it ---------------------------------------------------
+
+    fn read_body(&mut self, ctx: &mut Ctx<'_>) -> Flow {
+        if let Flush::Failed = self.to_client.flush(&mut self.client) {
+            return Flow::Close;
+        }
+        let Phase::Body(body) = &mut self.phase else {
+            return Flow::Close;
+        };
+        loop {
+            if body.tracker.is_done() {
+                return self.finish_body(&[], ctx);
+            }
+            if !self.client.readable {
+                return Flow::Wait;
+            }
+            if body.body.last_mut().is_none_or(|b| b.spare().is_empty()) {
+                match ctx.pool.take() {
+                    Some(block) => body.body.push(block),
+                    None => return self.reject(ApiError::Overloaded, true),
+                }
+            }
+            let Some(block) = body.body.last_mut() else {
+                return Flow::Close;
+            };
+            match self.client.stream.read(block.spare()) {
+                Io::Done(n) => {
+                    self.last_activity = ctx.now;
+                    block.commit(n);
+                    let start = block.len() - n;
+                    let (consumed, result) = observe_body(
+                        &mut body.tracker,
+                        &mut body.scanner,
+                        &mut body.payload,
+                        body.routes.max_body_bytes,
+                        &block.filled()[start..],
+                    );
+                    if let Err(err) = result {
+                        return self.reject(err, true);
+                    }
+                    if consumed < n {
+                        // The next pipelined request began in this read.
+                        let overshoot = block.filled()[start + consumed..].to_vec();
+                        block.truncate(start + consumed);
+                        return self.finish_body(&overshoot, ctx);
+                    }
+                }
+                Io::WouldBlock => {
+                    self.client.readable = false;
+                    return Flow::Wait;
+                }
+                // A truncated request: nothing sensible to answer.
+                Io::Eof | Io::Failed(_) => return Flow::Close,
+            }
+        }
+    }
+
+    /// The whole body is here: route it by its model.
+    fn finish_body(&mut self, overshoot: &[u8], ctx: &mut Ctx<'_>) -> Flow {
+        let Phase::Body(mut body) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return Flow::Close;
+        };
+        let keep_alive = body.head.keep_alive;
+        let routed = match body.scanner.finish() {
+            Ok(model) => match body.routes.get(model) {
+                Some(route) => Ok(Arc::clone(route)),
+                None => Err(ApiError::ModelNotFound(model.to_owned())),
+            },
+            Err(e) => Err(ApiError::from(e)),
+        };
+        let slot = routed.and_then(|route| {
+            InFlight::acquire(ctx.in_flight, body.routes.max_concurrent_requests)
+                .map(|slot| (route, slot))
+                .ok_or(ApiError::Overloaded)
+        });
+        let prepared = slot.map(|(route, slot)| {
+            let raw = body.head_block.filled();
+            let target = raw.get(body.head.target.clone()).unwrap_or(b"/");
+            let head_chunk = build_upstream_head(
+                raw,
+                &body.head,
+                &route,
+                target,
+                self.peer,
+                body.request_id.get(),
+                !body.routes.auth_tokens.is_empty(),
+                ctx,
+            );
+            (route, slot, head_chunk)
+        });
+        // What follows the body is the next request: it becomes the read buffer again.
+        let mut rest = body.head_block;
+        rest.consume(body.head.head_len + body.initial);
+        rest.extend(overshoot);
+        self.inbuf = Some(rest);
+        match prepared {
+            Err(err) => self.reject(err, !keep_alive),
+            Ok((route, slot, head_chunk)) => {
+                let mut to_upstream = Outbox {
+                    retain: true,
+                    ..Outbox::default()
+                };
+                to_upstream.push(head_chunk);
+                for block in body.body.drain(..) {
+                    to_upstream.push(Chunk::Block(block));
+                }
+                self.phase = Phase::Proxy(Box::new(Exchange::new(
+                    route,
+                    &body.head,
+                    to_upstream,
+                    None,
+                    body.routes.max_body_bytes,
+                    body.request_id,
+                    slot,
+                    ctx.now,
+                )));
+                Flow::Upstream
+            }
+        }
+    }
+
+    // ----- the exchange -----------------------------------------------------------------
+
+    /// Moves bytes both ways until nothing is ready.
+    fn pump(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
+        for _ in 0..STEPS_PER_TURN {
+            let mut progress = false;
+            let Some(up) = self.upstream.as_mut() else {
+                return Flow::Upstream;
+            };
+            if ex.connecting {
+                if !up.writable && !up.readable {
+                    return Flow::Wait;
+                }
+                match up.stream.connect_result() {
+                    Ok(true) => {
+                        ex.connecting = false;
+                        up.stream.set_nodelay();
+                        progress = true;
+                    }
+                    Ok(false) => {
+                        up.writable = false;
+                        up.readable = false;
+                        return Flow::Wait;
+                    }
+                    Err(_) => return self.upstream_failed(ex, Failure::Connect, ctx),
+                }
+            }
+            // Request bytes to the upstream.
+            if !ex.to_upstream.is_empty() {
+                match ex.to_upstream.flush(up) {
+                    Flush::Failed => return self.upstream_failed(ex, Failure::Broken, ctx),
+                    Flush::Wrote(n) => {
+                        if n > 0 {
+                            progress = true;
+                            self.last_activity = ctx.now;
+                        }
+                    }
+                }
+                if ex.to_upstream.is_empty() && ex.req_body.is_none() && ex.request_sent.is_none() {
+                    ex.request_sent = Some(ctx.now);
+                }
+            }
+            // A streamed request body from the client.
+            if ex.req_body.is_some() && ex.to_upstream.pending() < STREAM_QUEUE {
+                match self.stream_request_body(ex, ctx) {
+                    Ok(moved) => progress |= moved,
+                    Err(flow) => return flow,
+                }
+            }
+            // Response bytes from the upstream, only when the client took the last ones.
+            if !ex.response_done() && self.to_client.is_empty() && !ex.truncated {
+                match self.read_upstream(ex, ctx) {
+                    Ok(moved) => progress |= moved,
+                    Err(flow) => return flow,
+                }
+            }
+            if !self.to_client.is_empty() {
+                match self.to_client.flush(&mut self.client) {
+                    Flush::Failed => return Flow::Close,
+                    Flush::Wrote(n) => {
+                        if n > 0 {
+                            progress = true;
+                            self.last_activity = ctx.now;
+                        }
+                    }
+                }
+            }
+            if ex.truncated && self.to_client.is_empty() {
+                // Never complete the framing of a stream the upstream cut short.
+                return Flow::Close;
+            }
+            // Notice a client that leaves mid-response (SPEC §10: it went away).
+            if ex.req_body.is_none()
+                && !ex.client_has_pending
+                && self.client.readable
+                && self.inbuf.as_ref().is_none_or(|b| b.is_empty())
+            {
+                match self.client.stream.peek() {
+                    Io::Done(_) => ex.client_has_pending = true,
+                    Io::WouldBlock => self.client.readable = false,
+                    Io::Eof | Io::Failed(_) => return Flow::Close,
+                }
+            }
+            if ex.response_done() && self.to_client.is_empty() {
+                return self.finish_exchange(ex, ctx);
+            }
+            if !progress {
+                return Flow::Wait;
+            }
+        }
+        Flow::Yield
+    }
+
+    /// Reads request body bytes from the client (buffered leftovers first) and queues them.
+    fn stream_request_body(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Result<bool, Flow> {
+        let Some(tracker) = ex.req_body.as_mut() else {
+            return Ok(false);
+        };
+        let mut block = match self.inbuf.take().filter(|b| !b.is_empty()) {
+            Some(block) => block,
+            None => {
+                if !self.client.readable {
+                    return Ok(false);
+                }
+                let Some(mut block) = ctx.pool.take() else {
+                    return Ok(false);
+                };
+                match self.client.stream.read(block.spare()) {
+                    Io::Done(n) => {
+                        block.commit(n);
+                        self.last_activity = ctx.now;
+                    }
+                    Io::WouldBlock => {
+                        self.client.readable = false;
+                        return Ok(false);
+                    }
+                    Io::Eof | Io::Failed(_) => return Err(Flow::Close),
+                }
+                block
+            }
+        };
+        let mut payload = 0u64;
+        let consumed = match tracker.feed(block.filled(), &mut |d| payload += d.len() as u64) {
+            Ok(n) => n,
+            // The upstream already has part of the body: closing is the only safe answer.
+            Err(_) => return Err(Flow::Close),
+        };
+        ex.req_payload += payload;
+        if ex.max_body > 0 && ex.req_payload > ex.max_body {
+            return Err(Flow::Close);
+        }
+        if consumed < block.len() {
+            let rest = block.filled()[consumed..].to_vec();
+            block.truncate(consumed);
+            if let Some(mut next) = ctx.pool.take() {
+                next.extend(&rest);
+                self.inbuf = Some(next);
+            }
+        }
+        if tracker.is_done() {
+            ex.req_body = None;
+        }
+        ex.to_upstream.push(Chunk::Block(block));
+        Ok(true)
+    }
+
+    /// One read from the upstream: the response head, or body bytes for the client.
+    fn read_upstream(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Result<bool, Flow> {
+        let Some(up) = self.upstream.as_mut() else {
+            return Ok(false);
+        };
+        if !up.readable {
+            return Ok(false);
+        }
+        let mut block = match ex.resp_buf.take() {
+            Some(block) => block,
+            None => match ctx.pool.take() {
+                Some(block) => block,
+                // Wait for the pool: the upstream is paused meanwhile.
+                None => return Ok(false),
+            },
+        };
+        if block.spare().is_empty() && !block.grow(MAX_HEAD_BYTES + 1) {
+            return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
+        }
+        match up.stream.read(block.spare()) {
+            Io::Done(n) => {
+                block.commit(n);
+                self.last_activity = ctx.now;
+                if !ex.upstream_spoke {
+                    ex.upstream_spoke = true;
+                    ex.to_upstream.release_written();
+                }
+                match &mut ex.resp {
+                    Resp::Head => {
+                        ex.resp_buf = Some(block);
+                        self.parse_response(ex, ctx).map(|()| true)
+                    }
+                    Resp::Body {
+                        tracker,
+                        keep_alive,
+                    } => {
+                        let start = block.len() - n;
+                        let consumed = tracker
+                            .feed(&block.filled()[start..], &mut |_| {})
+                            .unwrap_or(usize::MAX);
+                        if consumed == usize::MAX {
+                            // Invalid chunking from the upstream: cut the stream.
+                            block.truncate(start);
+                            self.to_client.push(Chunk::Block(block));
+                            ex.truncated = true;
+                            return Ok(true);
+                        }
+                        if consumed < n {
+                            *keep_alive = false;
+                            block.truncate(start + consumed);
+                        }
+                        if tracker.is_done() {
+                            ex.resp = Resp::Done {
+                                keep_alive: *keep_alive,
+                            };
+                        }
+                        self.to_client.push(Chunk::Block(block));
+                        Ok(true)
+                    }
+                    Resp::Done { .. } => Ok(false),
+                }
+            }
+            Io::WouldBlock => {
+                up.readable = false;
+                if matches!(ex.resp, Resp::Head) && !block.is_empty() {
+                    ex.resp_buf = Some(block);
+                }
+                Ok(false)
+            }
+            Io::Eof | Io::Failed(_) => {
+                if let Resp::Body { tracker, .. } = &ex.resp {
+                    if matches!(tracker, BodyTracker::UntilClose) {
+                        ex.resp = Resp::Done { keep_alive: false };
+                        ex.client_close = true;
+                        return Ok(true);
+                    }
+                    ex.truncated = true;
+                    return Ok(true);
+                }
+                Err(self.upstream_failed(ex, Failure::Broken, ctx))
+            }
+        }
+    }
+
+    /// Parses the response head in `ex.resp_buf`, forwarding 1xx, and queues the final head.
+    fn parse_response(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Result<(), Flow> {
+        loop {
+            let Some(buf) = ex.resp_buf.as_mut() else {
+                return Ok(());
+            };
+            let head = match h1::parse_response(buf.filled(), ex.method) {
+                Ok(Parse::Complete(head)) => head,
+                Ok(Parse::Partial) => {
+                    if buf.len() > MAX_HEAD_BYTES {
+                        return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
+                    }
+                    return Ok(());
+                }
+                Err(_) => return Err(self.upstream_failed(ex, Failure::BadResponse, ctx)),
+            };
+            if head.is_informational() {
+                // 1xx passes through; the final response follows (PITFALLS 10).
+                self.to_client
+                    .push(Chunk::Owned(buf.filled()[..head.head_len].to_vec()));
+                buf.consume(head.head_len);
+                continue;
+            }
+            if head.status == 101 {
+                return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
+            }
+            ex.client_close = !ex.client_keep_alive
+                || head.framing == ResponseFraming::UntilClose
+                || ex.req_body.is_some()
+                || self.draining;
+            ctx.scratch.clear();
+            h1::write_client_response_head(
+                buf.filled(),
+                &head,
+                ex.request_id.get(),
+                ex.client_close,
+                ctx.scratch,
+            );
+            self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
+            ex.head_sent = true;
+            buf.consume(head.head_len);
+            let mut tracker = BodyTracker::for_response(head.framing);
+            let mut keep_alive = head.keep_alive;
+            let available = buf.len();
+            match tracker.feed(buf.filled(), &mut |_| {}) {
+                Ok(consumed) => {
+                    if consumed < available {
+                        keep_alive = false;
+                        buf.truncate(consumed);
+                    }
+                }
+                Err(_) => {
+                    buf.clear();
+                    ex.truncated = true;
+                }
+            }
+            if let Some(block) = ex.resp_buf.take() {
+                self.to_client.push(Chunk::Block(block));
+            }
+            ex.resp = if tracker.is_done() {
+                Resp::Done { keep_alive }
+            } else {
+                Resp::Body {
+                    tracker,
+                    keep_alive,
+                }
+            };
+            return Ok(());
+        }
+    }
+
+    /// The upstream failed: retry, answer 502/504, or cut the client off.
+    fn upstream_failed(&mut self, ex: &mut Exchange, failure: Failure, ctx: &mut Ctx<'_>) -> Flow {
+        if let Some(up) = self.upstream.take() {
+            self.dead.push(up);
+        }
+        ex.connecting = false;
+        if ex.head_sent {
+            ex.truncated = true;
+            return Flow::Again.or_close_if(self.to_client.is_empty());
+        }
+        if !ex.upstream_spoke {
+            if failure == Failure::Connect && ex.addr_attempt + 1 < ex.route.addrs.len() {
+                ex.addr_attempt += 1;
+                ex.to_upstream.rewind();
+                return Flow::Upstream;
+            }
+            let retryable = ex.reused && !ex.retried && ex.to_upstream.retain;
+            if retryable && failure == Failure::Broken {
+                ex.retried = true;
+                ex.fresh_only = true;
+                ex.addr_attempt = 0;
+                ex.to_upstream.rewind();
+                ex.request_sent = None;
+                return Flow::Upstream;
+            }
+        }
+        let err = match failure {
+            Failure::Timeout => ApiError::UpstreamTimeout,
+            _ => ApiError::UpstreamUnavailable,
+        };
+        let _ = ctx;
+        // The request is complete unless its body was still streaming.
+        let close = ex.req_body.is_some() || !ex.client_keep_alive || self.draining;
+        self.to_client = Outbox::default();
+        self.reject(err, close)
+    }
+
+    /// Response complete and flushed: park or close the upstream, then the next request.
+    fn finish_exchange(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
+        let reusable = matches!(ex.resp, Resp::Done { keep_alive: true })
+            && ex.to_upstream.is_empty()
+            && ex.req_body.is_none();
+        if let Some(up) = self.upstream.take() {
+            if reusable {
+                self.released = Some((Arc::clone(&ex.route.pool_key), up));
+            } else {
+                self.dead.push(up);
+            }
+        }
+        if ex.client_close || self.draining {
+            return self.start_linger(ctx);
+        }
+        self.phase = Phase::Idle;
+        Flow::Again
+    }
+
+    // ----- local responses and closing --------------------------------------------------
+
+    /// Queues an error response; `close` ends the connection after it.
+    fn reject(&mut self, err: ApiError, close: bool) -> Flow {
+        let mut out = Vec::with_capacity(256);
+        error::write_error_response(&err, close, false, &mut out);
+        self.to_client.push(Chunk::Owned(out));
+        if let Some(up) = self.upstream.take() {
+            self.dead.push(up);
+        }
+        self.phase = Phase::Respond { close };
+        Flow::Again
+    }
+
+    fn respond(&mut self, close: bool, ctx: &mut Ctx<'_>) -> Flow {
+        match self.to_client.flush(&mut self.client) {
+            Flush::Failed => return Flow::Close,
+            Flush::Wrote(n) if n > 0 => self.last_activity = ctx.now,
+            Flush::Wrote(_) => {}
+        }
+        if !self.to_client.is_empty() {
+            return Flow::Wait;
+        }
+        if close || self.draining {
+            return self.start_linger(ctx);
+        }
+        self.phase = Phase::Idle;
+        Flow::Again
+    }
+
+    fn start_linger(&mut self, ctx: &mut Ctx<'_>) -> Flow {
+        self.client.stream.shutdown_write();
+        self.inbuf = None;
+        self.phase = Phase::Linger {
+            until: ctx.now + LINGER,
+            discarded: 0,
+        };
+        Flow::Again
+    }
+
+    fn linger(&mut self, _ctx: &mut Ctx<'_>) -> Flow {
+        let Phase::Linger { discarded, .. } = &mut self.phase else {
+            return Flow::Close;
+        };
+        let mut sink = [0u8; 4096];
+        loop {
+            if !self.client.readable {
+                return Flow::Wait;
+            }
+            match self.client.stream.read(&mut sink) {
+                Io::Done(n) => {
+                    *discarded += n;
+                    if *discarded > LINGER_BYTES {
+                        return Flow::Close;
+                    }
+                }
+                Io::WouldBlock => self.client.readable = false,
+                Io::Eof | Io::Failed(_) => return Flow::Close,
+            }
+        }
+    }
+}
+
+impl Flow {
+    fn or_close_if(self, close: bool) -> Flow {
+        if close {
+            Flow::Close
+        } else {
+            self
+        }
+    }
+}
+
+impl Exchange {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        route: Arc<Route>,
+        head: &RequestHead,
+        to_upstream: Outbox,
+        req_body: Option<BodyTracker>,
+        max_body: u64,
+        request_id: RequestId,
+        slot: InFlight,
+        now: Instant,
+    ) -> Exchange {
+        Exchange {
+            route,
+            method: head.method,
+            client_keep_alive: head.keep_alive,
+            to_upstream,
+            req_body,
+            req_payload: 0,
+            max_body,
+            resp: Resp::Head,
+            resp_buf: None,
+            upstream_spoke: false,
+            head_sent: false,
+            client_close: false,
+            truncated: false,
+            client_has_pending: false,
+            connecting: false,
+            reused: false,
+            retried: false,
+            fresh_only: false,
+            addr_attempt: 0,
+            connect_started: now,
+            request_sent: None,
+            request_id,
+            _slot: slot,
+        }
+    }
+}
+
+/// What a request head asks for, with everything borrowed from the buffer copied out.
+enum Decision {
+    Local(Local),
+    Reject(ApiError),
+    ByPath(String, Vec<u8>),
+    ByBody,
+}
+
+enum Local {
+    Health,
+    List,
+    Get(String),
+}
+
+/// Feeds body bytes to the framing tracker and the payload to the scanner. Returns how
+/// many bytes belong to this body, and the first error (bad framing, over the cap, or
+/// invalid JSON: all final).
+fn observe_body(
+    tracker: &mut BodyTracker,
+    scanner: &mut ModelScanner,
+    payload: &mut u64,
+    max_body: u64,
+    bytes: &[u8],
+) -> (usize, Result<(), ApiError>) {
+    let mut scan_error = None;
+    let mut seen = 0u64;
+    let fed = tracker.feed(bytes, &mut |data| {
+        seen += data.len() as u64;
+        if scan_error.is_none() {
+            if let Err(e) = scanner.feed(data) {
+                scan_error = Some(e);
+            }
+        }
+    });
+    *payload += seen;
+    let consumed = match fed {
+        Ok(n) => n,
+        Err(e) => return (bytes.len(), Err(ApiError::from(e))),
+    };
+    if max_body > 0 && *payload > max_body {
+        return (consumed, Err(ApiError::BodyTooLarge));
+    }
+    match scan_error {
+        Some(e) => (consumed, Err(ApiError::from(e))),
+        None => (consumed, Ok(())),
+    }
+}
+
+/// Writes the upstream request head for `route` into a pooled block (or an owned buffer
+/// when it does not fit one).
+#[allow(clippy::too_many_arguments)]
+fn build_upstream_head(
+    raw: &[u8],
+    head: &RequestHead,
+    route: &Route,
+    target: &[u8],
+    peer: Peer,
+    request_id: &[u8],
+    strip_authorization: bool,
+    ctx: &mut Ctx<'_>,
+) -> Chunk {
+    let request = UpstreamRequest {
+        authority: &route.upstream.authority,
+        base_path: &route.upstream.base_path,
+        base_query: route.upstream.query.as_deref(),
+        target,
+        client_ip: match peer {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        },
+        proto: "http",
+        strip_authorization,
+        request_id,
+        extra_headers: &route.headers,
+    };
+    ctx.scratch.clear();
+    h1::write_upstream_request_head(raw, head, &request, ctx.scratch);
+    copy_chunk(ctx.scratch, ctx.pool)
+}
+
+fn copy_chunk(bytes: &[u8], pool: &Pool) -> Chunk {
+    if bytes.len() <= BLOCK_SIZE {
+        if let Some(mut block) = pool.take() {
+            block.extend(bytes);
+            return Chunk::Block(block);
+        }
+    }
+    Chunk::Owned(bytes.to_vec())
+}

@@ -16,6 +16,7 @@ pub mod h1;
 pub mod router;
 pub mod scan;
 pub mod secrets;
+pub mod slab;
 pub mod timer;
 
 pub mod net;

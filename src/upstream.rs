@@ -1,1 +1,182 @@
-//! (in progress)
+//! A worker's pool of idle keep-alive upstream connections (PITFALLS 14, 15).
+//!
+//! Idle sockets stay registered with the worker's `Poll`: any readable event on one (EOF or
+//! unexpected bytes) means the upstream gave up on it, and the worker discards it. Reuse is
+//! LIFO (the most recently used socket is the least likely to have timed out upstream), and
+//! sockets idle longer than [`POOL_IDLE`] are closed: shorter than the 5 s keep-alive of
+//! uvicorn, which serves vLLM and sglang.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::net::Stream;
+
+/// How long an idle upstream connection is kept.
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
+
+/// Idle connections kept per upstream per worker; more are closed.
+pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
+
+/// A socket with user-space readiness (edge-triggered: a flag is cleared only on WouldBlock).
+#[derive(Debug)]
+pub struct Sock {
+    pub stream: Stream,
+    /// The socket's mio token (index in the worker's owner slab).
+    pub token: usize,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Sock {
+    pub fn new(stream: Stream, token: usize) -> Sock {
+        Sock {
+            stream,
+            token,
+            readable: false,
+            writable: false,
+        }
+    }
+}
+
+struct Idle {
+    sock: Sock,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub struct UpstreamPool {
+    idle: HashMap<Arc<str>, Vec<Idle>>,
+    count: usize,
+}
+
+impl UpstreamPool {
+    /// The most recently parked live connection for `key`, if any.
+    pub fn checkout(&mut self, key: &str, now: Instant) -> (Option<Sock>, Vec<Sock>) {
+        let mut expired = Vec::new();
+        let Some(list) = self.idle.get_mut(key) else {
+            return (None, expired);
+        };
+        while let Some(entry) = list.pop() {
+            self.count -= 1;
+            if now.duration_since(entry.since) < POOL_IDLE {
+                return (Some(entry.sock), expired);
+            }
+            expired.push(entry.sock);
+        }
+        (None, expired)
+    }
+
+    /// Parks a connection; returns it back when the pool for `key` is full.
+    pub fn checkin(&mut self, key: Arc<str>, sock: Sock, now: Instant) -> Option<Sock> {
+        let list = self.idle.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_UPSTREAM {
+            return Some(sock);
+        }
+        list.push(Idle { sock, since: now });
+        self.count += 1;
+        None
+    }
+
+    /// Takes out the idle connection with `token` (it became readable: discard it).
+    pub fn remove_token(&mut self, token: usize) -> Option<Sock> {
+        for list in self.idle.values_mut() {
+            if let Some(i) = list.iter().position(|e| e.sock.token == token) {
+                self.count -= 1;
+                return Some(list.swap_remove(i).sock);
+            }
+        }
+        None
+    }
+
+    /// Takes out every connection idle for [`POOL_IDLE`] or longer.
+    pub fn expire(&mut self, now: Instant) -> Vec<Sock> {
+        let mut out = Vec::new();
+        for list in self.idle.values_mut() {
+            let mut i = 0;
+            while i < list.len() {
+                if now.duration_since(list[i].since) >= POOL_IDLE {
+                    out.push(list.swap_remove(i).sock);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.count -= out.len();
+        self.idle.retain(|_, list| !list.is_empty());
+        out
+    }
+
+    /// Takes out everything (shutdown).
+    pub fn drain(&mut self) -> Vec<Sock> {
+        self.count = 0;
+        self.idle
+            .drain()
+            .flat_map(|(_, list)| list.into_iter().map(|e| e.sock))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(token: usize) -> Sock {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        a.set_nonblocking(true).expect("nonblocking");
+        Sock::new(Stream::Unix(mio::net::UnixStream::from_std(a)), token)
+    }
+
+    #[test]
+    fn checkout_is_lifo() {
+        let now = Instant::now();
+        let mut pool = UpstreamPool::default();
+        let key: Arc<str> = "http://a".into();
+        assert!(pool.checkin(key.clone(), sock(1), now).is_none());
+        assert!(pool.checkin(key.clone(), sock(2), now).is_none());
+        let (got, _) = pool.checkout("http://a", now);
+        assert_eq!(got.map(|s| s.token), Some(2));
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn expired_connections_are_not_handed_out() {
+        let now = Instant::now();
+        let mut pool = UpstreamPool::default();
+        pool.checkin("k".into(), sock(1), now);
+        let (got, expired) = pool.checkout("k", now + POOL_IDLE);
+        assert!(got.is_none());
+        assert_eq!(expired.len(), 1);
+        assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn remove_token_finds_the_socket() {
+        let now = Instant::now();
+        let mut pool = UpstreamPool::default();
+        pool.checkin("k".into(), sock(7), now);
+        pool.checkin("j".into(), sock(8), now);
+        assert_eq!(pool.remove_token(7).map(|s| s.token), Some(7));
+        assert!(pool.remove_token(7).is_none());
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn expire_removes_only_old_entries() {
+        let now = Instant::now();
+        let mut pool = UpstreamPool::default();
+        pool.checkin("k".into(), sock(1), now);
+        pool.checkin("k".into(), sock(2), now + Duration::from_secs(3));
+        let gone = pool.expire(now + POOL_IDLE);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(pool.len(), 1);
+    }
+}

@@ -1,1 +1,520 @@
-//! (in progress)
+//! One event-loop thread: the only owner of a `mio::Poll` and its registry (DESIGN.md rule 1).
+//!
+//! It turns readiness into user-space flags on sockets, drives connections, attaches upstream
+//! sockets (pooled or freshly connected) when a connection asks, runs deadlines, and closes
+//! what connections give up. Everything a connection decides lives in `conn`.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
+
+use crate::buf::{Budget, Pool};
+use crate::config::Scheme;
+use crate::conn::{Conn, Ctx, RequestIds, Want};
+use crate::net::{self, Accepted, Listener};
+use crate::router::Routes;
+use crate::slab::Slab;
+use crate::timer::Timers;
+use crate::upstream::{Sock, UpstreamPool};
+
+pub const WAKER: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const SOCKET_BASE: usize = 1 << 20;
+/// How often idle pooled upstream connections are swept.
+const SWEEP: Duration = Duration::from_secs(1);
+/// Back-off after running out of file descriptors (PITFALLS 3).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Messages from the server thread.
+pub enum Control {
+    /// A new routing table (reload): new requests use it, in-flight ones keep theirs.
+    Routes(Arc<Routes>),
+    /// Stop accepting, close idle connections, finish the rest until the deadline.
+    Shutdown { deadline: Instant },
+}
+
+/// What the workers share: counters and the buffer budget. No locks on the data path.
+pub struct Shared {
+    pub in_flight: Arc<AtomicU64>,
+    pub budget: Arc<Budget>,
+}
+
+/// Who owns a registered socket (the token is the key in the owner slab).
+#[derive(Clone, Copy)]
+enum Owner {
+    Client(usize),
+    Upstream(usize),
+    Idle,
+    /// Closed during this batch; the key is freed after it (PITFALLS 4).
+    Closed,
+}
+
+pub struct Worker {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    control: Receiver<Control>,
+    conns: Slab<Conn>,
+    owners: Slab<Owner>,
+    to_free: Vec<usize>,
+    pool: Pool,
+    upstreams: UpstreamPool,
+    timers: Timers,
+    routes: Arc<Routes>,
+    in_flight: Arc<AtomicU64>,
+    ids: RequestIds,
+    scratch: Vec<u8>,
+    max_conns: usize,
+    next_generation: u64,
+    accept_paused: bool,
+    accept_after: Option<Instant>,
+    shutdown: Option<Instant>,
+    yielded: Vec<usize>,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        poll: Poll,
+        listeners: Vec<Listener>,
+        control: Receiver<Control>,
+        routes: Arc<Routes>,
+        shared: &Shared,
+        max_conns: usize,
+    ) -> io::Result<Worker> {
+        let mut listeners = listeners;
+        for (i, listener) in listeners.iter_mut().enumerate() {
+            listener.register(poll.registry(), Token(LISTENER_BASE + i))?;
+        }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ ((std::process::id() as u64) << 32)
+            ^ (id as u64).rotate_left(56);
+        Ok(Worker {
+            poll,
+            listeners,
+            control,
+            conns: Slab::default(),
+            owners: Slab::default(),
+            to_free: Vec::new(),
+            pool: Pool::new(Arc::clone(&shared.budget)),
+            upstreams: UpstreamPool::default(),
+            timers: Timers::default(),
+            routes,
+            in_flight: Arc::clone(&shared.in_flight),
+            ids: RequestIds::new(seed),
+            scratch: Vec::with_capacity(4096),
+            max_conns: max_conns.max(1),
+            next_generation: 0,
+            accept_paused: false,
+            accept_after: None,
+            shutdown: None,
+            yielded: Vec::new(),
+        })
+    }
+
+    /// Runs until shutdown completes.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut dirty: Vec<usize> = Vec::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP;
+        loop {
+            let now = Instant::now();
+            let mut wake = next_sweep;
+            if let Some(t) = self.timers.next() {
+                wake = wake.min(t);
+            }
+            if let Some(t) = self.accept_after {
+                wake = wake.min(t);
+            }
+            let timeout = if self.yielded.is_empty() {
+                wake.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("modelgate: poll failed: {e}");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            dirty.clear();
+            dirty.append(&mut self.yielded);
+            let mut accept = false;
+            for event in events.iter() {
+                let token = event.token().0;
+                if token == WAKER.0 {
+                    self.handle_control(now);
+                } else if token < SOCKET_BASE {
+                    accept = true;
+                } else {
+                    let readable =
+                        event.is_readable() || event.is_read_closed() || event.is_error();
+                    let writable =
+                        event.is_writable() || event.is_write_closed() || event.is_error();
+                    self.mark(token - SOCKET_BASE, readable, writable, &mut dirty);
+                }
+            }
+            if self.accept_after.is_some_and(|t| t <= now) {
+                self.accept_after = None;
+                accept = true;
+            }
+            if accept || (self.accept_paused && self.conns.len() < self.max_conns) {
+                self.accept_all(now, &mut dirty);
+            }
+            for &key in dirty.iter() {
+                self.drive(key, now);
+            }
+            self.run_timers(now);
+            if now >= next_sweep {
+                next_sweep = now + SWEEP;
+                for sock in self.upstreams.expire(now) {
+                    self.close_sock(sock);
+                }
+            }
+            for key in self.to_free.drain(..) {
+                self.owners.remove(key);
+            }
+            if let Some(deadline) = self.shutdown {
+                if self.conns.is_empty() || now >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Records readiness on the socket behind `key` and queues its connection.
+    fn mark(&mut self, key: usize, readable: bool, writable: bool, dirty: &mut Vec<usize>) {
+        match self.owners.get(key).copied() {
+            Some(Owner::Client(c)) => {
+                if let Some(conn) = self.conns.get_mut(c) {
+                    conn.client.readable |= readable;
+                    conn.client.writable |= writable;
+                    dirty.push(c);
+                }
+            }
+            Some(Owner::Upstream(c)) => {
+                if let Some(conn) = self.conns.get_mut(c) {
+                    if let Some(up) = conn.upstream.as_mut().filter(|u| u.token == key) {
+                        up.readable |= readable;
+                        up.writable |= writable;
+                        dirty.push(c);
+                    }
+                }
+            }
+            Some(Owner::Idle) => {
+                // An idle pooled connection spoke (EOF or stray bytes): it is done for.
+                if readable {
+                    if let Some(sock) = self.upstreams.remove_token(key) {
+                        self.close_sock(sock);
+                    }
+                }
+            }
+            Some(Owner::Closed) | None => {}
+        }
+    }
+
+    fn handle_control(&mut self, now: Instant) {
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                Control::Routes(routes) => self.routes = routes,
+                Control::Shutdown { deadline } => {
+                    self.shutdown = Some(deadline);
+                    for listener in self.listeners.iter_mut() {
+                        listener.deregister(self.poll.registry());
+                    }
+                    self.listeners.clear();
+                    for sock in self.upstreams.drain() {
+                        self.close_sock(sock);
+                    }
+                    let keys: Vec<usize> = self.conns.keys().collect();
+                    for key in keys {
+                        let idle = self.conns.get(key).is_some_and(|c| c.is_idle());
+                        if idle {
+                            self.close_conn(key);
+                        } else if let Some(conn) = self.conns.get_mut(key) {
+                            conn.draining = true;
+                        }
+                    }
+                    let _ = now;
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant, dirty: &mut Vec<usize>) {
+        self.accept_paused = false;
+        for i in 0..self.listeners.len() {
+            loop {
+                if self.conns.len() >= self.max_conns {
+                    self.accept_paused = true;
+                    return;
+                }
+                let (stream, peer) = match self.listeners[i].accept() {
+                    Accepted::Conn(stream, peer) => (stream, peer),
+                    Accepted::WouldBlock => break,
+                    Accepted::Skip => continue,
+                    Accepted::Exhausted => {
+                        self.accept_after = Some(now + ACCEPT_BACKOFF);
+                        return;
+                    }
+                };
+                stream.set_nodelay();
+                let token = self.owners.insert(Owner::Closed);
+                let mut sock = Sock::new(stream, token);
+                if sock
+                    .stream
+                    .register(self.poll.registry(), Token(SOCKET_BASE + token))
+                    .is_err()
+                {
+                    self.to_free.push(token);
+                    continue;
+                }
+                self.next_generation += 1;
+                let key = self
+                    .conns
+                    .insert(Conn::new(sock, peer, self.next_generation, now));
+                if let Some(owner) = self.owners.get_mut(token) {
+                    *owner = Owner::Client(key);
+                }
+                self.arm_timer(key);
+                // Registration reports data that is already there; no need to read blindly.
+                let _ = &dirty;
+            }
+        }
+    }
+
+    /// Drives one connection until it waits, attaching upstream sockets as it asks.
+    fn drive(&mut self, key: usize, now: Instant) {
+        for _ in 0..8 {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let mut ctx = Ctx {
+                now,
+                pool: &self.pool,
+                routes: &self.routes,
+                in_flight: &self.in_flight,
+                ids: &mut self.ids,
+                scratch: &mut self.scratch,
+            };
+            let want = conn.drive(&mut ctx);
+            if self.after_drive(key, want, now) {
+                return;
+            }
+        }
+        self.yielded.push(key);
+    }
+
+    /// Acts on what a connection wants; true when it needs nothing more this turn.
+    fn after_drive(&mut self, key: usize, want: Want, now: Instant) -> bool {
+        self.collect_sockets(key, now);
+        match want {
+            Want::Wait => {
+                self.arm_timer(key);
+                true
+            }
+            Want::Yield => {
+                self.arm_timer(key);
+                self.yielded.push(key);
+                true
+            }
+            Want::Close => {
+                self.close_conn(key);
+                true
+            }
+            Want::Upstream => {
+                self.attach_upstream(key, now);
+                false
+            }
+        }
+    }
+
+    /// Parks released upstream sockets in the pool and closes dead ones.
+    fn collect_sockets(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let released = conn.released.take();
+        let dead: Vec<Sock> = conn.dead.drain(..).collect();
+        for sock in dead {
+            self.close_sock(sock);
+        }
+        if let Some((pool_key, sock)) = released {
+            let token = sock.token;
+            match self.upstreams.checkin(pool_key, sock, now) {
+                None => {
+                    if let Some(owner) = self.owners.get_mut(token) {
+                        *owner = Owner::Idle;
+                    }
+                }
+                Some(sock) => self.close_sock(sock),
+            }
+        }
+    }
+
+    fn attach_upstream(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let Some((route, attempt, fresh_only)) = conn.upstream_wanted() else {
+            return;
+        };
+        let route = Arc::clone(route);
+        if !fresh_only {
+            let (sock, expired) = self.upstreams.checkout(&route.pool_key, now);
+            for old in expired {
+                self.close_sock(old);
+            }
+            if let Some(sock) = sock {
+                if let Some(owner) = self.owners.get_mut(sock.token) {
+                    *owner = Owner::Upstream(key);
+                }
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.attach_upstream(sock, true, now);
+                }
+                return;
+            }
+        }
+        let stream = match route.upstream.scheme {
+            Scheme::Unix => match &route.upstream.unix_path {
+                Some(path) => net::connect_unix(path),
+                None => Err(net::FailKind::Other),
+            },
+            Scheme::Http => match route.addrs.get(attempt) {
+                Some(addr) => net::connect_tcp(*addr),
+                None => Err(net::FailKind::Other),
+            },
+            // HTTPS upstreams arrive with the TLS transport.
+            Scheme::Https => Err(net::FailKind::Other),
+        };
+        let registered = stream.and_then(|mut stream| {
+            let token = self.owners.insert(Owner::Upstream(key));
+            match stream.register(self.poll.registry(), Token(SOCKET_BASE + token)) {
+                Ok(()) => Ok(Sock::new(stream, token)),
+                Err(_) => {
+                    self.to_free.push(token);
+                    if let Some(owner) = self.owners.get_mut(token) {
+                        *owner = Owner::Closed;
+                    }
+                    Err(net::FailKind::Other)
+                }
+            }
+        });
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match registered {
+            Ok(sock) => conn.attach_upstream(sock, false, now),
+            Err(_) => {
+                eprintln!(
+                    "modelgate: cannot connect to upstream {} of model {}",
+                    route.upstream.authority, route.name
+                );
+                let mut ctx = Ctx {
+                    now,
+                    pool: &self.pool,
+                    routes: &self.routes,
+                    in_flight: &self.in_flight,
+                    ids: &mut self.ids,
+                    scratch: &mut self.scratch,
+                };
+                let want = conn.connect_failed(&mut ctx);
+                self.after_drive(key, want, now);
+            }
+        }
+    }
+
+    fn arm_timer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let deadline = conn.deadline(&self.routes.timeouts);
+        if conn.timer_at.is_none_or(|t| deadline < t) {
+            conn.timer_at = Some(deadline);
+            self.timers.push(deadline, key, conn.generation);
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some((key, generation)) = self.timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            conn.timer_at = None;
+            let deadline = conn.deadline(&self.routes.timeouts);
+            if deadline > now {
+                conn.timer_at = Some(deadline);
+                self.timers.push(deadline, key, generation);
+                continue;
+            }
+            let mut ctx = Ctx {
+                now,
+                pool: &self.pool,
+                routes: &self.routes,
+                in_flight: &self.in_flight,
+                ids: &mut self.ids,
+                scratch: &mut self.scratch,
+            };
+            let want = conn.on_timeout(&mut ctx);
+            if !self.after_drive(key, want, now) {
+                self.drive(key, now);
+            }
+        }
+    }
+
+    fn close_conn(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.remove(key) else {
+            return;
+        };
+        let dead: Vec<Sock> = conn.dead.drain(..).collect();
+        for sock in dead {
+            self.close_sock(sock);
+        }
+        if let Some(up) = conn.upstream.take() {
+            self.close_sock(up);
+        }
+        if let Some((_, sock)) = conn.released.take() {
+            self.close_sock(sock);
+        }
+        self.retire_token(conn.client.token);
+        // Dropping `conn` closes the client socket (and leaves epoll with it).
+    }
+
+    /// Closes a socket; its token is freed at the end of the event batch.
+    fn close_sock(&mut self, sock: Sock) {
+        self.retire_token(sock.token);
+        drop(sock);
+    }
+
+    fn retire_token(&mut self, token: usize) {
+        if let Some(owner) = self.owners.get_mut(token) {
+            *owner = Owner::Closed;
+            self.to_free.push(token);
+        }
+    }
+
+    /// For tests and metrics: connections and idle upstreams held.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.conns.len(), self.upstreams.len())
+    }
+}
+
+/// Makes the waker a worker's control channel rings.
+pub fn waker(poll: &Poll) -> io::Result<Waker> {
+    Waker::new(poll.registry(), WAKER)
+}
+
+/// Requests in flight across all workers.
+pub fn in_flight(shared: &Shared) -> u64 {
+    shared.in_flight.load(Ordering::Relaxed)
+}

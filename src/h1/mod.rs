@@ -217,3 +217,10 @@ impl BodyTracker {
 /// A byte-resumable chunked-coding observer (RFC 9112 §7.1).
 #[derive(Debug, Clone, Default)]
 pub struct ChunkedDecoder {}
+
+/// Where the head ends (index after the empty line), searching from `from - 3` so a caller
+/// re-parses only when the end has arrived.
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    memchr::memmem::find(&buf[start.min(buf.len())..], b"\r\n\r\n").map(|i| start + i + 4)
+}

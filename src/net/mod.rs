@@ -1,1 +1,350 @@
-//! (in progress)
+//! Transport: sockets as the event loop sees them. This is the only module that looks at
+//! `io::ErrorKind`; above it, I/O outcomes are the [`Io`] enum (DESIGN.md rule 2).
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use mio::event::Source;
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+
+/// The outcome of one non-blocking read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// `n > 0` bytes moved.
+    Done(usize),
+    /// Nothing to do until the next readiness edge.
+    WouldBlock,
+    /// The peer closed its write side (read) or the write side is gone (write).
+    Eof,
+    /// Reset, refused, or another failure: the socket is finished.
+    Failed(FailKind),
+}
+
+/// Why a socket failed, as far as callers care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    Reset,
+    Refused,
+    Other,
+}
+
+fn classify(err: &io::Error) -> Io {
+    match err.kind() {
+        io::ErrorKind::WouldBlock => Io::WouldBlock,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => Io::Failed(FailKind::Reset),
+        io::ErrorKind::ConnectionRefused => Io::Failed(FailKind::Refused),
+        _ => Io::Failed(FailKind::Other),
+    }
+}
+
+/// Where a client came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+/// A connected socket: client or upstream, TCP or unix.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    /// Reads once, retrying `Interrupted`.
+    pub fn read(&mut self, buf: &mut [u8]) -> Io {
+        if buf.is_empty() {
+            return Io::Done(0);
+        }
+        loop {
+            let result = match self {
+                Stream::Tcp(s) => s.read(buf),
+                Stream::Unix(s) => s.read(buf),
+            };
+            return match result {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Done(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => classify(&e),
+            };
+        }
+    }
+
+    /// Writes once from several slices. `Ok(0)` is a failure, never "try again" (PITFALLS 6).
+    pub fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> Io {
+        loop {
+            let result = match self {
+                Stream::Tcp(s) => s.write_vectored(bufs),
+                Stream::Unix(s) => s.write_vectored(bufs),
+            };
+            return match result {
+                Ok(0) => Io::Failed(FailKind::Other),
+                Ok(n) => Io::Done(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => classify(&e),
+            };
+        }
+    }
+
+    /// After a writable edge on a connecting socket: Ok(true) connected, Ok(false) still
+    /// connecting, Err(kind) failed (PITFALLS 2: take_error, then peer_addr).
+    pub fn connect_result(&self) -> Result<bool, FailKind> {
+        let (err, peer) = match self {
+            Stream::Tcp(s) => (s.take_error(), s.peer_addr().map(|_| ())),
+            Stream::Unix(s) => (s.take_error(), s.peer_addr().map(|_| ())),
+        };
+        match err {
+            Ok(Some(e)) | Err(e) => {
+                return Err(match classify(&e) {
+                    Io::Failed(kind) => kind,
+                    _ => FailKind::Other,
+                })
+            }
+            Ok(None) => {}
+        }
+        match peer {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(match classify(&e) {
+                Io::Failed(kind) => kind,
+                _ => FailKind::Other,
+            }),
+        }
+    }
+
+    /// Looks at the next byte without taking it: `Done(_)` means data waits (a pipelined
+    /// request), `Eof` that the peer closed. Used to notice a client leaving mid-response
+    /// without buffering what it may have pipelined.
+    pub fn peek(&self) -> Io {
+        let mut byte = [0u8; 1];
+        loop {
+            // SAFETY: recv into a 1-byte stack buffer we own, on a valid descriptor.
+            let n = unsafe {
+                libc::recv(
+                    self.raw_fd(),
+                    byte.as_mut_ptr().cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                return Io::Done(n as usize);
+            }
+            if n == 0 {
+                return Io::Eof;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return classify(&err);
+        }
+    }
+
+    /// Sends FIN after the last byte, so a client sees the response before the close.
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        };
+    }
+
+    /// Streams must not wait for Nagle: every SSE event goes out at once (PITFALLS 17).
+    pub fn set_nodelay(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = s.set_nodelay(true);
+        }
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        match self {
+            Stream::Tcp(s) => s.register(registry, token, interest),
+            Stream::Unix(s) => s.register(registry, token, interest),
+        }
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = match self {
+            Stream::Tcp(s) => s.deregister(registry),
+            Stream::Unix(s) => s.deregister(registry),
+        };
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// Starts a non-blocking TCP connect; completion shows up as a writable edge.
+pub fn connect_tcp(addr: SocketAddr) -> Result<Stream, FailKind> {
+    TcpStream::connect(addr)
+        .map(Stream::Tcp)
+        .map_err(|e| match classify(&e) {
+            Io::Failed(kind) => kind,
+            _ => FailKind::Other,
+        })
+}
+
+/// Connects to a unix socket (completes at once or fails; EAGAIN means the backlog is full).
+pub fn connect_unix(path: &Path) -> Result<Stream, FailKind> {
+    UnixStream::connect(path)
+        .map(Stream::Unix)
+        .map_err(|e| match classify(&e) {
+            Io::Failed(kind) => kind,
+            _ => FailKind::Other,
+        })
+}
+
+/// A listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// One `accept` outcome.
+pub enum Accepted {
+    Conn(Stream, Peer),
+    WouldBlock,
+    /// Out of file descriptors: back off instead of spinning (PITFALLS 3).
+    Exhausted,
+    /// The connection died before we took it; try the next one.
+    Skip,
+}
+
+impl Listener {
+    pub fn accept(&self) -> Accepted {
+        loop {
+            let result = match self {
+                Listener::Tcp(l) => l
+                    .accept()
+                    .map(|(s, addr)| (Stream::Tcp(s), Peer::Tcp(addr))),
+                Listener::Unix(l) => l.accept().map(|(s, _)| (Stream::Unix(s), Peer::Unix)),
+            };
+            return match result {
+                Ok((stream, peer)) => Accepted::Conn(stream, peer),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => Accepted::WouldBlock,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => match e.raw_os_error() {
+                        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                        | Some(libc::ENOMEM) => Accepted::Exhausted,
+                        _ => Accepted::Skip,
+                    },
+                },
+            };
+        }
+    }
+
+    /// A second handle on the same socket, for another worker's `Poll`.
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        match self {
+            Listener::Tcp(l) => {
+                let std = dup_fd(l.as_raw_fd())?;
+                // SAFETY: `dup_fd` returned a fresh descriptor that nothing else owns.
+                let std =
+                    unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(std) };
+                Ok(Listener::Tcp(TcpListener::from_std(std)))
+            }
+            Listener::Unix(l) => {
+                let std = dup_fd(l.as_raw_fd())?;
+                // SAFETY: as above.
+                let std = unsafe {
+                    <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(std)
+                };
+                Ok(Listener::Unix(UnixListener::from_std(std)))
+            }
+        }
+    }
+
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.register(registry, token, Interest::READABLE),
+            Listener::Unix(l) => l.register(registry, token, Interest::READABLE),
+        }
+    }
+
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = match self {
+            Listener::Tcp(l) => l.deregister(registry),
+            Listener::Unix(l) => l.deregister(registry),
+        };
+    }
+
+    /// A printable address (with the real port when bound to port 0).
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "tcp:?".into()),
+            Listener::Unix(l) => match l.local_addr() {
+                Ok(addr) => match addr.as_pathname() {
+                    Some(p) => format!("unix:{}", p.display()),
+                    None => "unix:?".into(),
+                },
+                Err(_) => "unix:?".into(),
+            },
+        }
+    }
+}
+
+fn dup_fd(fd: i32) -> io::Result<i32> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid open descriptor has no memory effects.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(new)
+    }
+}
+
+/// Binds a TCP listener with SO_REUSEADDR (mio sets it) and a deep backlog.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    // A deeper backlog than std's 128 absorbs connection bursts.
+    // SAFETY: listen(2) on a bound socket we own.
+    unsafe {
+        libc::listen(listener.as_raw_fd(), 4096);
+    }
+    listener.set_nonblocking(true)?;
+    Ok(Listener::Tcp(TcpListener::from_std(listener)))
+}
+
+/// Binds a unix listener, replacing a stale socket file.
+pub fn bind_unix(path: &Path) -> io::Result<Listener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(Listener::Unix(UnixListener::from_std(listener)))
+}
+
+/// Raises RLIMIT_NOFILE to its hard limit: every client and upstream is a descriptor.
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a stack struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
