@@ -405,6 +405,11 @@ impl Conn {
             || matches!(self.phase, Phase::Head { .. }) && self.inbuf.is_none()
     }
 
+    /// Nothing left to wait for at shutdown but a lingering close.
+    pub fn is_finishing(&self) -> bool {
+        matches!(self.phase, Phase::Linger { .. } | Phase::Closed)
+    }
+
     /// The route, attempt and whether a pooled connection may be used, when the connection
     /// waits for an upstream socket.
     pub fn upstream_wanted(&self) -> Option<(&Arc<Route>, usize, bool)> {

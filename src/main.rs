@@ -47,7 +47,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match server::run(loaded) {
+            match server::run(&config, loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     eprintln!("modelgate: {message}");

@@ -2,16 +2,19 @@
 //! upstreams happens here, at startup, never on a worker.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use mio::Poll;
 
 use crate::buf::Budget;
-use crate::config::{Config, Listen};
+use crate::config::{self, Config, Listen};
 use crate::net::{self, Listener};
 use crate::router::Routes;
+use crate::secrets::ProcessEnv;
 use crate::worker::{self, Control, Shared, Worker};
 
 /// Resolves an upstream host at startup; failures are a warning (the backend may come later).
@@ -38,9 +41,12 @@ fn bind(listen: &Listen) -> Result<Listener, String> {
     }
 }
 
-/// Binds, starts the workers, and serves until they stop.
-pub fn run(config: Config) -> Result<(), String> {
+/// Binds, starts the workers, and serves until a SIGTERM/SIGINT drain completes.
+/// `config_path` is re-read on SIGHUP.
+pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     net::raise_fd_limit();
+    // Workers inherit this mask: only this thread takes the signals, in `sigwait`.
+    let signals = signals::block()?;
     let routes = Arc::new(Routes::build(&config, &resolve));
     let listeners: Vec<Listener> = config.listen.iter().map(bind).collect::<Result<_, _>>()?;
     let workers = match config.workers {
@@ -96,11 +102,91 @@ pub fn run(config: Config) -> Result<(), String> {
         );
     }
     drop(listeners);
+    let mut shutdown_timeout = config.timeouts.shutdown;
+    loop {
+        match signals::wait(&signals) {
+            signals::Signal::Reload => match reload(config_path) {
+                Ok(next) => {
+                    shutdown_timeout = next.timeouts.shutdown;
+                    let routes = Arc::new(Routes::build(&next, &resolve));
+                    eprintln!(
+                        "modelgate: reloaded {}, routing {} models ({} listed)",
+                        config_path.display(),
+                        routes.models.len(),
+                        routes.listed.len()
+                    );
+                    for (tx, waker) in &controls {
+                        let _ = tx.send(Control::Routes(Arc::clone(&routes)));
+                        let _ = waker.wake();
+                    }
+                }
+                Err(problems) => {
+                    for problem in problems {
+                        eprintln!("modelgate: reload refused: {problem}");
+                    }
+                    eprintln!("modelgate: still serving the previous config");
+                }
+            },
+            signals::Signal::Stop => break,
+        }
+    }
+    eprintln!("modelgate: shutting down: draining in-flight requests");
+    let deadline = Instant::now() + shutdown_timeout;
+    for (tx, waker) in &controls {
+        let _ = tx.send(Control::Shutdown { deadline });
+        let _ = waker.wake();
+    }
     for handle in handles {
         let _ = handle.join();
     }
-    drop(controls);
     Ok(())
+}
+
+/// Parses, validates and expands the config again (off the workers).
+fn reload(path: &Path) -> Result<Config, Vec<config::Problem>> {
+    config::load(path, Some(&ProcessEnv))
+}
+
+/// SIGHUP/SIGTERM/SIGINT taken synchronously by the server thread.
+mod signals {
+    pub enum Signal {
+        Reload,
+        Stop,
+    }
+
+    pub fn block() -> Result<libc::sigset_t, String> {
+        // SAFETY: plain libc calls on a sigset we own; pthread_sigmask affects this thread and
+        // the threads it spawns afterwards.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err("cannot block signals".into());
+            }
+            // A broken client pipe must be an EPIPE error, not a dead process.
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            Ok(set)
+        }
+    }
+
+    pub fn wait(set: &libc::sigset_t) -> Signal {
+        loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigwait on a valid set with an out-parameter on our stack.
+            let rc = unsafe { libc::sigwait(set, &mut sig) };
+            if rc != 0 {
+                continue;
+            }
+            match sig {
+                libc::SIGHUP => return Signal::Reload,
+                libc::SIGTERM | libc::SIGINT => return Signal::Stop,
+                _ => continue,
+            }
+        }
+    }
 }
 
 fn is_loopback(listen: &Listen) -> bool {

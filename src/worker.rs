@@ -182,7 +182,11 @@ impl Worker {
                 self.owners.remove(key);
             }
             if let Some(deadline) = self.shutdown {
-                if self.conns.is_empty() || now >= deadline {
+                let busy = self
+                    .conns
+                    .keys()
+                    .any(|k| self.conns.get(k).is_some_and(|c| !c.is_finishing()));
+                if !busy || now >= deadline {
                     return;
                 }
             }
