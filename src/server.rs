@@ -103,9 +103,9 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     }
     drop(listeners);
     let mut shutdown_timeout = config.timeouts.shutdown;
-    loop {
-        match signals::wait(&signals) {
-            signals::Signal::Reload => match reload(config_path) {
+    while let signals::Signal::Reload = signals::wait(&signals) {
+        {
+            match reload(config_path) {
                 Ok(next) => {
                     shutdown_timeout = next.timeouts.shutdown;
                     let routes = Arc::new(Routes::build(&next, &resolve));
@@ -126,8 +126,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
                     }
                     eprintln!("modelgate: still serving the previous config");
                 }
-            },
-            signals::Signal::Stop => break,
+            }
         }
     }
     eprintln!("modelgate: shutting down: draining in-flight requests");
