@@ -1,7 +1,7 @@
 //! The config file (SPEC.md §2): parsing, strict validation with every problem reported by key
 //! path, and secret expansion.
 //!
-//! Owns: the JSON reader ([`json`]), the string forms of URLs and listen addresses ([`addr`]),
+//! Owns: the JSON reader (`json`), the string forms of URLs and listen addresses (`addr`),
 //! and the walk that turns a document into a [`Config`]. Everything is pure over the text and
 //! a [`SecretEnv`]; the only I/O is through that trait (secret files, and checking that
 //! `caFile`/TLS files are readable), so tests run without a real environment.
