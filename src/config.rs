@@ -294,7 +294,7 @@ pub fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
         let d = edit_distance(&lower, &kl);
         let close = d <= (kl.len() / 3).max(1)
             || (lower.len() >= 3 && (kl.starts_with(&lower) || lower.starts_with(&kl)));
-        if close && best.map_or(true, |(bd, _)| d < bd) {
+        if close && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, k));
         }
     }

@@ -38,6 +38,9 @@ fn bind(listen: &Listen) -> Result<Listener, String> {
         }
         Listen::Unix(path) => net::bind_unix(path)
             .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display())),
+        Listen::TcpTls { addr, .. } => Err(format!(
+            "cannot listen on https://{addr}: TLS listeners are not supported by this build yet"
+        )),
     }
 }
 
@@ -96,7 +99,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
             listed
         );
     }
-    if config.auth_tokens.is_empty() && config.listen.iter().any(|l| !is_loopback(l)) {
+    if config.auth_tokens.is_empty() && config.listen.iter().any(|l| !l.is_local()) {
         eprintln!(
             "modelgate: warning: no authTokens and listening beyond loopback: anyone can call"
         );
@@ -185,12 +188,5 @@ mod signals {
                 _ => continue,
             }
         }
-    }
-}
-
-fn is_loopback(listen: &Listen) -> bool {
-    match listen {
-        Listen::Tcp(addr) => addr.ip().is_loopback(),
-        Listen::Unix(_) => true,
     }
 }
