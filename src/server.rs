@@ -12,7 +12,7 @@ use mio::Poll;
 
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
-use crate::net::{self, Listener};
+use crate::net::{self, systemd, Listener};
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
 use crate::worker::{self, Control, Shared, Worker};
@@ -105,33 +105,38 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         );
     }
     drop(listeners);
+    systemd::notify("READY=1");
     let mut shutdown_timeout = config.timeouts.shutdown;
     while let signals::Signal::Reload = signals::wait(&signals) {
-        {
-            match reload(config_path) {
-                Ok(next) => {
-                    shutdown_timeout = next.timeouts.shutdown;
-                    let routes = Arc::new(Routes::build(&next, &resolve));
-                    eprintln!(
-                        "modelgate: reloaded {}, routing {} models ({} listed)",
-                        config_path.display(),
-                        routes.models.len(),
-                        routes.listed.len()
-                    );
-                    for (tx, waker) in &controls {
-                        let _ = tx.send(Control::Routes(Arc::clone(&routes)));
-                        let _ = waker.wake();
-                    }
-                }
-                Err(problems) => {
-                    for problem in problems {
-                        eprintln!("modelgate: reload refused: {problem}");
-                    }
-                    eprintln!("modelgate: still serving the previous config");
+        systemd::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            systemd::monotonic_usec()
+        ));
+        match reload(config_path) {
+            Ok(next) => {
+                shutdown_timeout = next.timeouts.shutdown;
+                let routes = Arc::new(Routes::build(&next, &resolve));
+                eprintln!(
+                    "modelgate: reloaded {}, routing {} models ({} listed)",
+                    config_path.display(),
+                    routes.models.len(),
+                    routes.listed.len()
+                );
+                for (tx, waker) in &controls {
+                    let _ = tx.send(Control::Routes(Arc::clone(&routes)));
+                    let _ = waker.wake();
                 }
             }
+            Err(problems) => {
+                for problem in problems {
+                    eprintln!("modelgate: reload refused: {problem}");
+                }
+                eprintln!("modelgate: still serving the previous config");
+            }
         }
+        systemd::notify("READY=1");
     }
+    systemd::notify("STOPPING=1");
     eprintln!("modelgate: shutting down: draining in-flight requests");
     let deadline = Instant::now() + shutdown_timeout;
     for (tx, waker) in &controls {

@@ -10,6 +10,8 @@ use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
+pub mod systemd;
+
 /// The outcome of one non-blocking read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Io {
