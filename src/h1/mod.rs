@@ -1,11 +1,30 @@
 //! Sans-IO HTTP/1.1: head parsing with limits, framing (RFC 9112 §6), the chunked observer,
-//! head rewriting. CONTRACT STUB: the h1 helper replaces the bodies, keeping the public API.
-//! Everything here works on byte slices and offsets; nothing allocates per byte.
+//! head rewriting. Everything here works on byte slices and offsets; nothing allocates per
+//! byte and nothing here touches a socket, a clock or the config.
+//!
+//! - [`request`]: [`parse_request`], [`head_end`] and the request framing rules.
+//! - [`response`]: [`parse_response`] and the response framing rules.
+//! - [`rewrite`]: the upstream request head and the client response head.
+//! - [`chunked`]: [`BodyTracker`] and the byte-resumable [`ChunkedDecoder`].
+//! - `fields`: header token lists, `Content-Length`/`Transfer-Encoding` values (private).
+//!
+//! The types shared by the engine live in this file; the functions are re-exported here.
 
 use std::net::IpAddr;
 use std::ops::Range;
 
 use crate::secrets::Secret;
+
+pub mod chunked;
+mod fields;
+pub mod request;
+pub mod response;
+pub mod rewrite;
+
+pub use chunked::{BodyTracker, ChunkedDecoder};
+pub use request::{head_end, parse_request};
+pub use response::parse_response;
+pub use rewrite::{write_client_response_head, write_upstream_request_head};
 
 /// Largest request or response head (431 above it).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -96,11 +115,6 @@ pub struct RequestHead {
     pub request_id: Option<Range<usize>>,
 }
 
-/// Parses a request head at the start of `buf`.
-pub fn parse_request(_buf: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
-    Ok(Parse::Partial)
-}
-
 /// A parsed response head. Ranges index the buffer given to [`parse_response`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -118,14 +132,6 @@ impl ResponseHead {
     pub fn is_informational(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
     }
-}
-
-/// Parses a response head at the start of `buf`; `request_method` decides bodiless HEAD.
-pub fn parse_response(
-    _buf: &[u8],
-    _request_method: Method,
-) -> Result<Parse<ResponseHead>, HeadError> {
-    Ok(Parse::Partial)
 }
 
 /// What the upstream request head needs besides the client's head.
@@ -150,70 +156,21 @@ pub struct UpstreamRequest<'a> {
     pub extra_headers: &'a [(String, Secret)],
 }
 
-/// Writes the upstream request head for `head` (parsed from `raw`) into `out`: request line
-/// with joined path and query, hop-by-hop and `Expect` dropped, `Host`/`X-Forwarded-*`/
-/// `X-Request-Id` set, `Transfer-Encoding: chunked` re-added when chunked, extra headers last.
-pub fn write_upstream_request_head(
-    _raw: &[u8],
-    _head: &RequestHead,
-    _req: &UpstreamRequest<'_>,
-    _out: &mut Vec<u8>,
-) {
-}
-
-/// Writes the client response head for `head` (parsed from `raw`) into `out`: status line as
-/// received, hop-by-hop headers dropped (framing headers kept as sent), `X-Request-Id` added
-/// when the upstream did not send one, and `Connection: close` when `close`.
-pub fn write_client_response_head(
-    _raw: &[u8],
-    _head: &ResponseHead,
-    _request_id: &[u8],
-    _close: bool,
-    _out: &mut Vec<u8>,
-) {
-}
-
 /// Why a chunked body is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkedError {
+    /// A chunk-size line that is not hex digits (optionally followed by `;ext` or spaces).
     BadSize,
+    /// A chunk size over `u64` (or more than 16 hex digits, leading zeros included).
     SizeOverflow,
+    /// Anything but CRLF where a line ends (LF-only lines are refused: see `chunked`).
     BadLineEnding,
+    /// A chunk-size line whose extensions exceed 16 KiB.
     ExtensionTooLong,
+    /// Trailer section over 16 KiB or over 100 fields.
     TrailersTooLarge,
+    /// `Content-Length`, `Transfer-Encoding` or `Host` in the trailer section.
     ForbiddenTrailer,
+    /// A trailer line that is not a valid `name: value` field (added by the h1 module).
+    BadTrailer,
 }
-
-/// Finds where a body ends without copying it; `on_data` sees the payload bytes.
-#[derive(Debug, Clone)]
-pub enum BodyTracker {
-    Length { remaining: u64 },
-    Chunked(ChunkedDecoder),
-    UntilClose,
-    Done,
-}
-
-impl BodyTracker {
-    pub fn for_request(_framing: RequestFraming) -> BodyTracker {
-        BodyTracker::Done
-    }
-    pub fn for_response(_framing: ResponseFraming) -> BodyTracker {
-        BodyTracker::Done
-    }
-    /// Observes `input`; returns how many bytes belong to the body. Less than `input.len()`
-    /// only when the body ended inside `input`.
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        _on_data: &mut dyn FnMut(&[u8]),
-    ) -> Result<usize, ChunkedError> {
-        Ok(input.len())
-    }
-    pub fn is_done(&self) -> bool {
-        matches!(self, BodyTracker::Done)
-    }
-}
-
-/// A byte-resumable chunked-coding observer (RFC 9112 §7.1).
-#[derive(Debug, Clone, Default)]
-pub struct ChunkedDecoder {}
