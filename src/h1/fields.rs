@@ -37,14 +37,6 @@ pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
     list_elements(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// Whether a header named `name` is named as a token in any of the `Connection` values.
-pub(crate) fn named_by_connection<'a>(
-    name: &str,
-    mut connection_values: impl Iterator<Item = &'a [u8]>,
-) -> bool {
-    connection_values.any(|v| has_token(v, name.as_bytes()))
-}
-
 /// Parses one `Content-Length` field value strictly: one or more comma-separated elements,
 /// each 1*DIGIT (no sign, no spaces inside, no hex), all equal. `u64` overflow is an error.
 /// `FromStr for u64` is not used because it accepts a leading `+` (hyper `headers.rs`).

@@ -102,13 +102,13 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
 /// 2. `Transfer-Encoding` together with `Content-Length` → 400 (§6.1 allows processing by TE
 ///    and closing; rejecting is simpler and is what nginx ≥ 1.21.1 does).
 /// 3. `Transfer-Encoding` (every line folded into one list, case-insensitive):
-///    a. the last coding is not `chunked` → 400 (§6.3 rule 4: a request body's length
-///       cannot be determined);
-///    b. `chunked` more than once → 400 (§7.1: MUST NOT apply chunked more than once);
-///    c. any other coding before `chunked` (`gzip`, `deflate`, `compress`, or unknown) → 501:
-///       we decode no transfer coding but chunked, so we could neither scan the body for
-///       `model` nor tell the upstream what the body is (we re-send only `chunked`);
-///    d. otherwise → chunked.
+///    - the last coding is not `chunked` → 400 (§6.3 rule 4: a request body's length
+///      cannot be determined);
+///    - `chunked` more than once → 400 (§7.1: MUST NOT apply chunked more than once);
+///    - any other coding before `chunked` (`gzip`, `deflate`, `compress`, or unknown) → 501:
+///      we decode no transfer coding but chunked, so we could neither scan the body for
+///      `model` nor tell the upstream what the body is (we re-send only `chunked`);
+///    - otherwise → chunked.
 /// 4. `Content-Length`: 1*DIGIT only; repeated values (lines or `5, 5`) must be identical
 ///    (accepted then, as hyper does); differing, signed, hex, empty or overflowing → 400.
 /// 5. Neither → no body.
