@@ -12,7 +12,8 @@
 //! - `Content-Length` is written once, with the value we framed the body by, where the first
 //!   one was (identical repeats such as `5, 5` collapse to `5`, so the upstream parses exactly
 //!   the framing we parsed). A `Connection` header cannot remove it;
-//! - added: `Host` first, then after the client's headers `Transfer-Encoding: chunked` (for
+//! - added: `Host` first (and `Connection: keep-alive` on HTTP/1.0 requests, so the upstream
+//!   connection can still be pooled), then after the client's headers `Transfer-Encoding: chunked` (for
 //!   chunked bodies), `X-Forwarded-For` (the client IP; none on unix listeners),
 //!   `X-Forwarded-Proto`, `X-Forwarded-Host` (the client's `Host`), `X-Request-Id`, and the
 //!   per-model extra headers last.
@@ -69,6 +70,10 @@ pub fn write_upstream_request_head(
 
     if !extra_has("host") {
         put_header(out, b"Host", req.authority.as_bytes());
+    }
+    if head.version == Version::Http10 {
+        // HTTP/1.0 upstream requests close by default; ask to keep the pooled connection.
+        put_header(out, b"Connection", b"keep-alive");
     }
 
     let connection_names = |name: &str| {
@@ -495,6 +500,18 @@ mod tests {
         let r = rewrite(b"GET /x HTTP/1.0\r\n\r\n");
         assert_eq!(r.version, 0);
         assert!(r.bytes.starts_with(b"GET /x HTTP/1.0\r\n"));
+    }
+
+    #[test]
+    fn http10_upstream_request_asks_for_keep_alive() {
+        let r = rewrite(b"GET /x HTTP/1.0\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.all("connection"), vec![&b"keep-alive"[..]]);
+    }
+
+    #[test]
+    fn http11_upstream_request_has_no_connection_header() {
+        let r = rewrite(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert!(r.all("connection").is_empty());
     }
 
     #[test]
