@@ -7,7 +7,7 @@
 //! OpenAI answers it), modelgate's own failures are `server_error`, and failures of the
 //! backend behind it are `upstream_error`. Error responses are rare, so they may allocate.
 
-use crate::h1::{ChunkedError, HeadError};
+use crate::h1::{put_u64 as push_u64, ChunkedError, HeadError};
 use crate::scan::ScanError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,21 +274,6 @@ fn finish(body: &[u8], close: bool, head_only: bool, out: &mut Vec<u8>) {
     if !head_only {
         out.extend_from_slice(body);
     }
-}
-
-fn push_u64(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// The reason phrase for a status line; a class name for codes without a registered one.

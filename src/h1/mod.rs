@@ -22,6 +22,7 @@ pub mod response;
 pub mod rewrite;
 
 pub use chunked::{BodyTracker, ChunkedDecoder};
+pub(crate) use fields::put_u64;
 pub use request::{head_end, parse_request};
 pub use response::parse_response;
 pub use rewrite::{write_client_response_head, write_upstream_request_head};
