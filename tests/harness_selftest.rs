@@ -293,17 +293,12 @@ POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\
 
 #[test]
 fn scripted_upstream_sees_client_abort_while_busy() {
-    // The handler is "generating" (sleeping) when the client goes away: the open count drops
-    // anyway, promptly.
+    // The handler is "generating" (blind sleep, not looking at the socket) when the client
+    // goes away: the open count drops anyway, long before the handler returns.
     let up = ScriptedUpstream::start(|c| {
         if c.read_request().is_some() {
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-            for _ in 0..100 {
-                if c.peer_closed() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            std::thread::sleep(Duration::from_secs(3));
         }
     });
     let mut c = Client::connect(up.addr());
@@ -312,8 +307,10 @@ fn scripted_upstream_sees_client_abort_while_busy() {
     assert!(up.wait_open_connections(1, Duration::from_secs(1)));
     drop(c);
     let t = Instant::now();
-    assert!(up.wait_open_connections(0, Duration::from_millis(100)));
-    assert!(t.elapsed() < Duration::from_millis(100));
+    assert!(up.wait_open_connections(0, Duration::from_secs(2)));
+    // Generous for loaded CI machines; typically ~10 ms.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(up.connections(), 1);
 }
 
 #[test]
