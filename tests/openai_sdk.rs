@@ -73,9 +73,7 @@ fn openai_python_sdk_works_through_modelgate() {
         "SDK test failed ({status}):\n{stdout}\n--- stderr ---\n{stderr}\n--- modelgate stderr ---\n{}",
         mg.stderr_lines().join("\n")
     );
-    assert!(
-        mock.requests() >= 7,
-        "the mock saw {} requests",
-        mock.requests()
-    );
+    // Chat, streamed chat, raw SSE, embedding and the unlisted model reach the mock; the
+    // model list, retrieve and the unknown model are answered by modelgate itself.
+    assert_eq!(mock.requests(), 5, "requests that reached the mock");
 }
