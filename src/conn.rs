@@ -437,14 +437,12 @@ impl Conn {
     }
 
     /// Hands the connection its upstream socket (`reused` from the pool, else connecting).
+    /// (`TCP_NODELAY` was set when the pooled connection was first connected.)
     pub fn attach_upstream(&mut self, sock: Sock, reused: bool, now: Instant) {
         if let Phase::Proxy(ex) = &mut self.phase {
             ex.reused = reused;
             ex.connecting = !reused;
             ex.connect_started = now;
-            if reused {
-                sock.stream.set_nodelay();
-            }
         }
         self.upstream = Some(sock);
     }
