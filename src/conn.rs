@@ -42,6 +42,8 @@ const LINGER_BYTES: usize = 64 * 1024;
 const MAX_REQUEST_ID: usize = 128;
 /// Body blocks queued towards an upstream while the client streams (`/route/`).
 const STREAM_QUEUE: usize = 2;
+/// Addresses of one upstream tried before giving up with 502.
+const MAX_ADDRESSES: usize = 16;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -316,7 +318,10 @@ enum Resp {
 /// Why the upstream side failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
+    /// This address refused or timed out: the worker tries the next one.
     Connect,
+    /// No address (left) to try.
+    NoAddress,
     /// EOF, reset or a failed write before a complete response head.
     Broken,
     Timeout,
@@ -378,6 +383,8 @@ pub struct Conn {
     pub draining: bool,
     /// The client came in over TLS (`X-Forwarded-Proto: https`).
     pub secure: bool,
+    /// An upstream name to look up again (set after a connect failure).
+    pub refresh_name: Option<Arc<str>>,
     phase: Phase,
     inbuf: Option<Block>,
     to_client: Outbox,
@@ -398,6 +405,7 @@ impl Conn {
             client,
             peer,
             secure,
+            refresh_name: None,
             upstream: None,
             released: None,
             dead: Vec::new(),
@@ -447,9 +455,15 @@ impl Conn {
         self.upstream = Some(sock);
     }
 
-    /// The worker could not even start a connect.
-    pub fn connect_failed(&mut self, ctx: &mut Ctx<'_>) -> Want {
-        let flow = self.with_exchange(|conn, ex| conn.upstream_failed(ex, Failure::Connect, ctx));
+    /// The worker could not start a connect to the current address (`exhausted`: there is
+    /// no such address).
+    pub fn connect_failed(&mut self, exhausted: bool, ctx: &mut Ctx<'_>) -> Want {
+        let failure = if exhausted {
+            Failure::NoAddress
+        } else {
+            Failure::Connect
+        };
+        let flow = self.with_exchange(|conn, ex| conn.upstream_failed(ex, failure, ctx));
         self.finish_turn(flow)
     }
 
@@ -1246,8 +1260,12 @@ impl Conn {
             ex.truncated = true;
             return Flow::Again.or_close_if(self.to_client.drained(&self.client));
         }
+        if failure == Failure::Connect || failure == Failure::NoAddress {
+            // The name may have moved: ask for a fresh lookup.
+            self.refresh_name = ex.route.resolve_key.clone();
+        }
         if !ex.upstream_spoke {
-            if failure == Failure::Connect && ex.addr_attempt + 1 < ex.route.addrs.len() {
+            if failure == Failure::Connect && ex.addr_attempt < MAX_ADDRESSES {
                 ex.addr_attempt += 1;
                 ex.to_upstream.rewind();
                 return Flow::Upstream;

@@ -26,5 +26,6 @@ pub mod conn;
 pub mod upstream;
 
 pub mod cli;
+pub mod resolver;
 pub mod server;
 pub mod worker;

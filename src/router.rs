@@ -17,8 +17,12 @@ use crate::secrets::Secret;
 pub struct Route {
     pub name: String,
     pub upstream: Upstream,
-    /// Addresses to try in order (TCP upstreams; empty for unix).
+    /// Addresses to try in order, as resolved when the table was built (TCP upstreams; empty
+    /// for unix). Workers prefer fresher answers from the resolver thread, keyed by
+    /// `resolve_key`.
     pub addrs: Vec<SocketAddr>,
+    /// `host:port` for TCP upstreams whose host is a name (not an IP literal); else None.
+    pub resolve_key: Option<Arc<str>>,
     pub headers: Vec<(String, Secret)>,
     pub unlisted: bool,
     /// Upstream connections are pooled per (scheme, authority or socket path, CA file).
@@ -74,6 +78,11 @@ impl Routes {
                     .or_insert_with(|| resolve(&up.host, up.port))
                     .clone(),
             };
+            let resolve_key: Option<Arc<str>> = match up.scheme {
+                Scheme::Unix => None,
+                _ if up.host.parse::<std::net::IpAddr>().is_ok() => None,
+                _ => Some(format!("{}:{}", up.host, up.port).into()),
+            };
             let pool_key: Arc<str> = match (&up.unix_path, &model.ca_file) {
                 (Some(path), _) => format!("unix:{}", path.display()).into(),
                 (None, Some(ca)) => {
@@ -108,6 +117,7 @@ impl Routes {
                 name: name.clone(),
                 upstream: up.clone(),
                 addrs,
+                resolve_key,
                 headers: model.headers.clone(),
                 unlisted: model.unlisted,
                 pool_key,
@@ -134,6 +144,18 @@ impl Routes {
 
     pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
         self.models.get(name)
+    }
+
+    /// Every upstream host name to keep resolved (`host:port`, without duplicates).
+    pub fn names_to_resolve(&self) -> Vec<Arc<str>> {
+        let mut names: Vec<Arc<str>> = self
+            .models
+            .values()
+            .filter_map(|r| r.resolve_key.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 

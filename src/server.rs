@@ -1,7 +1,8 @@
 //! Process level: listeners, worker threads, the startup line, signals and reload. Config
 //! parsing, secret expansion, TLS setup and name resolution happen here, never on a worker.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
@@ -13,22 +14,30 @@ use mio::{Poll, Waker};
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
 use crate::net::{self, systemd, tls, Listener};
+use crate::resolver;
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
 use crate::worker::{self, Control, ListenerTls, Shared, Worker};
 
-/// Resolves an upstream host at startup; failures are a warning (the backend may come later).
+/// Resolves an upstream host while a routing table is built (startup and reload, on the
+/// server thread); failures are a warning: the resolver thread keeps trying.
 fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
         return vec![SocketAddr::new(ip, port)];
     }
-    match (host, port).to_socket_addrs() {
-        Ok(addrs) => addrs.collect(),
-        Err(e) => {
-            eprintln!("modelgate: warning: cannot resolve upstream host {host}: {e}");
-            Vec::new()
-        }
-    }
+    resolver::lookup(&format!("{host}:{port}")).unwrap_or_else(|| {
+        eprintln!("modelgate: warning: upstream {host}:{port} does not resolve (retrying)");
+        Vec::new()
+    })
+}
+
+/// The startup answers of the routing table, for the resolver thread to start from.
+fn resolved_names(routes: &Routes) -> HashMap<Arc<str>, Vec<SocketAddr>> {
+    routes
+        .models
+        .values()
+        .filter_map(|r| r.resolve_key.clone().map(|k| (k, r.addrs.clone())))
+        .collect()
 }
 
 /// The routing table for `config`, with TLS client configs for its `https://` upstreams.
@@ -62,7 +71,7 @@ fn bind(listen: &Listen) -> Result<Listener, String> {
 
 /// The workers' control channels.
 struct Workers {
-    controls: Vec<(mpsc::Sender<Control>, Waker)>,
+    controls: Vec<(mpsc::Sender<Control>, Arc<Waker>)>,
     handles: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -99,9 +108,11 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let (resolver_tx, resolver_rx) = resolver::channel();
     let shared = Shared {
         in_flight: Arc::new(AtomicU64::new(0)),
         budget: Budget::new(usize::try_from(config.max_buffer_bytes).unwrap_or(usize::MAX)),
+        resolver: Some(resolver_tx.clone()),
     };
     let per_worker = (config.max_connections / worker_count).max(1);
     let mut workers = Workers {
@@ -110,7 +121,8 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     };
     for id in 0..worker_count {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let waker = worker::waker(&poll).map_err(|e| format!("cannot create waker: {e}"))?;
+        let waker =
+            Arc::new(worker::waker(&poll).map_err(|e| format!("cannot create waker: {e}"))?);
         let mine = listeners
             .iter()
             .map(Listener::try_clone)
@@ -123,6 +135,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         let shared = Shared {
             in_flight: Arc::clone(&shared.in_flight),
             budget: Arc::clone(&shared.budget),
+            resolver: shared.resolver.clone(),
         };
         // The worker is built on its own thread: what it owns (pool, slabs) is not `Send`.
         let spawned = std::thread::Builder::new()
@@ -136,6 +149,13 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot spawn worker: {e}"))?;
         workers.handles.push(spawned);
     }
+    resolver::spawn(
+        resolver_rx,
+        routes.names_to_resolve(),
+        resolved_names(&routes),
+        workers.controls.clone(),
+    )
+    .map_err(|e| format!("cannot start the resolver: {e}"))?;
     for (listener, tls) in listeners.iter().zip(&tls) {
         eprintln!(
             "modelgate: listening on {}{}, routing {} models ({} listed)",
@@ -168,6 +188,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
                     routes.listed.len()
                 );
                 let routes = Arc::new(routes);
+                let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                 workers.send(|| Control::Routes(Arc::clone(&routes)));
                 workers.send(|| Control::ListenerTls(tls.clone()));
             }

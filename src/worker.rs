@@ -4,9 +4,11 @@
 //! sockets (pooled or freshly connected) when a connection asks, runs deadlines, and closes
 //! what connections give up. Everything a connection decides lives in `conn`.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use crate::buf::{Budget, Pool};
 use crate::config::Scheme;
 use crate::conn::{Conn, Ctx, RequestIds, Want};
 use crate::net::{self, Accepted, Listener};
+use crate::resolver;
 use crate::router::Routes;
 use crate::slab::Slab;
 use crate::timer::Timers;
@@ -38,6 +41,11 @@ pub enum Control {
     Routes(Arc<Routes>),
     /// Re-read listener certificates (reload): new connections use them.
     ListenerTls(ListenerTls),
+    /// Fresh addresses for an upstream name (`host:port`) from the resolver thread.
+    Resolved {
+        name: Arc<str>,
+        addrs: Arc<[std::net::SocketAddr]>,
+    },
     /// Stop accepting, close idle connections, finish the rest until the deadline.
     Shutdown { deadline: Instant },
 }
@@ -46,6 +54,8 @@ pub enum Control {
 pub struct Shared {
     pub in_flight: Arc<AtomicU64>,
     pub budget: Arc<Budget>,
+    /// Where workers ask for a fresh lookup after a connect failure.
+    pub resolver: Option<Sender<resolver::Request>>,
 }
 
 /// Who owns a registered socket (the token is the key in the owner slab).
@@ -70,6 +80,9 @@ pub struct Worker {
     upstreams: UpstreamPool,
     timers: Timers,
     routes: Arc<Routes>,
+    /// The resolver's latest answers, preferred over the routing table's startup ones.
+    resolved: HashMap<Arc<str>, Arc<[SocketAddr]>>,
+    resolver: Option<Sender<resolver::Request>>,
     in_flight: Arc<AtomicU64>,
     ids: RequestIds,
     scratch: Vec<u8>,
@@ -93,6 +106,7 @@ impl Worker {
         shared: &Shared,
         max_conns: usize,
     ) -> io::Result<Worker> {
+        let resolver = shared.resolver.clone();
         let mut listeners = listeners;
         for (i, listener) in listeners.iter_mut().enumerate() {
             listener.register(poll.registry(), Token(LISTENER_BASE + i))?;
@@ -115,6 +129,8 @@ impl Worker {
             upstreams: UpstreamPool::default(),
             timers: Timers::default(),
             routes,
+            resolved: HashMap::new(),
+            resolver,
             in_flight: Arc::clone(&shared.in_flight),
             ids: RequestIds::new(seed),
             scratch: Vec::with_capacity(4096),
@@ -237,6 +253,9 @@ impl Worker {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
                 Control::Routes(routes) => self.routes = routes,
+                Control::Resolved { name, addrs } => {
+                    self.resolved.insert(name, addrs);
+                }
                 Control::ListenerTls(tls) => {
                     if tls.len() == self.listener_tls.len() {
                         self.listener_tls = tls;
@@ -369,6 +388,11 @@ impl Worker {
             return;
         };
         let released = conn.released.take();
+        if let Some(name) = conn.refresh_name.take() {
+            if let Some(tx) = &self.resolver {
+                let _ = tx.send(resolver::Request::Refresh(name));
+            }
+        }
         let dead: Vec<Sock> = conn.dead.drain(..).collect();
         for sock in dead {
             self.close_sock(sock);
@@ -394,6 +418,13 @@ impl Worker {
             return;
         };
         let route = Arc::clone(route);
+        let addr = route
+            .resolve_key
+            .as_ref()
+            .and_then(|name| self.resolved.get(name))
+            .map_or(&route.addrs[..], |fresh| &fresh[..])
+            .get(attempt)
+            .copied();
         if !fresh_only {
             let (sock, expired) = self.upstreams.checkout(&route.pool_key, now);
             for old in expired {
@@ -409,31 +440,24 @@ impl Worker {
                 return;
             }
         }
-        let stream = match route.upstream.scheme {
-            Scheme::Unix => match &route.upstream.unix_path {
-                Some(path) => net::connect_unix(path),
-                None => Err(net::FailKind::Other),
-            },
-            Scheme::Http => match route.addrs.get(attempt) {
-                Some(addr) => net::connect_tcp(*addr),
-                None => Err(net::FailKind::Other),
-            },
-            Scheme::Https => match (route.addrs.get(attempt), &route.tls) {
-                (Some(addr), Some(tls)) => net::connect_tcp(*addr).and_then(|tcp| {
-                    tcp.into_tls_client(Arc::clone(&tls.config), tls.server_name.clone())
-                }),
-                _ => Err(net::FailKind::Other),
-            },
+        let unix = route.upstream.scheme == Scheme::Unix;
+        // A unix socket has one "address"; a TCP upstream has the resolved list.
+        let exhausted = if unix { attempt > 0 } else { addr.is_none() };
+        let stream = match (&route.upstream.unix_path, addr, &route.tls) {
+            _ if exhausted => Err(net::FailKind::Other),
+            (Some(path), _, _) => net::connect_unix(path),
+            (None, Some(addr), None) => net::connect_tcp(addr),
+            (None, Some(addr), Some(tls)) => net::connect_tcp(addr).and_then(|tcp| {
+                tcp.into_tls_client(Arc::clone(&tls.config), tls.server_name.clone())
+            }),
+            (None, None, _) => Err(net::FailKind::Other),
         };
         let registered = stream.and_then(|mut stream| {
             let token = self.owners.insert(Owner::Upstream(key));
             match stream.register(self.poll.registry(), Token(SOCKET_BASE + token)) {
                 Ok(()) => Ok(Sock::new(stream, token)),
                 Err(_) => {
-                    self.to_free.push(token);
-                    if let Some(owner) = self.owners.get_mut(token) {
-                        *owner = Owner::Closed;
-                    }
+                    self.retire_token(token);
                     Err(net::FailKind::Other)
                 }
             }
@@ -444,10 +468,12 @@ impl Worker {
         match registered {
             Ok(sock) => conn.attach_upstream(sock, false, now),
             Err(_) => {
-                eprintln!(
-                    "modelgate: cannot connect to upstream {} of model {}",
-                    route.upstream.authority, route.name
-                );
+                if exhausted || unix {
+                    eprintln!(
+                        "modelgate: cannot connect to upstream {} of model {} ({} address(es) tried)",
+                        route.upstream.authority, route.name, attempt
+                    );
+                }
                 let mut ctx = Ctx {
                     now,
                     pool: &self.pool,
@@ -456,7 +482,7 @@ impl Worker {
                     ids: &mut self.ids,
                     scratch: &mut self.scratch,
                 };
-                let want = conn.connect_failed(&mut ctx);
+                let want = conn.connect_failed(exhausted || unix, &mut ctx);
                 self.after_drive(key, want, now);
             }
         }

@@ -10,7 +10,7 @@ fn layer(module: &str) -> Option<u8> {
         | "error" => 0,
         "net" => 1,
         "conn" | "upstream" | "admin" => 2,
-        "cli" | "server" | "worker" | "main" => 3,
+        "cli" | "server" | "worker" | "resolver" | "main" => 3,
         _ => return None,
     })
 }
