@@ -291,6 +291,21 @@ fn min_max(s: &[u8]) -> (u8, u8) {
     (lo, hi)
 }
 
+/// Largest string span searched and checked at once (fits in L1/L2 with room to spare).
+const SPAN_WINDOW: usize = 16 * 1024;
+
+/// How many bytes `plain_prefix` looks at before leaving the rest to `memchr2`.
+const SHORT_STRING: usize = 32;
+
+/// Length of the leading run of printable ASCII other than `"` and `\` (bytes that need no
+/// check at all), looking at no more than `SHORT_STRING` bytes.
+fn plain_prefix(s: &[u8]) -> usize {
+    let head = s.get(..SHORT_STRING).unwrap_or(s);
+    head.iter()
+        .position(|&b| !(0x20..0x80).contains(&b) || b == b'"' || b == b'\\')
+        .unwrap_or(head.len())
+}
+
 fn invalid(offset: u64, reason: &'static str) -> ScanError {
     ScanError::InvalidJson { offset, reason }
 }
@@ -425,7 +440,28 @@ impl ModelScanner {
             let Some(&b) = rest.first() else { break };
             let at = self.consumed + i as u64;
             if self.state == State::Str(Esc::None) {
-                match memchr2(b'"', b'\\', rest) {
+                // Most strings (keys, roles, short texts) end within a few bytes: a plain loop
+                // finds their end before memchr's setup would pay off.
+                let p = plain_prefix(rest);
+                if self.utf8_have == 0 {
+                    if let (Some(&end), Some(span)) = (rest.get(p), rest.get(..p)) {
+                        if end == b'"' || end == b'\\' {
+                            self.push_role(span);
+                            if end == b'"' {
+                                self.end_string();
+                            } else {
+                                self.esc_start = at + p as u64;
+                                self.state = State::Str(Esc::Backslash);
+                            }
+                            i += p + 1;
+                            continue;
+                        }
+                    }
+                }
+                // Long spans are searched and checked a cache-sized window at a time, so the
+                // check pass reads what the search pass just brought into cache.
+                let window = rest.get(..SPAN_WINDOW).unwrap_or(rest);
+                match memchr2(b'"', b'\\', window) {
                     Some(n) => {
                         let (span, tail) = rest.split_at(n);
                         self.string_span(span, at, true)?;
@@ -439,8 +475,8 @@ impl ModelScanner {
                         i += n + 1;
                     }
                     None => {
-                        self.string_span(rest, at, false)?;
-                        i = chunk.len();
+                        self.string_span(window, at, false)?;
+                        i += window.len();
                     }
                 }
                 continue;
