@@ -1,7 +1,7 @@
 //! Local endpoints answered by modelgate itself (SPEC.md §3): `/health`, `/v1/models`,
 //! `/v1/models/{id}`. Pure functions from the routing table to a JSON body.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::h1::Method;
@@ -9,31 +9,49 @@ use crate::router::Routes;
 
 /// `{"status":"ok","models":N}` with N the listed models.
 pub fn health(routes: &Routes) -> Vec<u8> {
-    json!({"status": "ok", "models": routes.listed.len()})
-        .to_string()
-        .into_bytes()
+    status_ok(routes.listed.len())
 }
 
-fn model_object(routes: &Routes, id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": routes.created, "owned_by": "modelgate"})
+/// The answer to a successful `/admin/reload`: `{"status":"ok","models":N}` (listed models).
+pub fn reloaded(listed: usize) -> Vec<u8> {
+    status_ok(listed)
+}
+
+fn status_ok(models: usize) -> Vec<u8> {
+    format!("{{\"status\":\"ok\",\"models\":{models}}}").into_bytes()
+}
+
+/// Keys in OpenAI's order: `id`, `object`, `created`, `owned_by`.
+fn write_model_object(routes: &Routes, id: &str, out: &mut String) {
+    out.push_str("{\"id\":");
+    out.push_str(&Value::from(id).to_string());
+    out.push_str(",\"object\":\"model\",\"created\":");
+    out.push_str(&routes.created.to_string());
+    out.push_str(",\"owned_by\":\"modelgate\"}");
 }
 
 /// The OpenAI model list: listed models in byte order.
 pub fn list_models(routes: &Routes) -> Vec<u8> {
-    let data: Vec<Value> = routes
-        .listed
-        .iter()
-        .map(|id| model_object(routes, id))
-        .collect();
-    json!({"object": "list", "data": data})
-        .to_string()
-        .into_bytes()
+    let mut out = String::with_capacity(64 + routes.listed.len() * 96);
+    out.push_str("{\"object\":\"list\",\"data\":[");
+    for (i, id) in routes.listed.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_model_object(routes, id, &mut out);
+    }
+    out.push_str("]}");
+    out.into_bytes()
 }
 
 /// One model object; unlisted models are routable but not shown (404 like unknown ones).
 pub fn get_model(routes: &Routes, id: &str) -> Result<Vec<u8>, ApiError> {
     match routes.get(id) {
-        Some(route) if !route.unlisted => Ok(model_object(routes, id).to_string().into_bytes()),
+        Some(route) if !route.unlisted => {
+            let mut out = String::with_capacity(128);
+            write_model_object(routes, id, &mut out);
+            Ok(out.into_bytes())
+        }
         _ => Err(ApiError::ModelNotFound(id.to_owned())),
     }
 }
@@ -89,8 +107,19 @@ mod tests {
         .expect("routes")
     }
 
+    use serde_json::json;
+
     fn parse(body: &[u8]) -> Value {
         serde_json::from_slice(body).expect("valid JSON")
+    }
+
+    #[test]
+    fn bodies_keep_the_documented_key_order() {
+        let r = routes(&[("a\"b", false)]);
+        assert_eq!(health(&r), br#"{"status":"ok","models":1}"#);
+        let list = String::from_utf8(list_models(&r)).expect("utf8");
+        assert!(list
+            .starts_with(r#"{"object":"list","data":[{"id":"a\"b","object":"model","created":"#));
     }
 
     #[test]

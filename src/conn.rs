@@ -56,6 +56,8 @@ pub enum Want {
     Yield,
     /// Attach an upstream socket ([`Conn::upstream_wanted`] says for what), then drive.
     Upstream,
+    /// Ask the server thread for a config reload; [`Conn::reload_done`] brings the answer.
+    Reload,
     /// Close the connection (and any upstream it holds).
     Close,
 }
@@ -281,6 +283,8 @@ enum Phase {
     Proxy(Box<Exchange>),
     /// Writing a locally made response; then the next request, or close.
     Respond { close: bool },
+    /// Waiting for the server thread to finish an `/admin/reload`.
+    Reloading { close: bool },
     /// Our last byte is out and FIN sent; discarding input until the client's FIN, so
     /// unread input does not turn our close into a reset that eats the response.
     Linger { until: Instant, discarded: usize },
@@ -396,6 +400,7 @@ enum Flow {
     Wait,
     Yield,
     Upstream,
+    Reload,
     Close,
 }
 
@@ -431,6 +436,27 @@ impl Conn {
     /// Nothing left to wait for at shutdown but a lingering close.
     pub fn is_finishing(&self) -> bool {
         matches!(self.phase, Phase::Linger { .. } | Phase::Closed)
+    }
+
+    /// The server thread finished an `/admin/reload`: the listed model count, or every
+    /// problem with the new config.
+    pub fn reload_done(&mut self, result: Result<usize, Vec<String>>, ctx: &mut Ctx<'_>) -> Want {
+        let Phase::Reloading { close } = self.phase else {
+            return Want::Wait;
+        };
+        match result {
+            Ok(models) => {
+                let body = admin::reloaded(models);
+                let mut out = Vec::with_capacity(body.len() + 160);
+                error::write_json_response(200, &body, close, false, &mut out);
+                self.to_client.push(Chunk::Owned(out));
+                self.phase = Phase::Respond { close };
+            }
+            Err(problems) => {
+                let _ = self.reject(ApiError::Internal(problems.join("; ")), close);
+            }
+        }
+        self.drive(ctx)
     }
 
     /// The route, attempt and whether a pooled connection may be used, when the connection
@@ -475,6 +501,7 @@ impl Conn {
                 Phase::Body(_) => self.read_body(ctx),
                 Phase::Proxy(_) => self.with_exchange(|conn, ex| conn.pump(ex, ctx)),
                 Phase::Respond { close } => self.respond(close, ctx),
+                Phase::Reloading { .. } => Flow::Wait,
                 Phase::Linger { .. } => self.linger(ctx),
                 Phase::Closed => Flow::Close,
             };
@@ -489,9 +516,11 @@ impl Conn {
     /// A deadline passed: decide what it means in the current phase.
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Want {
         let flow = match &self.phase {
-            Phase::Idle | Phase::Linger { .. } | Phase::Closed | Phase::Respond { .. } => {
-                Flow::Close
-            }
+            Phase::Idle
+            | Phase::Linger { .. }
+            | Phase::Closed
+            | Phase::Respond { .. }
+            | Phase::Reloading { .. } => Flow::Close,
             Phase::Head { .. } => {
                 if self.inbuf.as_ref().is_some_and(|b| !b.is_empty()) {
                     self.reject(ApiError::RequestTimeout, true)
@@ -520,7 +549,9 @@ impl Conn {
         match &self.phase {
             Phase::Idle => self.last_activity + t.keep_alive,
             Phase::Head { started, .. } => *started + t.header,
-            Phase::Body(_) | Phase::Respond { .. } | Phase::Closed => self.last_activity + t.idle,
+            Phase::Body(_) | Phase::Respond { .. } | Phase::Reloading { .. } | Phase::Closed => {
+                self.last_activity + t.idle
+            }
             Phase::Linger { until, .. } => *until,
             Phase::Proxy(ex) => {
                 let handshaking = self
@@ -545,6 +576,7 @@ impl Conn {
             Flow::Again | Flow::Yield => Want::Yield,
             Flow::Wait => Want::Wait,
             Flow::Upstream => Want::Upstream,
+            Flow::Reload => Want::Reload,
             Flow::Close => {
                 self.phase = Phase::Closed;
                 if let Some(up) = self.upstream.take() {
@@ -634,6 +666,8 @@ impl Conn {
         let target = raw.get(head.target.clone()).unwrap_or(b"/");
         let decision = match router::classify(target) {
             Target::Health => Decision::Local(Local::Health),
+            Target::Metrics => Decision::Reject(ApiError::NotFound),
+            Target::AdminReload => Decision::AdminReload,
             Target::ListModels => Decision::Local(Local::List),
             Target::GetModel(id) => Decision::Local(Local::Get(id)),
             Target::BadEncoding => {
@@ -694,6 +728,23 @@ impl Conn {
                 self.start_path_route(head, &model, &path, routes, ctx)
             }
             Decision::ByBody => self.start_body(head, routes, ctx),
+            Decision::AdminReload => {
+                if head.method != Method::Post {
+                    return self.reject(ApiError::MethodNotAllowed, close_on_error);
+                }
+                // Never reachable from afar, whatever token the caller holds.
+                if !is_local_peer(self.peer) {
+                    return self.reject(
+                        ApiError::Forbidden("/admin/reload is only served to local clients"),
+                        close_on_error,
+                    );
+                }
+                self.consume_head(head.head_len);
+                self.phase = Phase::Reloading {
+                    close: close_on_error,
+                };
+                Flow::Reload
+            }
         }
     }
 
@@ -1429,6 +1480,7 @@ impl Exchange {
 /// What a request head asks for, with everything borrowed from the buffer copied out.
 enum Decision {
     Local(Local),
+    AdminReload,
     Reject(ApiError),
     ByPath(String, Vec<u8>),
     ByBody,
@@ -1504,6 +1556,19 @@ fn build_upstream_head(
     ctx.scratch.clear();
     h1::write_upstream_request_head(raw, head, &request, ctx.scratch);
     copy_chunk(ctx.scratch, ctx.pool)
+}
+
+/// `/admin/reload` is served to loopback and unix-socket clients only.
+fn is_local_peer(peer: Peer) -> bool {
+    match peer {
+        Peer::Unix => true,
+        Peer::Tcp(addr) => match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        },
+    }
 }
 
 fn copy_chunk(bytes: &[u8], pool: &Pool) -> Chunk {

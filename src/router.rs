@@ -163,6 +163,10 @@ impl Routes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target<'a> {
     Health,
+    /// `/metrics`: Prometheus text.
+    Metrics,
+    /// `/admin/reload`: the same reload as SIGHUP.
+    AdminReload,
     ListModels,
     /// `/v1/models/{id}`: the rest of the path, percent-decoded.
     GetModel(String),
@@ -204,8 +208,11 @@ pub fn classify(target: &[u8]) -> Target<'_> {
         Some(i) => (&target[..i], &target[i..]),
         None => (target, &b""[..]),
     };
-    if path == b"/health" {
-        return Target::Health;
+    match path {
+        b"/health" => return Target::Health,
+        b"/metrics" => return Target::Metrics,
+        b"/admin/reload" => return Target::AdminReload,
+        _ => {}
     }
     if path == b"/v1/models" || path == b"/v1/models/" {
         return Target::ListModels;
@@ -316,6 +323,13 @@ mod tests {
         let mut out = Vec::new();
         forward.write_to(&mut out);
         assert_eq!(out, b"/?a=b");
+    }
+
+    #[test]
+    fn metrics_and_admin_reload_are_local() {
+        assert_eq!(classify(b"/metrics"), Target::Metrics);
+        assert_eq!(classify(b"/admin/reload?x"), Target::AdminReload);
+        assert_eq!(classify(b"/admin/reload/x"), Target::ByBody);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::net::{self, systemd, tls, Listener};
 use crate::resolver;
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
-use crate::worker::{self, Control, ListenerTls, Shared, Worker};
+use crate::worker::{self, Control, ListenerTls, Shared, ToServer, Worker};
 
 /// Resolves an upstream host while a routing table is built (startup and reload, on the
 /// server thread); failures are a warning: the resolver thread keeps trying.
@@ -109,7 +109,10 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         n => n,
     };
     let (resolver_tx, resolver_rx) = resolver::channel();
+    let (events_tx, events) = mpsc::channel::<ToServer>();
+    signals::forward(signals, events_tx.clone())?;
     let shared = Shared {
+        reload: Some(events_tx),
         in_flight: Arc::new(AtomicU64::new(0)),
         budget: Budget::new(usize::try_from(config.max_buffer_bytes).unwrap_or(usize::MAX)),
         resolver: Some(resolver_tx.clone()),
@@ -133,6 +136,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         let routes = Arc::clone(&routes);
         let tls = tls.clone();
         let shared = Shared {
+            reload: shared.reload.clone(),
             in_flight: Arc::clone(&shared.in_flight),
             budget: Arc::clone(&shared.budget),
             resolver: shared.resolver.clone(),
@@ -173,12 +177,13 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     drop(listeners);
     systemd::notify("READY=1");
     let mut shutdown_timeout = config.timeouts.shutdown;
-    while let signals::Signal::Reload = signals::wait(&signals) {
+    drop(shared);
+    while let Ok(ToServer::Reload(asker)) = events.recv() {
         systemd::notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}",
             systemd::monotonic_usec()
         ));
-        match reload(config_path) {
+        let outcome = match reload(config_path) {
             Ok((next, routes, tls)) => {
                 shutdown_timeout = next.timeouts.shutdown;
                 eprintln!(
@@ -187,19 +192,32 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
                     routes.models.len(),
                     routes.listed.len()
                 );
+                let listed = routes.listed.len();
                 let routes = Arc::new(routes);
                 let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                 workers.send(|| Control::Routes(Arc::clone(&routes)));
                 workers.send(|| Control::ListenerTls(tls.clone()));
+                Ok(listed)
             }
             Err(problems) => {
-                for problem in problems {
+                for problem in &problems {
                     eprintln!("modelgate: reload refused: {problem}");
                 }
                 eprintln!("modelgate: still serving the previous config");
+                Err(problems)
+            }
+        };
+        systemd::notify("READY=1");
+        if let Some(req) = asker {
+            if let Some((tx, waker)) = workers.controls.get(req.worker) {
+                let _ = tx.send(Control::ReloadDone {
+                    conn: req.conn,
+                    generation: req.generation,
+                    result: outcome,
+                });
+                let _ = waker.wake();
             }
         }
-        systemd::notify("READY=1");
     }
     systemd::notify("STOPPING=1");
     eprintln!("modelgate: shutting down: draining in-flight requests");
@@ -223,6 +241,10 @@ fn reload(path: &Path) -> Result<(Config, Routes, ListenerTls), Vec<String>> {
 
 /// SIGHUP/SIGTERM/SIGINT taken synchronously by the server thread.
 mod signals {
+    use std::sync::mpsc::Sender;
+
+    use crate::worker::ToServer;
+
     pub enum Signal {
         Reload,
         Stop,
@@ -244,7 +266,24 @@ mod signals {
         }
     }
 
-    pub fn wait(set: &libc::sigset_t) -> Signal {
+    /// Turns signals into server events on a thread of their own.
+    pub fn forward(set: libc::sigset_t, tx: Sender<ToServer>) -> Result<(), String> {
+        std::thread::Builder::new()
+            .name("modelgate-signals".into())
+            .spawn(move || loop {
+                let event = match wait(&set) {
+                    Signal::Reload => ToServer::Reload(None),
+                    Signal::Stop => ToServer::Stop,
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the signal thread: {e}"))
+    }
+
+    fn wait(set: &libc::sigset_t) -> Signal {
         loop {
             let mut sig: libc::c_int = 0;
             // SAFETY: sigwait on a valid set with an out-parameter on our stack.

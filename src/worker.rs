@@ -41,6 +41,12 @@ pub enum Control {
     Routes(Arc<Routes>),
     /// Re-read listener certificates (reload): new connections use them.
     ListenerTls(ListenerTls),
+    /// The answer to an `/admin/reload` a connection of this worker asked for.
+    ReloadDone {
+        conn: usize,
+        generation: u64,
+        result: Result<usize, Vec<String>>,
+    },
     /// Fresh addresses for an upstream name (`host:port`) from the resolver thread.
     Resolved {
         name: Arc<str>,
@@ -50,8 +56,25 @@ pub enum Control {
     Shutdown { deadline: Instant },
 }
 
+/// A connection asks the server thread for a reload (`/admin/reload`).
+pub struct ReloadRequest {
+    pub worker: usize,
+    pub conn: usize,
+    pub generation: u64,
+}
+
+/// What the server thread is asked to do (by signals or by workers).
+pub enum ToServer {
+    /// Reload the config: SIGHUP (None) or `/admin/reload` (Some: answer that connection).
+    Reload(Option<ReloadRequest>),
+    /// SIGTERM/SIGINT: drain and exit.
+    Stop,
+}
+
 /// What the workers share: counters and the buffer budget. No locks on the data path.
 pub struct Shared {
+    /// Where `/admin/reload` requests go.
+    pub reload: Option<Sender<ToServer>>,
     pub in_flight: Arc<AtomicU64>,
     pub budget: Arc<Budget>,
     /// Where workers ask for a fresh lookup after a connect failure.
@@ -83,6 +106,8 @@ pub struct Worker {
     /// The resolver's latest answers, preferred over the routing table's startup ones.
     resolved: HashMap<Arc<str>, Arc<[SocketAddr]>>,
     resolver: Option<Sender<resolver::Request>>,
+    reload: Option<Sender<ToServer>>,
+    id: usize,
     in_flight: Arc<AtomicU64>,
     ids: RequestIds,
     scratch: Vec<u8>,
@@ -107,6 +132,7 @@ impl Worker {
         max_conns: usize,
     ) -> io::Result<Worker> {
         let resolver = shared.resolver.clone();
+        let reload = shared.reload.clone();
         let mut listeners = listeners;
         for (i, listener) in listeners.iter_mut().enumerate() {
             listener.register(poll.registry(), Token(LISTENER_BASE + i))?;
@@ -131,6 +157,8 @@ impl Worker {
             routes,
             resolved: HashMap::new(),
             resolver,
+            reload,
+            id,
             in_flight: Arc::clone(&shared.in_flight),
             ids: RequestIds::new(seed),
             scratch: Vec::with_capacity(4096),
@@ -256,6 +284,11 @@ impl Worker {
                 Control::Resolved { name, addrs } => {
                     self.resolved.insert(name, addrs);
                 }
+                Control::ReloadDone {
+                    conn,
+                    generation,
+                    result,
+                } => self.finish_reload(conn, generation, result, now),
                 Control::ListenerTls(tls) => {
                     if tls.len() == self.listener_tls.len() {
                         self.listener_tls = tls;
@@ -379,6 +412,27 @@ impl Worker {
                 self.attach_upstream(key, now);
                 false
             }
+            Want::Reload => {
+                let generation = self.conns.get(key).map_or(0, |c| c.generation);
+                let sent = self.reload.as_ref().is_some_and(|tx| {
+                    tx.send(ToServer::Reload(Some(ReloadRequest {
+                        worker: self.id,
+                        conn: key,
+                        generation,
+                    })))
+                    .is_ok()
+                });
+                if !sent {
+                    self.finish_reload(
+                        key,
+                        generation,
+                        Err(vec!["reload is unavailable".into()]),
+                        now,
+                    );
+                }
+                self.arm_timer(key);
+                true
+            }
         }
     }
 
@@ -485,6 +539,34 @@ impl Worker {
                 let want = conn.connect_failed(exhausted || unix, &mut ctx);
                 self.after_drive(key, want, now);
             }
+        }
+    }
+
+    fn finish_reload(
+        &mut self,
+        key: usize,
+        generation: u64,
+        result: Result<usize, Vec<String>>,
+        now: Instant,
+    ) {
+        let Some(conn) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        let mut ctx = Ctx {
+            now,
+            pool: &self.pool,
+            routes: &self.routes,
+            in_flight: &self.in_flight,
+            ids: &mut self.ids,
+            scratch: &mut self.scratch,
+        };
+        let want = conn.reload_done(result, &mut ctx);
+        if !self.after_drive(key, want, now) {
+            self.drive(key, now);
         }
     }
 
