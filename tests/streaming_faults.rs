@@ -1169,3 +1169,255 @@ fn sigterm_lets_a_running_stream_finish_refuses_new_connections_and_exits_zero()
         .expect("modelgate still running after the drain deadline");
     assert!(st.success(), "exit status {st}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// More edges of the same machinery.
+
+#[test]
+fn stream_with_gaps_under_the_idle_timeout_outlives_it() {
+    // `idle` bounds the gap between bytes, not the whole exchange: events every 400 ms with a
+    // 1 s idle timeout stream for 3 s.
+    const EVENTS: usize = 8;
+    let up = ScriptedUpstream::start(|conn| {
+        if conn.read_request().is_none() {
+            return;
+        }
+        let _ = conn.write_all(SSE_HEAD);
+        for i in 0..EVENTS {
+            thread::sleep(ms(400));
+            if conn.write_all(&sse_chunk(i)).is_err() {
+                return;
+            }
+        }
+        let _ = conn.write_all(b"0\r\n\r\n");
+        let _ = conn.read_request();
+    });
+    let mg = start(&[("m", &up.url())], json!({"timeouts": {"idle": 1}}));
+    let mut c = Client::connect(mg.addr());
+    c.send(&chat_request("m", true, &[]));
+    let mut resp = c.try_read_head().expect("head");
+    assert_eq!(resp.status, 200);
+    let mut n = 0;
+    while let Some(_d) = c
+        .try_next_chunk(&mut resp)
+        .expect("stream cut while bytes kept flowing")
+    {
+        n += 1;
+    }
+    assert_eq!(n, EVENTS);
+}
+
+#[test]
+fn first_byte_timeout_closes_the_upstream_connection() {
+    // After a 504 the upstream connection must not be reused: its late answer would go to
+    // the next request.
+    let (tx, rx) = mpsc::channel::<bool>();
+    let tx: Report<_> = Mutex::new(tx);
+    let up = ScriptedUpstream::start(move |conn| {
+        if conn.read_request().is_some() {
+            report(&tx, conn.wait_peer_closed(Duration::from_secs(3)));
+        }
+    });
+    let mg = start(&[("m", &up.url())], json!({"timeouts": {"firstByte": 0.3}}));
+    let resp = post_json(mg.addr(), "/v1/chat/completions", &chat_body("m", false));
+    assert_error(&resp, 504, "upstream_timeout");
+    let t = Instant::now();
+    let closed = rx.recv_timeout(Duration::from_secs(5)).expect("report");
+    assert!(closed, "upstream connection kept open 3 s after the 504");
+    assert!(
+        t.elapsed() < ms(500),
+        "closed {:?} after the 504",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn pipelined_request_behind_a_stream_is_answered_after_it_in_order() {
+    let mock = MockUpstream::openai("alpha");
+    let mg = start(&[("m", &mock.url())], json!({}));
+    let mut bytes = chat_request(
+        "m",
+        true,
+        &["X-Mock-Sse-Events: 5", "X-Mock-Sse-Interval-Ms: 50"],
+    );
+    let second = tagged_chat_body("m", 7);
+    bytes.extend(request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        second.as_bytes(),
+    ));
+    let mut c = Client::connect(mg.addr());
+    c.send(&bytes);
+    let first = c.read_response();
+    assert_eq!(first.status, 200);
+    let data = first.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let resp = c.read_response();
+    check_tagged(&resp, "m", "alpha", &second).unwrap();
+}
+
+#[test]
+fn close_delimited_upstream_response_reaches_the_client_whole_then_eof() {
+    let up = ScriptedUpstream::start(|conn| {
+        if conn.read_request().is_none() {
+            return;
+        }
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ");
+        thread::sleep(ms(50));
+        let _ = conn.write_all(b"world");
+        conn.close();
+    });
+    let mg = start(&[("m", &up.url())], json!({}));
+    let mut c = Client::connect(mg.addr());
+    c.send(&chat_request("m", false, &[]));
+    let head = c.try_read_head().expect("head");
+    assert_eq!(head.status, 200);
+    let (body, eof) = c.read_to_eof_with_timeout(Duration::from_secs(5));
+    assert!(eof, "a close-delimited body ends with a close");
+    assert_eq!(body, b"hello world");
+}
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_and_exits_at_once() {
+    let mock = MockUpstream::openai("alpha");
+    let mut mg = start(&[("m", &mock.url())], json!({"timeouts": {"shutdown": 10}}));
+    let mut c = Client::connect(mg.addr());
+    c.send(&chat_request("m", false, &[]));
+    assert_eq!(c.read_response().status, 200);
+    let t = Instant::now();
+    mg.signal(libc::SIGTERM);
+    assert!(
+        c.is_closed_within(Duration::from_secs(2)),
+        "idle keep-alive connection still open 2 s after SIGTERM"
+    );
+    let st = mg
+        .wait_exit(Duration::from_secs(2))
+        .expect("modelgate still running 2 s after SIGTERM with nothing in flight");
+    assert!(st.success(), "exit status {st}");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn client_that_stops_reading_is_cut_at_idle_timeout_and_upstream_closed() {
+    let (tx, rx) = mpsc::channel::<bool>();
+    let tx: Report<_> = Mutex::new(tx);
+    let up = ScriptedUpstream::start(move |conn| {
+        if conn.read_request().is_none() {
+            return;
+        }
+        let total = 32 << 20;
+        let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").into_bytes();
+        out.resize(out.len() + total, b'z');
+        // Blocks once every buffer is full; fails when modelgate gives up.
+        let _ = conn.write_all(&out);
+        report(&tx, conn.wait_peer_closed(Duration::from_secs(5)));
+    });
+    let mg = start(&[("m", &up.url())], json!({"timeouts": {"idle": 1}}));
+    let mut c = Client::connect(mg.addr());
+    c.send(&request_bytes("GET", "/route/m/big", &[], b""));
+    let t = Instant::now();
+    // Read nothing. The exchange stalls; after `idle` both sides are closed.
+    let closed = rx.recv_timeout(Duration::from_secs(8)).expect("report");
+    assert!(closed, "upstream still open with a stalled client");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stalled exchange closed after {:?}, idle timeout 1 s",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn in_flight_slot_is_released_after_abort_502_and_504() {
+    let up = ScriptedUpstream::start(|conn| {
+        while let Some(req) = conn.read_request() {
+            match req.header("x-do") {
+                Some("hang") => {
+                    conn.wait_peer_closed(Duration::from_secs(5));
+                    return;
+                }
+                Some("die") => return,
+                _ => {
+                    if conn.respond_json(200, "{\"ok\":true}").is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mg = start(
+        &[("m", &up.url()), ("dead", &closed_port_url())],
+        json!({"maxConcurrentRequests": 1, "timeouts": {"firstByte": 0.3}}),
+    );
+    let addr = mg.addr();
+    let ok = |what: &str| {
+        let r = post_json(addr, "/v1/chat/completions", &chat_body("m", false));
+        assert_eq!(
+            r.status,
+            200,
+            "after {what}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    };
+    ok("nothing");
+    // Client abort while the upstream holds the request.
+    let mut c = Client::connect(addr);
+    c.send(&chat_request("m", false, &["X-Do: hang"]));
+    thread::sleep(ms(100));
+    c.close();
+    drop(c);
+    thread::sleep(ms(100));
+    ok("a client abort");
+    let r = post_json(addr, "/v1/chat/completions", &chat_body("dead", false));
+    assert_eq!(r.status, 502);
+    ok("a connect failure");
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &["X-Do: die"],
+        chat_body("m", false).as_bytes(),
+    );
+    assert_eq!(r.status, 502);
+    ok("an upstream dying before the response");
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &["X-Do: hang"],
+        chat_body("m", false).as_bytes(),
+    );
+    assert_eq!(r.status, 504);
+    ok("a first-byte timeout");
+}
+
+#[test]
+fn invalid_chunking_from_upstream_is_cut_not_completed() {
+    let up = ScriptedUpstream::start(|conn| {
+        if conn.read_request().is_none() {
+            return;
+        }
+        let mut out = SSE_HEAD.to_vec();
+        out.extend(sse_chunk(0));
+        let _ = conn.write_all(&out);
+        thread::sleep(ms(50));
+        let _ = conn.write_all(b"ZZ\r\nnot a chunk\r\n0\r\n\r\n");
+        conn.wait_peer_closed(Duration::from_secs(5));
+    });
+    let mg = start(&[("m", &up.url())], json!({}));
+    let mut c = Client::connect(mg.addr());
+    c.send(&chat_request("m", true, &[]));
+    let head = c.try_read_head().expect("head");
+    assert_eq!(head.status, 200);
+    let (rest, eof) = c.read_to_eof_with_timeout(Duration::from_secs(5));
+    assert!(eof, "client kept open after the upstream broke the framing");
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        String::from_utf8_lossy(&sse_chunk(0)),
+        "the valid chunk, then EOF (nothing of the bad framing, no terminator)"
+    );
+}
