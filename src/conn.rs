@@ -40,8 +40,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
 /// Longest client `X-Request-Id` we forward; longer ones are replaced by a generated id.
 const MAX_REQUEST_ID: usize = 128;
-/// Body blocks queued towards an upstream while the client streams (`/route/`).
-const STREAM_QUEUE: usize = 2;
 /// Addresses of one upstream tried before giving up with 502.
 const MAX_ADDRESSES: usize = 16;
 
@@ -107,10 +105,6 @@ impl Outbox {
         self.idx >= self.chunks.len()
     }
 
-    fn pending(&self) -> usize {
-        self.chunks.len() - self.idx
-    }
-
     fn rewind(&mut self) {
         self.idx = 0;
         self.off = 0;
@@ -141,13 +135,16 @@ impl Outbox {
         }
     }
 
-    /// Everything queued is out of our hands, TLS ciphertext included.
-    fn drained(&self, sock: &Sock) -> bool {
-        self.is_empty() && !sock.stream.wants_write()
+    /// Everything queued (and the stream block `tail`) is out of our hands, TLS ciphertext
+    /// included.
+    fn drained(&self, sock: &Sock, tail: Option<&Block>) -> bool {
+        self.is_empty() && tail.is_none_or(|t| t.is_empty()) && !sock.stream.wants_write()
     }
 
-    /// Writes until empty or `WouldBlock`, several chunks per syscall.
-    fn flush(&mut self, sock: &mut Sock) -> Flush {
+    /// Writes until everything is out or `WouldBlock`, several chunks per syscall. `tail` is
+    /// the exchange's own stream block (body bytes being relayed): written after the queued
+    /// chunks and consumed as it goes, so it can be refilled.
+    fn flush(&mut self, sock: &mut Sock, mut tail: Option<&mut Block>) -> Flush {
         let mut total = 0;
         if sock.writable && sock.stream.wants_write() {
             match sock.stream.flush() {
@@ -156,24 +153,48 @@ impl Outbox {
                 Io::Done(_) => {}
             }
         }
-        while !self.is_empty() && sock.writable {
+        loop {
+            let tail_len = tail.as_ref().map_or(0, |t| t.len());
+            if (self.is_empty() && tail_len == 0) || !sock.writable {
+                return Flush::Wrote(total);
+            }
             let mut slices = [IoSlice::new(&[]); 16];
             let mut count = 0;
-            for (i, chunk) in self.chunks[self.idx..].iter().take(16).enumerate() {
+            for (i, chunk) in self.chunks[self.idx..].iter().take(15).enumerate() {
                 let bytes = chunk.bytes();
                 slices[i] = IoSlice::new(if i == 0 { &bytes[self.off..] } else { bytes });
                 count += 1;
             }
+            if count < 15 {
+                if let Some(t) = tail.as_ref().filter(|t| !t.is_empty()) {
+                    slices[count] = IoSlice::new(t.filled());
+                    count += 1;
+                }
+            }
             match sock.stream.write_vectored(&slices[..count]) {
                 Io::Done(n) => {
                     total += n;
-                    self.advance(n);
+                    let queued = self.queued_bytes();
+                    self.advance(n.min(queued));
+                    if n > queued {
+                        if let Some(t) = tail.as_mut() {
+                            t.consume(n - queued);
+                        }
+                    }
                 }
                 Io::WouldBlock => sock.writable = false,
                 Io::Eof | Io::Failed(_) => return Flush::Failed,
             }
         }
-        Flush::Wrote(total)
+    }
+
+    /// Bytes of queued chunks not yet written.
+    fn queued_bytes(&self) -> usize {
+        self.chunks[self.idx.min(self.chunks.len())..]
+            .iter()
+            .map(|c| c.bytes().len())
+            .sum::<usize>()
+            .saturating_sub(self.off)
     }
 }
 
@@ -344,7 +365,11 @@ struct Exchange {
     req_payload: u64,
     max_body: u64,
     resp: Resp,
-    resp_buf: Option<Block>,
+    /// The response block, reserved before the request goes upstream: the exchange can
+    /// always read its response, whatever the pool's budget does meanwhile.
+    resp_buf: Block,
+    /// The request block for a body streamed from the client (`/route/`).
+    req_buf: Option<Block>,
     /// Any byte came from the upstream: no retry from here on.
     upstream_spoke: bool,
     /// The client got the response head: errors can only truncate now.
@@ -775,6 +800,19 @@ impl Conn {
         let Some(slot) = InFlight::acquire(ctx.in_flight, routes.max_concurrent_requests) else {
             return self.reject(ApiError::Overloaded, close_on_error);
         };
+        // One block per direction, reserved before anything reaches the upstream.
+        let streaming = head.framing != RequestFraming::Empty;
+        let Some(resp_buf) = ctx.pool.take() else {
+            return self.reject(ApiError::Overloaded, close_on_error);
+        };
+        let stream = if streaming {
+            match ctx.pool.take() {
+                Some(block) => Some((BodyTracker::for_request(head.framing), block)),
+                None => return self.reject(ApiError::Overloaded, close_on_error),
+            }
+        } else {
+            None
+        };
         let Some(buf) = self.inbuf.as_ref() else {
             return Flow::Close;
         };
@@ -793,7 +831,6 @@ impl Conn {
             self.to_client.push(Chunk::Static(CONTINUE));
         }
         self.consume_head(head.head_len);
-        let streaming = head.framing != RequestFraming::Empty;
         let mut to_upstream = Outbox {
             retain: !streaming,
             ..Outbox::default()
@@ -803,7 +840,8 @@ impl Conn {
             route,
             &head,
             to_upstream,
-            streaming.then(|| BodyTracker::for_request(head.framing)),
+            stream,
+            resp_buf,
             routes.max_body_bytes,
             request_id,
             slot,
@@ -881,7 +919,7 @@ impl Conn {
     // ----- reading a body to route it ---------------------------------------------------
 
     fn read_body(&mut self, ctx: &mut Ctx<'_>) -> Flow {
-        if let Flush::Failed = self.to_client.flush(&mut self.client) {
+        if let Flush::Failed = self.to_client.flush(&mut self.client, None) {
             return Flow::Close;
         }
         let Phase::Body(body) = &mut self.phase else {
@@ -949,11 +987,13 @@ impl Conn {
             Err(e) => Err(ApiError::from(e)),
         };
         let slot = routed.and_then(|route| {
-            InFlight::acquire(ctx.in_flight, body.routes.max_concurrent_requests)
-                .map(|slot| (route, slot))
-                .ok_or(ApiError::Overloaded)
+            let slot = InFlight::acquire(ctx.in_flight, body.routes.max_concurrent_requests)
+                .ok_or(ApiError::Overloaded)?;
+            // The response block is reserved before anything reaches the upstream.
+            let resp_buf = ctx.pool.take().ok_or(ApiError::Overloaded)?;
+            Ok((route, slot, resp_buf))
         });
-        let prepared = slot.map(|(route, slot)| {
+        let prepared = slot.map(|(route, slot, resp_buf)| {
             let raw = body.head_block.filled();
             let target = raw.get(body.head.target.clone()).unwrap_or(b"/");
             let head_chunk = build_upstream_head(
@@ -966,7 +1006,7 @@ impl Conn {
                 !body.routes.auth_tokens.is_empty(),
                 ctx,
             );
-            (route, slot, head_chunk)
+            (route, slot, resp_buf, head_chunk)
         });
         // What follows the body is the next request: it becomes the read buffer again.
         let mut rest = body.head_block;
@@ -975,7 +1015,7 @@ impl Conn {
         self.inbuf = Some(rest);
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
-            Ok((route, slot, head_chunk)) => {
+            Ok((route, slot, resp_buf, head_chunk)) => {
                 let mut to_upstream = Outbox {
                     retain: true,
                     ..Outbox::default()
@@ -989,6 +1029,7 @@ impl Conn {
                     &body.head,
                     to_upstream,
                     None,
+                    resp_buf,
                     body.routes.max_body_bytes,
                     body.request_id,
                     slot,
@@ -1026,9 +1067,10 @@ impl Conn {
                     Err(_) => return self.upstream_failed(ex, Failure::Connect, ctx),
                 }
             }
-            // Request bytes to the upstream.
-            if !ex.to_upstream.drained(up) {
-                match ex.to_upstream.flush(up) {
+            // Request bytes to the upstream: the queued head (and buffered body), then the
+            // streamed body block.
+            if !ex.to_upstream.drained(up, ex.req_buf.as_ref()) {
+                match ex.to_upstream.flush(up, ex.req_buf.as_mut()) {
                     Flush::Failed => return self.upstream_failed(ex, Failure::Broken, ctx),
                     Flush::Wrote(n) => {
                         if n > 0 {
@@ -1037,27 +1079,38 @@ impl Conn {
                         }
                     }
                 }
-                if ex.to_upstream.drained(up) && ex.req_body.is_none() && ex.request_sent.is_none()
+                if ex.request_sent.is_none()
+                    && ex.req_body.is_none()
+                    && ex.to_upstream.drained(up, ex.req_buf.as_ref())
                 {
                     ex.request_sent = Some(ctx.now);
                 }
             }
-            // A streamed request body from the client.
-            if ex.req_body.is_some() && ex.to_upstream.pending() < STREAM_QUEUE {
+            // A streamed request body from the client, one block at a time.
+            if ex.req_body.is_some() && ex.req_buf.as_ref().is_some_and(|b| b.is_empty()) {
                 match self.stream_request_body(ex, ctx) {
                     Ok(moved) => progress |= moved,
                     Err(flow) => return flow,
                 }
             }
             // Response bytes from the upstream, only when the client took the last ones.
-            if !ex.response_done() && self.to_client.drained(&self.client) && !ex.truncated {
+            let relaying = !matches!(ex.resp, Resp::Head);
+            let tail = relaying.then_some(&ex.resp_buf);
+            if !ex.response_done() && !ex.truncated && self.to_client.drained(&self.client, tail) {
                 match self.read_upstream(ex, ctx) {
                     Ok(moved) => progress |= moved,
                     Err(flow) => return flow,
                 }
             }
-            if !self.to_client.drained(&self.client) {
-                match self.to_client.flush(&mut self.client) {
+            let relaying = !matches!(ex.resp, Resp::Head);
+            if !self
+                .to_client
+                .drained(&self.client, relaying.then_some(&ex.resp_buf))
+            {
+                match self
+                    .to_client
+                    .flush(&mut self.client, relaying.then_some(&mut ex.resp_buf))
+                {
                     Flush::Failed => return Flow::Close,
                     Flush::Wrote(n) => {
                         if n > 0 {
@@ -1067,7 +1120,10 @@ impl Conn {
                     }
                 }
             }
-            if ex.truncated && self.to_client.drained(&self.client) {
+            let flushed = self
+                .to_client
+                .drained(&self.client, relaying.then_some(&ex.resp_buf));
+            if ex.truncated && flushed {
                 // Never complete the framing of a stream the upstream cut short.
                 return Flow::Close;
             }
@@ -1083,7 +1139,7 @@ impl Conn {
                     Io::Eof | Io::Failed(_) => return Flow::Close,
                 }
             }
-            if ex.response_done() && self.to_client.drained(&self.client) {
+            if ex.response_done() && flushed {
                 return self.finish_exchange(ex, ctx);
             }
             if !progress {
@@ -1093,23 +1149,22 @@ impl Conn {
         Flow::Yield
     }
 
-    /// Reads request body bytes from the client (buffered leftovers first) and queues them.
+    /// Fills the exchange's request block from the client (buffered leftovers first) and
+    /// observes where the body ends; what follows it is the next request.
     fn stream_request_body(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Result<bool, Flow> {
-        let Some(tracker) = ex.req_body.as_mut() else {
+        let (Some(tracker), Some(buf)) = (ex.req_body.as_mut(), ex.req_buf.as_mut()) else {
             return Ok(false);
         };
-        let mut block = match self.inbuf.take().filter(|b| !b.is_empty()) {
-            Some(block) => block,
+        match self.inbuf.as_mut().filter(|b| !b.is_empty()) {
+            // Bytes read with the head: swap blocks instead of copying.
+            Some(inbuf) => std::mem::swap(inbuf, buf),
             None => {
                 if !self.client.readable {
                     return Ok(false);
                 }
-                let Some(mut block) = ctx.pool.take() else {
-                    return Ok(false);
-                };
-                match self.client.stream.read(block.spare()) {
+                match self.client.stream.read(buf.spare()) {
                     Io::Done(n) => {
-                        block.commit(n);
+                        buf.commit(n);
                         self.last_activity = ctx.now;
                     }
                     Io::WouldBlock => {
@@ -1118,11 +1173,10 @@ impl Conn {
                     }
                     Io::Eof | Io::Failed(_) => return Err(Flow::Close),
                 }
-                block
             }
-        };
+        }
         let mut payload = 0u64;
-        let consumed = match tracker.feed(block.filled(), &mut |d| payload += d.len() as u64) {
+        let consumed = match tracker.feed(buf.filled(), &mut |d| payload += d.len() as u64) {
             Ok(n) => n,
             // The upstream already has part of the body: closing is the only safe answer.
             Err(_) => return Err(Flow::Close),
@@ -1131,22 +1185,33 @@ impl Conn {
         if ex.max_body > 0 && ex.req_payload > ex.max_body {
             return Err(Flow::Close);
         }
-        if consumed < block.len() {
-            let rest = block.filled()[consumed..].to_vec();
-            block.truncate(consumed);
-            if let Some(mut next) = ctx.pool.take() {
-                next.extend(&rest);
-                self.inbuf = Some(next);
+        if consumed < buf.len() {
+            // A pipelined request follows the body: keep it for after this exchange, or, when
+            // no block is left for it, close after the response rather than lose it.
+            let rest = &buf.filled()[consumed..];
+            match self.inbuf.as_mut() {
+                Some(inbuf) if inbuf.is_empty() => {
+                    inbuf.extend(rest);
+                }
+                _ => match ctx.pool.take() {
+                    Some(mut next) => {
+                        next.extend(rest);
+                        self.inbuf = Some(next);
+                    }
+                    None => ex.client_close = true,
+                },
             }
+            buf.truncate(consumed);
         }
         if tracker.is_done() {
             ex.req_body = None;
         }
-        ex.to_upstream.push(Chunk::Block(block));
         Ok(true)
     }
 
-    /// One read from the upstream: the response head, or body bytes for the client.
+    /// One read from the upstream into the exchange's response block: the response head,
+    /// or body bytes for the client. Called only when the block is empty or holds a partial
+    /// head, so one block per direction is all an exchange ever holds (backpressure).
     fn read_upstream(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Result<bool, Flow> {
         let Some(up) = self.upstream.as_mut() else {
             return Ok(false);
@@ -1154,55 +1219,44 @@ impl Conn {
         if !up.readable {
             return Ok(false);
         }
-        let mut block = match ex.resp_buf.take() {
-            Some(block) => block,
-            None => match ctx.pool.take() {
-                Some(block) => block,
-                // Wait for the pool: the upstream is paused meanwhile.
-                None => return Ok(false),
-            },
-        };
-        if block.spare().is_empty() && !block.grow(MAX_HEAD_BYTES + 1) {
+        let buf = &mut ex.resp_buf;
+        if buf.spare().is_empty() && !buf.grow(MAX_HEAD_BYTES + 1) {
             return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
         }
-        match up.stream.read(block.spare()) {
+        match up.stream.read(buf.spare()) {
             Io::Done(n) => {
-                block.commit(n);
+                buf.commit(n);
                 self.last_activity = ctx.now;
                 if !ex.upstream_spoke {
                     ex.upstream_spoke = true;
                     ex.to_upstream.release_written();
                 }
                 match &mut ex.resp {
-                    Resp::Head => {
-                        ex.resp_buf = Some(block);
-                        self.parse_response(ex, ctx).map(|()| true)
-                    }
+                    Resp::Head => self.parse_response(ex, ctx).map(|()| true),
                     Resp::Body {
                         tracker,
                         keep_alive,
                     } => {
-                        let start = block.len() - n;
-                        let consumed = tracker
-                            .feed(&block.filled()[start..], &mut |_| {})
-                            .unwrap_or(usize::MAX);
-                        if consumed == usize::MAX {
-                            // Invalid chunking from the upstream: cut the stream.
-                            block.truncate(start);
-                            self.to_client.push(Chunk::Block(block));
-                            ex.truncated = true;
-                            return Ok(true);
-                        }
-                        if consumed < n {
-                            *keep_alive = false;
-                            block.truncate(start + consumed);
+                        let start = buf.len() - n;
+                        match tracker.feed(&buf.filled()[start..], &mut |_| {}) {
+                            Ok(consumed) if consumed < n => {
+                                // Bytes past the framed end: never forwarded, never reused.
+                                *keep_alive = false;
+                                buf.truncate(start + consumed);
+                            }
+                            Ok(_) => {}
+                            Err(_) => {
+                                // Invalid chunking from the upstream: cut the stream.
+                                buf.truncate(start);
+                                ex.truncated = true;
+                                return Ok(true);
+                            }
                         }
                         if tracker.is_done() {
                             ex.resp = Resp::Done {
                                 keep_alive: *keep_alive,
                             };
                         }
-                        self.to_client.push(Chunk::Block(block));
                         Ok(true)
                     }
                     Resp::Done { .. } => Ok(false),
@@ -1210,19 +1264,16 @@ impl Conn {
             }
             Io::WouldBlock => {
                 up.readable = false;
-                if matches!(ex.resp, Resp::Head) && !block.is_empty() {
-                    ex.resp_buf = Some(block);
-                }
                 Ok(false)
             }
             Io::Eof | Io::Failed(_) => {
                 if let Resp::Body { tracker, .. } = &ex.resp {
-                    if matches!(tracker, BodyTracker::UntilClose) {
+                    if tracker.is_until_close() {
                         ex.resp = Resp::Done { keep_alive: false };
                         ex.client_close = true;
-                        return Ok(true);
+                    } else {
+                        ex.truncated = true;
                     }
-                    ex.truncated = true;
                     return Ok(true);
                 }
                 Err(self.upstream_failed(ex, Failure::Broken, ctx))
@@ -1230,12 +1281,11 @@ impl Conn {
         }
     }
 
-    /// Parses the response head in `ex.resp_buf`, forwarding 1xx, and queues the final head.
+    /// Parses the response head in the response block, forwarding 1xx, and queues the final
+    /// head; body bytes read with it stay in the block.
     fn parse_response(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Result<(), Flow> {
         loop {
-            let Some(buf) = ex.resp_buf.as_mut() else {
-                return Ok(());
-            };
+            let buf = &mut ex.resp_buf;
             let head = match h1::parse_response(buf.filled(), ex.method) {
                 Ok(Parse::Complete(head)) => head,
                 Ok(Parse::Partial) => {
@@ -1256,7 +1306,8 @@ impl Conn {
             if head.status == 101 {
                 return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
             }
-            ex.client_close = !ex.client_keep_alive
+            ex.client_close = ex.client_close
+                || !ex.client_keep_alive
                 || head.framing == ResponseFraming::UntilClose
                 || ex.req_body.is_some()
                 || self.draining;
@@ -1275,19 +1326,15 @@ impl Conn {
             let mut keep_alive = head.keep_alive;
             let available = buf.len();
             match tracker.feed(buf.filled(), &mut |_| {}) {
-                Ok(consumed) => {
-                    if consumed < available {
-                        keep_alive = false;
-                        buf.truncate(consumed);
-                    }
+                Ok(consumed) if consumed < available => {
+                    keep_alive = false;
+                    buf.truncate(consumed);
                 }
+                Ok(_) => {}
                 Err(_) => {
                     buf.clear();
                     ex.truncated = true;
                 }
-            }
-            if let Some(block) = ex.resp_buf.take() {
-                self.to_client.push(Chunk::Block(block));
             }
             ex.resp = if tracker.is_done() {
                 Resp::Done { keep_alive }
@@ -1309,7 +1356,8 @@ impl Conn {
         ex.connecting = false;
         if ex.head_sent {
             ex.truncated = true;
-            return Flow::Again.or_close_if(self.to_client.drained(&self.client));
+            let tail = Some(&ex.resp_buf);
+            return Flow::Again.or_close_if(self.to_client.drained(&self.client, tail));
         }
         if failure == Failure::Connect || failure == Failure::NoAddress {
             // The name may have moved: ask for a fresh lookup.
@@ -1348,7 +1396,7 @@ impl Conn {
             && self
                 .upstream
                 .as_ref()
-                .is_some_and(|up| ex.to_upstream.drained(up))
+                .is_some_and(|up| ex.to_upstream.drained(up, ex.req_buf.as_ref()))
             && ex.req_body.is_none();
         if let Some(up) = self.upstream.take() {
             if reusable {
@@ -1379,12 +1427,12 @@ impl Conn {
     }
 
     fn respond(&mut self, close: bool, ctx: &mut Ctx<'_>) -> Flow {
-        match self.to_client.flush(&mut self.client) {
+        match self.to_client.flush(&mut self.client, None) {
             Flush::Failed => return Flow::Close,
             Flush::Wrote(n) if n > 0 => self.last_activity = ctx.now,
             Flush::Wrote(_) => {}
         }
-        if !self.to_client.drained(&self.client) {
+        if !self.to_client.drained(&self.client, None) {
             return Flow::Wait;
         }
         if close || self.draining {
@@ -1443,22 +1491,28 @@ impl Exchange {
         route: Arc<Route>,
         head: &RequestHead,
         to_upstream: Outbox,
-        req_body: Option<BodyTracker>,
+        stream: Option<(BodyTracker, Block)>,
+        resp_buf: Block,
         max_body: u64,
         request_id: RequestId,
         slot: InFlight,
         now: Instant,
     ) -> Exchange {
+        let (req_body, req_buf) = match stream {
+            Some((tracker, block)) => (Some(tracker), Some(block)),
+            None => (None, None),
+        };
         Exchange {
             route,
             method: head.method,
+            req_buf,
             client_keep_alive: head.keep_alive,
             to_upstream,
             req_body,
             req_payload: 0,
             max_body,
             resp: Resp::Head,
-            resp_buf: None,
+            resp_buf,
             upstream_spoke: false,
             head_sent: false,
             client_close: false,

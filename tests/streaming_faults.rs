@@ -784,7 +784,6 @@ fn max_connections_gates_accept_and_serves_queued_connections_after_close() {
 }
 
 #[test]
-#[ignore = "engine bug: with the budget spent, admitted requests wait for a pool block to read the response and are never resumed when blocks return (hang)"]
 fn exhausted_buffer_budget_gives_503_overloaded_then_recovers() {
     let mock = MockUpstream::openai("alpha");
     let mg = start(&[("m", &mock.url())], json!({"maxBufferBytes": 65536}));
@@ -856,7 +855,6 @@ fn big_chat_request(model: &str, kib: usize) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "engine bug: a lone request whose buffered body fills maxBufferBytes is sent upstream, then never gets a block to read the response (hangs until idle timeout)"]
 fn request_whose_buffered_body_fills_the_budget_is_answered_not_hung() {
     let mock = MockUpstream::openai("alpha");
     let mg = start(&[("m", &mock.url())], json!({"maxBufferBytes": 65536}));
@@ -880,7 +878,6 @@ fn request_whose_buffered_body_fills_the_budget_is_answered_not_hung() {
 }
 
 #[test]
-#[ignore = "engine bug: a connection waiting for a pool block (read_upstream: \"Wait for the pool\") is never re-driven when another connection returns blocks"]
 fn connection_waiting_for_a_buffer_resumes_when_another_frees_it() {
     let mock = MockUpstream::openai("alpha");
     let mg = start(
