@@ -890,7 +890,8 @@ impl Conn {
             routes,
             request_id,
         });
-        // Body bytes that came with the head: observe them, then copy them into body blocks.
+        // Body bytes that came with the head stay where they are (usually the whole body):
+        // the head block itself becomes the first body chunk when the request goes upstream.
         let start = body.head.head_len;
         let bytes = body.head_block.filled().get(start..).unwrap_or(&[]);
         let (consumed, result) = observe_body(
@@ -900,14 +901,6 @@ impl Conn {
             body.routes.max_body_bytes,
             bytes,
         );
-        let mut copied = 0;
-        while copied < consumed {
-            let Some(mut block) = ctx.pool.take() else {
-                return self.reject(ApiError::Overloaded, true);
-            };
-            copied += block.extend(&bytes[copied..consumed]);
-            body.body.push(block);
-        }
         body.initial = consumed;
         if let Err(err) = result {
             return self.reject(err, true);
@@ -1009,10 +1002,26 @@ impl Conn {
             (route, slot, resp_buf, head_chunk)
         });
         // What follows the body is the next request: it becomes the read buffer again.
-        let mut rest = body.head_block;
-        rest.consume(body.head.head_len + body.initial);
-        rest.extend(overshoot);
-        self.inbuf = Some(rest);
+        let mut first = body.head_block;
+        first.consume(body.head.head_len);
+        let pipelined = first.filled().get(body.initial..).unwrap_or(&[]);
+        let mut keep_alive = keep_alive;
+        if pipelined.is_empty() && overshoot.is_empty() {
+            self.inbuf = None;
+        } else {
+            match ctx.pool.take() {
+                Some(mut next) => {
+                    next.extend(pipelined);
+                    next.extend(overshoot);
+                    self.inbuf = Some(next);
+                }
+                // No room to keep the next request: answer this one, then close, so the
+                // client learns it must send it again.
+                None => keep_alive = false,
+            }
+        }
+        first.truncate(body.initial);
+        body.head.keep_alive = keep_alive;
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
             Ok((route, slot, resp_buf, head_chunk)) => {
@@ -1021,6 +1030,7 @@ impl Conn {
                     ..Outbox::default()
                 };
                 to_upstream.push(head_chunk);
+                to_upstream.push(Chunk::Block(first));
                 for block in body.body.drain(..) {
                     to_upstream.push(Chunk::Block(block));
                 }
@@ -1416,6 +1426,11 @@ impl Conn {
 
     /// Queues an error response; `close` ends the connection after it.
     fn reject(&mut self, err: ApiError, close: bool) -> Flow {
+        // Give buffers back before the answer goes out: a client that reads it and retries
+        // at once must find the budget as we left it.
+        if close || self.inbuf.as_ref().is_some_and(|b| b.is_empty()) {
+            self.inbuf = None;
+        }
         let mut out = Vec::with_capacity(256);
         error::write_error_response(&err, close, false, &mut out);
         self.to_client.push(Chunk::Owned(out));
