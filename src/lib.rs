@@ -18,6 +18,7 @@ pub mod scan;
 pub mod secrets;
 pub mod slab;
 pub mod timer;
+pub mod usage;
 
 pub mod net;
 
