@@ -13,6 +13,7 @@ pub mod buf;
 pub mod config;
 pub mod error;
 pub mod h1;
+pub mod metrics;
 pub mod router;
 pub mod scan;
 pub mod secrets;
