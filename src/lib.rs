@@ -8,6 +8,7 @@
 //!
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod accesslog;
 pub mod auth;
 pub mod buf;
 pub mod config;
