@@ -8,16 +8,19 @@
 //!
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod accesslog;
 pub mod auth;
 pub mod buf;
 pub mod config;
 pub mod error;
 pub mod h1;
+pub mod metrics;
 pub mod router;
 pub mod scan;
 pub mod secrets;
 pub mod slab;
 pub mod timer;
+pub mod usage;
 
 pub mod net;
 
