@@ -83,7 +83,10 @@ mod tests {
             watch_config: false,
             models: map,
         };
-        Routes::build(&config, &|_, _| vec![])
+        Routes::build(&config, &|_, _| vec![], &mut |_| {
+            Err("no TLS in tests".into())
+        })
+        .expect("routes")
     }
 
     fn parse(body: &[u8]) -> Value {

@@ -137,9 +137,21 @@ impl Outbox {
         }
     }
 
+    /// Everything queued is out of our hands, TLS ciphertext included.
+    fn drained(&self, sock: &Sock) -> bool {
+        self.is_empty() && !sock.stream.wants_write()
+    }
+
     /// Writes until empty or `WouldBlock`, several chunks per syscall.
     fn flush(&mut self, sock: &mut Sock) -> Flush {
         let mut total = 0;
+        if sock.writable && sock.stream.wants_write() {
+            match sock.stream.flush() {
+                Io::WouldBlock => sock.writable = false,
+                Io::Eof | Io::Failed(_) => return Flush::Failed,
+                Io::Done(_) => {}
+            }
+        }
         while !self.is_empty() && sock.writable {
             let mut slices = [IoSlice::new(&[]); 16];
             let mut count = 0;
@@ -364,6 +376,8 @@ pub struct Conn {
     pub generation: u64,
     /// Finish the current exchange, then close (graceful shutdown).
     pub draining: bool,
+    /// The client came in over TLS (`X-Forwarded-Proto: https`).
+    pub secure: bool,
     phase: Phase,
     inbuf: Option<Block>,
     to_client: Outbox,
@@ -379,10 +393,11 @@ enum Flow {
 }
 
 impl Conn {
-    pub fn new(client: Sock, peer: Peer, generation: u64, now: Instant) -> Conn {
+    pub fn new(client: Sock, peer: Peer, secure: bool, generation: u64, now: Instant) -> Conn {
         Conn {
             client,
             peer,
+            secure,
             upstream: None,
             released: None,
             dead: Vec::new(),
@@ -422,14 +437,12 @@ impl Conn {
     }
 
     /// Hands the connection its upstream socket (`reused` from the pool, else connecting).
+    /// (`TCP_NODELAY` was set when the pooled connection was first connected.)
     pub fn attach_upstream(&mut self, sock: Sock, reused: bool, now: Instant) {
         if let Phase::Proxy(ex) = &mut self.phase {
             ex.reused = reused;
             ex.connecting = !reused;
             ex.connect_started = now;
-            if reused {
-                sock.stream.set_nodelay();
-            }
         }
         self.upstream = Some(sock);
     }
@@ -496,7 +509,11 @@ impl Conn {
             Phase::Body(_) | Phase::Respond { .. } | Phase::Closed => self.last_activity + t.idle,
             Phase::Linger { until, .. } => *until,
             Phase::Proxy(ex) => {
-                if ex.connecting {
+                let handshaking = self
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|up| up.stream.is_handshaking());
+                if ex.connecting || handshaking {
                     ex.connect_started + t.connect
                 } else {
                     let idle = self.last_activity + t.idle;
@@ -702,7 +719,7 @@ impl Conn {
             &head,
             &route,
             path,
-            self.peer,
+            (self.peer, self.secure),
             request_id.get(),
             !routes.auth_tokens.is_empty(),
             ctx,
@@ -879,7 +896,7 @@ impl Conn {
                 &body.head,
                 &route,
                 target,
-                self.peer,
+                (self.peer, self.secure),
                 body.request_id.get(),
                 !body.routes.auth_tokens.is_empty(),
                 ctx,
@@ -945,7 +962,7 @@ impl Conn {
                 }
             }
             // Request bytes to the upstream.
-            if !ex.to_upstream.is_empty() {
+            if !ex.to_upstream.drained(up) {
                 match ex.to_upstream.flush(up) {
                     Flush::Failed => return self.upstream_failed(ex, Failure::Broken, ctx),
                     Flush::Wrote(n) => {
@@ -955,7 +972,8 @@ impl Conn {
                         }
                     }
                 }
-                if ex.to_upstream.is_empty() && ex.req_body.is_none() && ex.request_sent.is_none() {
+                if ex.to_upstream.drained(up) && ex.req_body.is_none() && ex.request_sent.is_none()
+                {
                     ex.request_sent = Some(ctx.now);
                 }
             }
@@ -967,13 +985,13 @@ impl Conn {
                 }
             }
             // Response bytes from the upstream, only when the client took the last ones.
-            if !ex.response_done() && self.to_client.is_empty() && !ex.truncated {
+            if !ex.response_done() && self.to_client.drained(&self.client) && !ex.truncated {
                 match self.read_upstream(ex, ctx) {
                     Ok(moved) => progress |= moved,
                     Err(flow) => return flow,
                 }
             }
-            if !self.to_client.is_empty() {
+            if !self.to_client.drained(&self.client) {
                 match self.to_client.flush(&mut self.client) {
                     Flush::Failed => return Flow::Close,
                     Flush::Wrote(n) => {
@@ -984,7 +1002,7 @@ impl Conn {
                     }
                 }
             }
-            if ex.truncated && self.to_client.is_empty() {
+            if ex.truncated && self.to_client.drained(&self.client) {
                 // Never complete the framing of a stream the upstream cut short.
                 return Flow::Close;
             }
@@ -1000,7 +1018,7 @@ impl Conn {
                     Io::Eof | Io::Failed(_) => return Flow::Close,
                 }
             }
-            if ex.response_done() && self.to_client.is_empty() {
+            if ex.response_done() && self.to_client.drained(&self.client) {
                 return self.finish_exchange(ex, ctx);
             }
             if !progress {
@@ -1226,7 +1244,7 @@ impl Conn {
         ex.connecting = false;
         if ex.head_sent {
             ex.truncated = true;
-            return Flow::Again.or_close_if(self.to_client.is_empty());
+            return Flow::Again.or_close_if(self.to_client.drained(&self.client));
         }
         if !ex.upstream_spoke {
             if failure == Failure::Connect && ex.addr_attempt + 1 < ex.route.addrs.len() {
@@ -1258,7 +1276,10 @@ impl Conn {
     /// Response complete and flushed: park or close the upstream, then the next request.
     fn finish_exchange(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
         let reusable = matches!(ex.resp, Resp::Done { keep_alive: true })
-            && ex.to_upstream.is_empty()
+            && self
+                .upstream
+                .as_ref()
+                .is_some_and(|up| ex.to_upstream.drained(up))
             && ex.req_body.is_none();
         if let Some(up) = self.upstream.take() {
             if reusable {
@@ -1294,7 +1315,7 @@ impl Conn {
             Flush::Wrote(n) if n > 0 => self.last_activity = ctx.now,
             Flush::Wrote(_) => {}
         }
-        if !self.to_client.is_empty() {
+        if !self.to_client.drained(&self.client) {
             return Flow::Wait;
         }
         if close || self.draining {
@@ -1443,7 +1464,7 @@ fn build_upstream_head(
     head: &RequestHead,
     route: &Route,
     target: &[u8],
-    peer: Peer,
+    (peer, secure): (Peer, bool),
     request_id: &[u8],
     strip_authorization: bool,
     ctx: &mut Ctx<'_>,
@@ -1457,7 +1478,7 @@ fn build_upstream_head(
             Peer::Tcp(addr) => Some(addr.ip()),
             Peer::Unix => None,
         },
-        proto: "http",
+        proto: if secure { "https" } else { "http" },
         strip_authorization,
         request_id,
         extra_headers: &route.headers,

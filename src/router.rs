@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,20 @@ pub struct Route {
     pub unlisted: bool,
     /// Upstream connections are pooled per (scheme, authority or socket path, CA file).
     pub pool_key: Arc<str>,
+    /// For `https://` upstreams: the client config (webpki roots or the model's CA file)
+    /// and the name verified and sent as SNI.
+    pub tls: Option<UpstreamTls>,
 }
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+/// Builds the TLS client config for an optional CA file (webpki roots when None).
+pub type TlsFactory<'a> =
+    dyn FnMut(Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> + 'a;
 
 /// Everything a worker needs to answer requests, swapped whole on reload.
 #[derive(Debug)]
@@ -41,8 +55,13 @@ pub struct Routes {
 
 impl Routes {
     /// Builds the table; `resolve` turns a host and port into addresses (called once per
-    /// TCP upstream, off the workers).
-    pub fn build(config: &Config, resolve: &dyn Fn(&str, u16) -> Vec<SocketAddr>) -> Routes {
+    /// TCP upstream, off the workers); `tls` makes client configs, once per CA file.
+    pub fn build(
+        config: &Config,
+        resolve: &dyn Fn(&str, u16) -> Vec<SocketAddr>,
+        tls: &mut TlsFactory<'_>,
+    ) -> Result<Routes, String> {
+        let mut tls_configs: HashMap<Option<&Path>, Arc<rustls::ClientConfig>> = HashMap::new();
         let mut models = HashMap::with_capacity(config.models.len());
         let mut listed = Vec::new();
         let mut resolved: HashMap<(String, u16), Vec<SocketAddr>> = HashMap::new();
@@ -65,6 +84,26 @@ impl Routes {
             if !model.unlisted {
                 listed.push(name.clone());
             }
+            let tls = match up.scheme {
+                Scheme::Https => {
+                    let ca = model.ca_file.as_deref();
+                    let client = match tls_configs.get(&ca) {
+                        Some(c) => Arc::clone(c),
+                        None => {
+                            let c = tls(ca).map_err(|e| format!("models.{name}: {e}"))?;
+                            tls_configs.insert(ca, Arc::clone(&c));
+                            c
+                        }
+                    };
+                    let server_name = rustls::pki_types::ServerName::try_from(up.host.clone())
+                        .map_err(|_| format!("models.{name}.url: invalid TLS server name"))?;
+                    Some(UpstreamTls {
+                        config: client,
+                        server_name,
+                    })
+                }
+                _ => None,
+            };
             let route = Route {
                 name: name.clone(),
                 upstream: up.clone(),
@@ -72,6 +111,7 @@ impl Routes {
                 headers: model.headers.clone(),
                 unlisted: model.unlisted,
                 pool_key,
+                tls,
             };
             models.insert(name.clone(), Arc::new(route));
         }
@@ -80,7 +120,7 @@ impl Routes {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Routes {
+        Ok(Routes {
             models,
             listed,
             auth_tokens: config.auth_tokens.clone(),
@@ -89,7 +129,7 @@ impl Routes {
             timeouts: config.timeouts.clone(),
             access_log: config.access_log,
             created,
-        }
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Route>> {

@@ -1,5 +1,5 @@
-//! Process level: listeners, worker threads, and the startup line. Name resolution for
-//! upstreams happens here, at startup, never on a worker.
+//! Process level: listeners, worker threads, the startup line, signals and reload. Config
+//! parsing, secret expansion, TLS setup and name resolution happen here, never on a worker.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -8,14 +8,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::Poll;
+use mio::{Poll, Waker};
 
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
-use crate::net::{self, Listener};
+use crate::net::{self, systemd, tls, Listener};
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
-use crate::worker::{self, Control, Shared, Worker};
+use crate::worker::{self, Control, ListenerTls, Shared, Worker};
 
 /// Resolves an upstream host at startup; failures are a warning (the backend may come later).
 fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
@@ -31,16 +31,47 @@ fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     }
 }
 
+/// The routing table for `config`, with TLS client configs for its `https://` upstreams.
+fn build_routes(config: &Config) -> Result<Routes, String> {
+    Routes::build(config, &resolve, &mut |ca| tls::client_config(ca))
+}
+
+/// TLS server configs for the listeners, in `listen` order (None for plain ones).
+fn listener_tls(config: &Config) -> Result<ListenerTls, String> {
+    config
+        .listen
+        .iter()
+        .map(|listen| match listen {
+            Listen::TcpTls { addr, cert, key } => tls::server_config(cert, key)
+                .map(Some)
+                .map_err(|e| format!("listener https://{addr}: {e}")),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
 fn bind(listen: &Listen) -> Result<Listener, String> {
     match listen {
-        Listen::Tcp(addr) => {
+        Listen::Tcp(addr) | Listen::TcpTls { addr, .. } => {
             net::bind_tcp(*addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
         }
         Listen::Unix(path) => net::bind_unix(path)
             .map_err(|e| format!("cannot listen on unix:{}: {e}", path.display())),
-        Listen::TcpTls { addr, .. } => Err(format!(
-            "cannot listen on https://{addr}: TLS listeners are not supported by this build yet"
-        )),
+    }
+}
+
+/// The workers' control channels.
+struct Workers {
+    controls: Vec<(mpsc::Sender<Control>, Waker)>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn send(&self, make: impl Fn() -> Control) {
+        for (tx, waker) in &self.controls {
+            let _ = tx.send(make());
+            let _ = waker.wake();
+        }
     }
 }
 
@@ -50,9 +81,21 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     net::raise_fd_limit();
     // Workers inherit this mask: only this thread takes the signals, in `sigwait`.
     let signals = signals::block()?;
-    let routes = Arc::new(Routes::build(&config, &resolve));
-    let listeners: Vec<Listener> = config.listen.iter().map(bind).collect::<Result<_, _>>()?;
-    let workers = match config.workers {
+    let routes = Arc::new(build_routes(&config)?);
+    // Socket activation: serve what systemd passed and bind nothing (SPEC §8). Passed
+    // sockets are plain HTTP.
+    let (listeners, tls): (Vec<Listener>, ListenerTls) = match systemd::listen_fds() {
+        Some(passed) => {
+            let passed = passed?;
+            let plain = vec![None; passed.len()];
+            (passed, plain)
+        }
+        None => (
+            config.listen.iter().map(bind).collect::<Result<_, _>>()?,
+            listener_tls(&config)?,
+        ),
+    };
+    let worker_count = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
@@ -60,10 +103,12 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         in_flight: Arc::new(AtomicU64::new(0)),
         budget: Budget::new(usize::try_from(config.max_buffer_bytes).unwrap_or(usize::MAX)),
     };
-    let per_worker = (config.max_connections / workers).max(1);
-    let mut handles = Vec::with_capacity(workers);
-    let mut controls = Vec::with_capacity(workers);
-    for id in 0..workers {
+    let per_worker = (config.max_connections / worker_count).max(1);
+    let mut workers = Workers {
+        controls: Vec::with_capacity(worker_count),
+        handles: Vec::with_capacity(worker_count),
+    };
+    for id in 0..worker_count {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let waker = worker::waker(&poll).map_err(|e| format!("cannot create waker: {e}"))?;
         let mine = listeners
@@ -72,8 +117,9 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot share listener: {e}"))?;
         let (tx, rx) = mpsc::channel::<Control>();
-        controls.push((tx, waker));
+        workers.controls.push((tx, waker));
         let routes = Arc::clone(&routes);
+        let tls = tls.clone();
         let shared = Shared {
             in_flight: Arc::clone(&shared.in_flight),
             budget: Arc::clone(&shared.budget),
@@ -81,22 +127,22 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         // The worker is built on its own thread: what it owns (pool, slabs) is not `Send`.
         let spawned = std::thread::Builder::new()
             .name(format!("modelgate-{id}"))
-            .spawn(
-                move || match Worker::new(id, poll, mine, rx, routes, &shared, per_worker) {
+            .spawn(move || {
+                match Worker::new(id, poll, mine, tls, rx, routes, &shared, per_worker) {
                     Ok(worker) => worker.run(),
                     Err(e) => eprintln!("modelgate: cannot start worker {id}: {e}"),
-                },
-            )
+                }
+            })
             .map_err(|e| format!("cannot spawn worker: {e}"))?;
-        handles.push(spawned);
+        workers.handles.push(spawned);
     }
-    let listed = routes.listed.len();
-    for listener in &listeners {
+    for (listener, tls) in listeners.iter().zip(&tls) {
         eprintln!(
-            "modelgate: listening on {}, routing {} models ({} listed)",
+            "modelgate: listening on {}{}, routing {} models ({} listed)",
+            if tls.is_some() { "https://" } else { "" },
             listener.describe(),
             routes.models.len(),
-            listed
+            routes.listed.len()
         );
     }
     if config.auth_tokens.is_empty() && config.listen.iter().any(|l| !l.is_local()) {
@@ -105,48 +151,53 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         );
     }
     drop(listeners);
+    systemd::notify("READY=1");
     let mut shutdown_timeout = config.timeouts.shutdown;
     while let signals::Signal::Reload = signals::wait(&signals) {
-        {
-            match reload(config_path) {
-                Ok(next) => {
-                    shutdown_timeout = next.timeouts.shutdown;
-                    let routes = Arc::new(Routes::build(&next, &resolve));
-                    eprintln!(
-                        "modelgate: reloaded {}, routing {} models ({} listed)",
-                        config_path.display(),
-                        routes.models.len(),
-                        routes.listed.len()
-                    );
-                    for (tx, waker) in &controls {
-                        let _ = tx.send(Control::Routes(Arc::clone(&routes)));
-                        let _ = waker.wake();
-                    }
+        systemd::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            systemd::monotonic_usec()
+        ));
+        match reload(config_path) {
+            Ok((next, routes, tls)) => {
+                shutdown_timeout = next.timeouts.shutdown;
+                eprintln!(
+                    "modelgate: reloaded {}, routing {} models ({} listed)",
+                    config_path.display(),
+                    routes.models.len(),
+                    routes.listed.len()
+                );
+                let routes = Arc::new(routes);
+                workers.send(|| Control::Routes(Arc::clone(&routes)));
+                workers.send(|| Control::ListenerTls(tls.clone()));
+            }
+            Err(problems) => {
+                for problem in problems {
+                    eprintln!("modelgate: reload refused: {problem}");
                 }
-                Err(problems) => {
-                    for problem in problems {
-                        eprintln!("modelgate: reload refused: {problem}");
-                    }
-                    eprintln!("modelgate: still serving the previous config");
-                }
+                eprintln!("modelgate: still serving the previous config");
             }
         }
+        systemd::notify("READY=1");
     }
+    systemd::notify("STOPPING=1");
     eprintln!("modelgate: shutting down: draining in-flight requests");
     let deadline = Instant::now() + shutdown_timeout;
-    for (tx, waker) in &controls {
-        let _ = tx.send(Control::Shutdown { deadline });
-        let _ = waker.wake();
-    }
-    for handle in handles {
+    workers.send(|| Control::Shutdown { deadline });
+    for handle in workers.handles.drain(..) {
         let _ = handle.join();
     }
     Ok(())
 }
 
-/// Parses, validates and expands the config again (off the workers).
-fn reload(path: &Path) -> Result<Config, Vec<config::Problem>> {
-    config::load(path, Some(&ProcessEnv))
+/// Parses, validates and expands the config again, builds its routes and re-reads the
+/// listeners' certificates: all off the workers. Listen addresses are not re-bound.
+fn reload(path: &Path) -> Result<(Config, Routes, ListenerTls), Vec<String>> {
+    let next = config::load(path, Some(&ProcessEnv))
+        .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    let routes = build_routes(&next).map_err(|e| vec![e])?;
+    let tls = listener_tls(&next).map_err(|e| vec![e])?;
+    Ok((next, routes, tls))
 }
 
 /// SIGHUP/SIGTERM/SIGINT taken synchronously by the server thread.
@@ -168,8 +219,6 @@ mod signals {
             if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
                 return Err("cannot block signals".into());
             }
-            // A broken client pipe must be an EPIPE error, not a dead process.
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             Ok(set)
         }
     }

@@ -29,10 +29,15 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// Back-off after running out of file descriptors (PITFALLS 3).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// TLS server configs per listener, in listener order (None: plain HTTP).
+pub type ListenerTls = Vec<Option<Arc<rustls::ServerConfig>>>;
+
 /// Messages from the server thread.
 pub enum Control {
     /// A new routing table (reload): new requests use it, in-flight ones keep theirs.
     Routes(Arc<Routes>),
+    /// Re-read listener certificates (reload): new connections use them.
+    ListenerTls(ListenerTls),
     /// Stop accepting, close idle connections, finish the rest until the deadline.
     Shutdown { deadline: Instant },
 }
@@ -56,6 +61,7 @@ enum Owner {
 pub struct Worker {
     poll: Poll,
     listeners: Vec<Listener>,
+    listener_tls: ListenerTls,
     control: Receiver<Control>,
     conns: Slab<Conn>,
     owners: Slab<Owner>,
@@ -76,10 +82,12 @@ pub struct Worker {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         poll: Poll,
         listeners: Vec<Listener>,
+        listener_tls: ListenerTls,
         control: Receiver<Control>,
         routes: Arc<Routes>,
         shared: &Shared,
@@ -98,6 +106,7 @@ impl Worker {
         Ok(Worker {
             poll,
             listeners,
+            listener_tls,
             control,
             conns: Slab::default(),
             owners: Slab::default(),
@@ -228,6 +237,11 @@ impl Worker {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
                 Control::Routes(routes) => self.routes = routes,
+                Control::ListenerTls(tls) => {
+                    if tls.len() == self.listener_tls.len() {
+                        self.listener_tls = tls;
+                    }
+                }
                 Control::Shutdown { deadline } => {
                     self.shutdown = Some(deadline);
                     for listener in self.listeners.iter_mut() {
@@ -270,6 +284,15 @@ impl Worker {
                     }
                 };
                 stream.set_nodelay();
+                let tls = self.listener_tls.get(i).cloned().flatten();
+                let secure = tls.is_some();
+                let stream = match tls {
+                    Some(config) => match stream.into_tls_server(config) {
+                        Ok(stream) => stream,
+                        Err(_) => continue,
+                    },
+                    None => stream,
+                };
                 let token = self.owners.insert(Owner::Closed);
                 let mut sock = Sock::new(stream, token);
                 if sock
@@ -281,9 +304,9 @@ impl Worker {
                     continue;
                 }
                 self.next_generation += 1;
-                let key = self
-                    .conns
-                    .insert(Conn::new(sock, peer, self.next_generation, now));
+                let key =
+                    self.conns
+                        .insert(Conn::new(sock, peer, secure, self.next_generation, now));
                 if let Some(owner) = self.owners.get_mut(token) {
                     *owner = Owner::Client(key);
                 }
@@ -395,8 +418,12 @@ impl Worker {
                 Some(addr) => net::connect_tcp(*addr),
                 None => Err(net::FailKind::Other),
             },
-            // HTTPS upstreams arrive with the TLS transport.
-            Scheme::Https => Err(net::FailKind::Other),
+            Scheme::Https => match (route.addrs.get(attempt), &route.tls) {
+                (Some(addr), Some(tls)) => net::connect_tcp(*addr).and_then(|tcp| {
+                    tcp.into_tls_client(Arc::clone(&tls.config), tls.server_name.clone())
+                }),
+                _ => Err(net::FailKind::Other),
+            },
         };
         let registered = stream.and_then(|mut stream| {
             let token = self.owners.insert(Owner::Upstream(key));

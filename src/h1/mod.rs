@@ -1,11 +1,31 @@
 //! Sans-IO HTTP/1.1: head parsing with limits, framing (RFC 9112 §6), the chunked observer,
-//! head rewriting. CONTRACT STUB: the h1 helper replaces the bodies, keeping the public API.
-//! Everything here works on byte slices and offsets; nothing allocates per byte.
+//! head rewriting. Everything here works on byte slices and offsets; nothing allocates per
+//! byte and nothing here touches a socket, a clock or the config.
+//!
+//! - [`request`]: [`parse_request`], [`head_end`] and the request framing rules.
+//! - [`response`]: [`parse_response`] and the response framing rules.
+//! - [`rewrite`]: the upstream request head and the client response head.
+//! - [`chunked`]: [`BodyTracker`] and the byte-resumable [`ChunkedDecoder`].
+//! - `fields`: header token lists, `Content-Length`/`Transfer-Encoding` values (private).
+//!
+//! The types shared by the engine live in this file; the functions are re-exported here.
 
 use std::net::IpAddr;
 use std::ops::Range;
 
 use crate::secrets::Secret;
+
+pub mod chunked;
+mod fields;
+pub mod request;
+pub mod response;
+pub mod rewrite;
+
+pub use chunked::{BodyTracker, ChunkedDecoder};
+pub(crate) use fields::put_u64;
+pub use request::{head_end, parse_request};
+pub use response::parse_response;
+pub use rewrite::{write_client_response_head, write_upstream_request_head};
 
 /// Largest request or response head (431 above it).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -37,7 +57,9 @@ pub enum Parse<T> {
     Partial,
 }
 
-/// How the request body is delimited.
+/// How the request body is delimited. `Length(0)` (an explicit `Content-Length: 0`) is kept
+/// apart from `Empty` (no framing header) so the rewrite can send the header on; both mean
+/// no body bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFraming {
     Empty,
@@ -76,7 +98,8 @@ pub enum HeadError {
 pub struct RequestHead {
     pub method: Method,
     /// The request target in origin form (path plus `?query`); for an absolute-form target,
-    /// the path part of it (`/` when empty).
+    /// the path part of it (`/` when empty: then a one-byte range over the last `/` of
+    /// `://`; `http://host?q` is refused as Malformed, see `request::target_range`).
     pub target: Range<usize>,
     pub version: Version,
     /// Bytes of the head including the final empty line.
@@ -96,11 +119,6 @@ pub struct RequestHead {
     pub request_id: Option<Range<usize>>,
 }
 
-/// Parses a request head at the start of `buf`.
-pub fn parse_request(_buf: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
-    Ok(Parse::Partial)
-}
-
 /// A parsed response head. Ranges index the buffer given to [`parse_response`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -118,14 +136,6 @@ impl ResponseHead {
     pub fn is_informational(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
     }
-}
-
-/// Parses a response head at the start of `buf`; `request_method` decides bodiless HEAD.
-pub fn parse_response(
-    _buf: &[u8],
-    _request_method: Method,
-) -> Result<Parse<ResponseHead>, HeadError> {
-    Ok(Parse::Partial)
 }
 
 /// What the upstream request head needs besides the client's head.
@@ -150,77 +160,134 @@ pub struct UpstreamRequest<'a> {
     pub extra_headers: &'a [(String, Secret)],
 }
 
-/// Writes the upstream request head for `head` (parsed from `raw`) into `out`: request line
-/// with joined path and query, hop-by-hop and `Expect` dropped, `Host`/`X-Forwarded-*`/
-/// `X-Request-Id` set, `Transfer-Encoding: chunked` re-added when chunked, extra headers last.
-pub fn write_upstream_request_head(
-    _raw: &[u8],
-    _head: &RequestHead,
-    _req: &UpstreamRequest<'_>,
-    _out: &mut Vec<u8>,
-) {
-}
-
-/// Writes the client response head for `head` (parsed from `raw`) into `out`: status line as
-/// received, hop-by-hop headers dropped (framing headers kept as sent), `X-Request-Id` added
-/// when the upstream did not send one, and `Connection: close` when `close`.
-pub fn write_client_response_head(
-    _raw: &[u8],
-    _head: &ResponseHead,
-    _request_id: &[u8],
-    _close: bool,
-    _out: &mut Vec<u8>,
-) {
-}
-
 /// Why a chunked body is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkedError {
+    /// A chunk-size line that is not hex digits (optionally followed by `;ext` or spaces).
     BadSize,
+    /// A chunk size over `u64` (or more than 16 hex digits, leading zeros included).
     SizeOverflow,
+    /// Anything but CRLF where a line ends (LF-only lines are refused: see `chunked`).
     BadLineEnding,
+    /// A chunk-size line whose extensions exceed 16 KiB.
     ExtensionTooLong,
+    /// Trailer section over 16 KiB or over 100 fields.
     TrailersTooLarge,
+    /// `Content-Length`, `Transfer-Encoding` or `Host` in the trailer section.
     ForbiddenTrailer,
+    /// A trailer line that is not a valid `name: value` field (added by the h1 module).
+    BadTrailer,
 }
 
-/// Finds where a body ends without copying it; `on_data` sees the payload bytes.
-#[derive(Debug, Clone)]
-pub enum BodyTracker {
-    Length { remaining: u64 },
-    Chunked(ChunkedDecoder),
-    UntilClose,
-    Done,
-}
+#[cfg(test)]
+mod tests {
+    //! Cross-module properties: no input makes the parsers panic, and every prefix of a
+    //! valid head is `Partial`.
 
-impl BodyTracker {
-    pub fn for_request(_framing: RequestFraming) -> BodyTracker {
-        BodyTracker::Done
-    }
-    pub fn for_response(_framing: ResponseFraming) -> BodyTracker {
-        BodyTracker::Done
-    }
-    /// Observes `input`; returns how many bytes belong to the body. Less than `input.len()`
-    /// only when the body ended inside `input`.
-    pub fn feed(
-        &mut self,
-        input: &[u8],
-        _on_data: &mut dyn FnMut(&[u8]),
-    ) -> Result<usize, ChunkedError> {
-        Ok(input.len())
-    }
-    pub fn is_done(&self) -> bool {
-        matches!(self, BodyTracker::Done)
-    }
-}
+    use super::*;
 
-/// A byte-resumable chunked-coding observer (RFC 9112 §7.1).
-#[derive(Debug, Clone, Default)]
-pub struct ChunkedDecoder {}
+    /// xorshift64*: deterministic, dependency-free noise.
+    struct Rng(u64);
 
-/// Where the head ends (index after the empty line), searching from `from - 3` so a caller
-/// re-parses only when the end has arrived.
-pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    memchr::memmem::find(&buf[start.min(buf.len())..], b"\r\n\r\n").map(|i| start + i + 4)
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const SEEDS: [&[u8]; 4] = [
+        b"POST /v1/chat?x=1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: x, close\r\n\r\n5;e=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+        b"GET http://h/p HTTP/1.0\r\nContent-Length: 5, 5\r\nExpect: 100-continue\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nTrailer: X\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.0 101 Switching\r\nContent-Length: 3\r\nUpgrade: x\r\n\r\nabc",
+    ];
+    const NOISE: &[u8] = b"\r\n :;,\t\0\x7f\xffchunkedCONTENT-LENGTH0123456789abcdefHTTP/1.";
+
+    fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(v.len() + 1);
+            let b = NOISE[rng.below(NOISE.len())];
+            match rng.below(3) {
+                0 if at < v.len() => v[at] = b,
+                1 if at < v.len() => {
+                    v.remove(at);
+                }
+                _ => v.insert(at, b),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn mutated_messages_never_panic_any_parser() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for i in 0..20_000 {
+            let input = mutate(&mut rng, SEEDS[i % SEEDS.len()]);
+            let _ = head_end(&input, rng.below(input.len() + 1));
+            if let Ok(Parse::Complete(h)) = parse_request(&input) {
+                let body = &input[h.head_len..];
+                let _ = BodyTracker::for_request(h.framing).feed(body, &mut |_| {});
+                let extra = [("X-E".to_owned(), Secret::new("v".to_owned()))];
+                let req = UpstreamRequest {
+                    authority: "u",
+                    base_path: "/b",
+                    base_query: Some("q=1"),
+                    target: &input[h.target.clone()],
+                    client_ip: None,
+                    proto: "https",
+                    strip_authorization: true,
+                    request_id: b"id",
+                    extra_headers: &extra,
+                };
+                let mut out = Vec::new();
+                write_upstream_request_head(&input, &h, &req, &mut out);
+                let mut hs = [httparse::EMPTY_HEADER; 128];
+                let parsed = httparse::Request::new(&mut hs).parse(&out);
+                assert_eq!(parsed, Ok(httparse::Status::Complete(out.len())), "{out:?}");
+            }
+            for method in [Method::Get, Method::Head] {
+                if let Ok(Parse::Complete(h)) = parse_response(&input, method) {
+                    let body = &input[h.head_len..];
+                    let _ = BodyTracker::for_response(h.framing).feed(body, &mut |_| {});
+                    let mut out = Vec::new();
+                    write_client_response_head(&input, &h, b"id", true, &mut out);
+                    let mut hs = [httparse::EMPTY_HEADER; 128];
+                    let parsed = httparse::Response::new(&mut hs).parse(&out);
+                    assert_eq!(parsed, Ok(httparse::Status::Complete(out.len())), "{out:?}");
+                }
+            }
+            let _ = ChunkedDecoder::new().feed(&input, &mut |_| {});
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_a_valid_head_is_partial() {
+        let raw = SEEDS[0];
+        let head_len = match parse_request(raw) {
+            Ok(Parse::Complete(h)) => h.head_len,
+            other => panic!("{other:?}"),
+        };
+        for n in 0..head_len {
+            assert_eq!(parse_request(&raw[..n]), Ok(Parse::Partial), "prefix {n}");
+        }
+        let resp = SEEDS[2];
+        let head_len = match parse_response(resp, Method::Get) {
+            Ok(Parse::Complete(h)) => h.head_len,
+            other => panic!("{other:?}"),
+        };
+        for n in 0..head_len {
+            assert_eq!(
+                parse_response(&resp[..n], Method::Get),
+                Ok(Parse::Partial),
+                "prefix {n}"
+            );
+        }
+    }
 }

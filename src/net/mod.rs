@@ -10,6 +10,11 @@ use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
+pub mod systemd;
+pub mod tls;
+
+pub use tls::TlsStream;
+
 /// The outcome of one non-blocking read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Io {
@@ -28,6 +33,8 @@ pub enum Io {
 pub enum FailKind {
     Reset,
     Refused,
+    /// A TLS handshake or record error (certificate, protocol); logged where it happened.
+    Tls,
     Other,
 }
 
@@ -54,6 +61,7 @@ pub enum Peer {
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -66,6 +74,7 @@ impl Stream {
             let result = match self {
                 Stream::Tcp(s) => s.read(buf),
                 Stream::Unix(s) => s.read(buf),
+                Stream::Tls(s) => return s.read(buf),
             };
             return match result {
                 Ok(0) => Io::Eof,
@@ -82,6 +91,7 @@ impl Stream {
             let result = match self {
                 Stream::Tcp(s) => s.write_vectored(bufs),
                 Stream::Unix(s) => s.write_vectored(bufs),
+                Stream::Tls(s) => return s.write_vectored(bufs),
             };
             return match result {
                 Ok(0) => Io::Failed(FailKind::Other),
@@ -98,6 +108,7 @@ impl Stream {
         let (err, peer) = match self {
             Stream::Tcp(s) => (s.take_error(), s.peer_addr().map(|_| ())),
             Stream::Unix(s) => (s.take_error(), s.peer_addr().map(|_| ())),
+            Stream::Tls(s) => (s.tcp.take_error(), s.tcp.peer_addr().map(|_| ())),
         };
         match err {
             Ok(Some(e)) | Err(e) => {
@@ -148,17 +159,45 @@ impl Stream {
     }
 
     /// Sends FIN after the last byte, so a client sees the response before the close.
-    pub fn shutdown_write(&self) {
+    pub fn shutdown_write(&mut self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(Shutdown::Write),
             Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tls(s) => {
+                s.close();
+                Ok(())
+            }
         };
+    }
+
+    /// TLS ciphertext is waiting for a writable socket.
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.wants_write())
+    }
+
+    /// Writes pending TLS ciphertext (`Done(0)` when none is left).
+    pub fn flush(&mut self) -> Io {
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Io::Done(0),
+        }
+    }
+
+    /// A TLS handshake is still under way (it counts toward the connect timeout).
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.is_handshaking())
     }
 
     /// Streams must not wait for Nagle: every SSE event goes out at once (PITFALLS 17).
     pub fn set_nodelay(&self) {
-        if let Stream::Tcp(s) = self {
-            let _ = s.set_nodelay(true);
+        match self {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+            }
+            Stream::Tls(s) => {
+                let _ = s.tcp.set_nodelay(true);
+            }
+            Stream::Unix(_) => {}
         }
     }
 
@@ -167,6 +206,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.register(registry, token, interest),
             Stream::Unix(s) => s.register(registry, token, interest),
+            Stream::Tls(s) => s.tcp.register(registry, token, interest),
         }
     }
 
@@ -174,6 +214,7 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => s.deregister(registry),
             Stream::Unix(s) => s.deregister(registry),
+            Stream::Tls(s) => s.tcp.deregister(registry),
         };
     }
 
@@ -181,6 +222,30 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.tcp.as_raw_fd(),
+        }
+    }
+
+    /// Wraps a connected (or connecting) TCP stream in a TLS client session.
+    pub fn into_tls_client(
+        self,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Stream, FailKind> {
+        match self {
+            Stream::Tcp(tcp) => Ok(Stream::Tls(Box::new(TlsStream::client(tcp, config, name)?))),
+            _ => Err(FailKind::Other),
+        }
+    }
+
+    /// Wraps an accepted TCP stream in a TLS server session.
+    pub fn into_tls_server(
+        self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+    ) -> Result<Stream, FailKind> {
+        match self {
+            Stream::Tcp(tcp) => Ok(Stream::Tls(Box::new(TlsStream::server(tcp, config)?))),
+            _ => Err(FailKind::Other),
         }
     }
 }

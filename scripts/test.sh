@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The project's test command: unit + integration tests, including the OpenAI Python SDK test.
+#
+#   scripts/test.sh [cargo test args...]      e.g. scripts/test.sh --test openai_sdk
+#
+# Creates (once) a venv at target/sdk-venv with the `openai` package, exports
+# MODELGATE_SDK_PYTHON so tests/openai_sdk.rs runs, then runs `cargo test --all-targets`.
+# Idempotent: with the venv in place it only runs cargo. Set MODELGATE_SDK_PYTHON yourself
+# to use another interpreter (the venv step is then skipped).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/target/sdk-venv"
+
+say() { printf '[test.sh] %s\n' "$*" >&2; }
+die() { printf '[test.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+
+venv_works() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1
+}
+
+make_venv() {
+    command -v python3 >/dev/null 2>&1 || install_python
+    # `python3 -m venv --help` succeeds even without ensurepip (Debian splits it out), so probe
+    # by actually creating a throwaway venv.
+    local probe
+    probe=$(mktemp -d)
+    if ! python3 -m venv "$probe/v" >/dev/null 2>&1; then
+        rm -rf "$probe"
+        install_python
+        probe=$(mktemp -d)
+        python3 -m venv "$probe/v" >/dev/null 2>&1 \
+            || die "python3 -m venv does not work even after installing python3-venv"
+    fi
+    rm -rf "$probe"
+    say "creating $VENV with the openai package"
+    rm -rf "$VENV"
+    mkdir -p "$ROOT/target"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check openai \
+        || die "pip install openai failed (is PyPI reachable?)"
+    venv_works || die "the venv at $VENV cannot import openai"
+}
+
+install_python() {
+    if [ "$(id -u)" != 0 ]; then
+        die "python3 with venv support is missing; install python3 and python3-venv (e.g. apt-get install python3-venv), or set MODELGATE_SDK_PYTHON"
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "python3-venv is missing and apt-get is not available"
+    say "installing python3 python3-venv python3-pip with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt-get install -y -qq python3 python3-venv python3-pip >/dev/null \
+        || die "apt-get install python3-venv failed"
+}
+
+if [ -z "${MODELGATE_SDK_PYTHON:-}" ]; then
+    venv_works || make_venv
+    export MODELGATE_SDK_PYTHON="$VENV/bin/python"
+fi
+say "MODELGATE_SDK_PYTHON=$MODELGATE_SDK_PYTHON"
+
+exec cargo test --all-targets "$@"

@@ -1,0 +1,381 @@
+//! Response heads from upstreams: [`parse_response`] learns the status, the framing and
+//! whether the upstream connection may be reused. Same limits as requests.
+
+use super::fields::{ConnectionTokens, ContentLength, TransferEncoding};
+use super::request::httparse_reason;
+use super::{
+    HeadError, Method, Parse, ResponseFraming, ResponseHead, Version, MAX_HEADERS, MAX_HEAD_BYTES,
+};
+
+/// Parses a response head at the start of `buf`; `request_method` decides bodiless HEAD.
+///
+/// Errors: `TooLarge`/`TooManyHeaders` as for requests; `Malformed` for what httparse
+/// refuses; `BadFraming` for framing we must not guess at (see [`response_framing`]). The
+/// engine answers all of them with 502 and drops the upstream connection.
+pub fn parse_response(
+    buf: &[u8],
+    request_method: Method,
+) -> Result<Parse<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD_BYTES {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(Parse::Partial)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(e) => return Err(HeadError::Malformed(httparse_reason(e))),
+    };
+    if head_len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let version = match resp.version {
+        Some(0) => Version::Http10,
+        Some(1) => Version::Http11,
+        _ => return Err(HeadError::Malformed("unsupported HTTP version")),
+    };
+    let status = resp.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return Err(HeadError::Malformed("invalid status code"));
+    }
+
+    let mut te = TransferEncoding::default();
+    let mut cl = ContentLength::default();
+    let mut connection = ConnectionTokens::default();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te.add(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl.add(h.value);
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+    }
+
+    let framing = response_framing(status, request_method, &te, &cl)?;
+    let http11 = version == Version::Http11;
+    let keep_alive = connection.persistent(http11)
+        && framing != ResponseFraming::UntilClose
+        // RFC 9112 §6.1: TE on HTTP/1.0 means faulty framing; close after the message.
+        && !(version == Version::Http10 && te.is_present())
+        && status != 101;
+
+    Ok(Parse::Complete(ResponseHead {
+        status,
+        version,
+        head_len,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Response framing, RFC 9112 §6.3 in hyper's `Client::decoder` order:
+/// 1. `101 Switching Protocols` → until close (we refuse upgrades: the engine closes).
+/// 2. Any other 1xx → no body; `Transfer-Encoding` on a 1xx is invalid (nginx#1427) → error.
+/// 3. `204`, `304`, and any answer to `HEAD` → no body, whatever the headers say.
+/// 4. `Transfer-Encoding` and `Content-Length` together → error (nginx answers 502 too): an
+///    intermediary would have to drop the `Content-Length`, and we forward headers as sent.
+/// 5. `Transfer-Encoding`: `chunked` twice → error; `chunked` last → chunked; otherwise →
+///    until close (§6.3 rule 4 for responses). Other codings (`gzip, chunked`) are fine:
+///    the body is forwarded as is and only the chunked layer is observed.
+/// 6. `Content-Length`: strict digits, identical repeats → length; else error.
+/// 7. Neither → until close.
+fn response_framing(
+    status: u16,
+    method: Method,
+    te: &TransferEncoding,
+    cl: &ContentLength,
+) -> Result<ResponseFraming, HeadError> {
+    if status == 101 {
+        return Ok(ResponseFraming::UntilClose);
+    }
+    if (100..200).contains(&status) {
+        if te.is_present() {
+            return Err(HeadError::BadFraming("Transfer-Encoding on a 1xx response"));
+        }
+        return Ok(ResponseFraming::Empty);
+    }
+    if status == 204 || status == 304 || method == Method::Head {
+        return Ok(ResponseFraming::Empty);
+    }
+    if te.is_present() {
+        if cl.is_present() {
+            return Err(HeadError::BadFraming(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        if te.chunked_twice() {
+            return Err(HeadError::BadFraming("chunked applied more than once"));
+        }
+        return Ok(if te.last_is_chunked() {
+            ResponseFraming::Chunked
+        } else {
+            ResponseFraming::UntilClose
+        });
+    }
+    match cl.get() {
+        Err(reason) => Err(HeadError::BadFraming(reason)),
+        Ok(Some(n)) => Ok(ResponseFraming::Length(n)),
+        Ok(None) => Ok(ResponseFraming::UntilClose),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_for(raw: &[u8], method: Method) -> ResponseHead {
+        match parse_response(raw, method) {
+            Ok(Parse::Complete(h)) => h,
+            other => panic!("expected a complete head, got {other:?}"),
+        }
+    }
+
+    fn head(raw: &[u8]) -> ResponseHead {
+        head_for(raw, Method::Post)
+    }
+
+    fn err(raw: &[u8]) -> HeadError {
+        match parse_response(raw, Method::Post) {
+            Err(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_length_response_is_length_and_reusable() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world!";
+        let h = head(raw);
+        assert_eq!(h.status, 200);
+        assert_eq!(h.version, Version::Http11);
+        assert_eq!(h.head_len, raw.len() - 12);
+        assert_eq!(h.framing, ResponseFraming::Length(12));
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn incomplete_response_is_partial() {
+        assert_eq!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-", Method::Get),
+            Ok(Parse::Partial)
+        );
+    }
+
+    #[test]
+    fn chunked_response_is_chunked() {
+        let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn gzip_then_chunked_response_is_chunked() {
+        let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+    }
+
+    #[test]
+    fn te_not_ending_in_chunked_reads_until_close() {
+        let h = head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn te_and_cl_together_is_bad_framing() {
+        assert!(matches!(
+            err(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+    }
+
+    #[test]
+    fn chunked_twice_response_is_bad_framing() {
+        assert!(matches!(
+            err(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+    }
+
+    #[test]
+    fn no_framing_headers_reads_until_close() {
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn differing_content_lengths_are_bad_framing() {
+        assert!(matches!(
+            err(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+    }
+
+    #[test]
+    fn signed_content_length_is_bad_framing() {
+        assert!(matches!(
+            err(b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+    }
+
+    #[test]
+    fn identical_content_lengths_are_one_length() {
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::Length(3));
+    }
+
+    #[test]
+    fn head_request_response_is_empty_despite_content_length() {
+        let h = head_for(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n",
+            Method::Head,
+        );
+        assert_eq!(h.framing, ResponseFraming::Empty);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn head_request_response_is_empty_despite_chunked() {
+        let h = head_for(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::Head,
+        );
+        assert_eq!(h.framing, ResponseFraming::Empty);
+    }
+
+    #[test]
+    fn no_content_is_empty() {
+        let h = head(b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::Empty);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn not_modified_is_empty() {
+        let h = head(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::Empty);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn continue_is_informational_and_empty() {
+        let h = head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n");
+        assert_eq!(h.framing, ResponseFraming::Empty);
+        assert!(h.is_informational());
+        assert_eq!(h.head_len, 25);
+    }
+
+    #[test]
+    fn early_hints_is_informational() {
+        let h = head(b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n");
+        assert!(h.is_informational());
+        assert_eq!(h.framing, ResponseFraming::Empty);
+    }
+
+    #[test]
+    fn informational_with_te_is_bad_framing() {
+        assert!(matches!(
+            err(b"HTTP/1.1 103 Early Hints\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HeadError::BadFraming(_)
+        ));
+    }
+
+    #[test]
+    fn switching_protocols_is_until_close_and_not_reusable() {
+        let h = head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+        assert!(!h.is_informational());
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn connection_close_response_is_not_reusable() {
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        assert_eq!(h.framing, ResponseFraming::Length(0));
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn http10_response_is_not_reusable_by_default() {
+        let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(h.version, Version::Http10);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn http10_keep_alive_response_is_reusable() {
+        let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok");
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn http10_response_with_te_is_chunked_but_not_reusable() {
+        let h = head(
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n",
+        );
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn http10_close_delimited_response_reads_until_close() {
+        let h = head(b"HTTP/1.0 200 OK\r\n\r\nbody until EOF");
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn response_without_reason_phrase_parses() {
+        assert_eq!(
+            head(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").status,
+            200
+        );
+    }
+
+    #[test]
+    fn garbage_status_line_is_malformed() {
+        assert!(matches!(
+            err(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+            HeadError::Malformed(_)
+        ));
+        assert!(matches!(
+            err(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            HeadError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn response_with_101_headers_is_too_many() {
+        let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..101 {
+            raw.push_str(&format!("X-{i}: v\r\n"));
+        }
+        raw.push_str("\r\n");
+        assert_eq!(err(raw.as_bytes()), HeadError::TooManyHeaders);
+    }
+
+    #[test]
+    fn response_head_over_64k_is_too_large() {
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        assert_eq!(err(raw.as_bytes()), HeadError::TooLarge);
+        let partial = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(err(partial.as_bytes()), HeadError::TooLarge);
+    }
+
+    #[test]
+    fn obs_fold_in_response_is_malformed() {
+        assert!(matches!(
+            err(b"HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n"),
+            HeadError::Malformed(_)
+        ));
+    }
+}

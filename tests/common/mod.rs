@@ -1,0 +1,38 @@
+//! Shared integration-test harness. Every test file starts with `mod common;` and then
+//! `use common::*;`.
+//!
+//! - `Modelgate::start(config)` runs the real binary on a temp config and parses its
+//!   `listening on ...` line(s); `config_json(&[(name, url)])` builds a config.
+//! - `MockUpstream::openai(name)` is the OpenAI mock (the same code as
+//!   `cargo run --example mock-upstream`); `ScriptedUpstream::start(|conn| ...)` is a
+//!   hand-scripted upstream that records requests and counts connections.
+//! - `Client` speaks raw HTTP/1.1 and parses responses one at a time (keep-alive,
+//!   pipelining); `post_json`, `get`, `request`, `raw_exchange` are one-shot helpers.
+//! - `fd_count(pid)`, `rss_kib(pid)`, `TempDir`, `wait_until`.
+
+// Each test binary uses a different subset of the harness.
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../examples/mock_upstream/server.rs"]
+pub mod server;
+
+pub mod client;
+pub mod process;
+pub mod upstream;
+
+pub use client::{
+    chat_body, get, parse_responses, post_json, raw_exchange, raw_exchange_timeout, request,
+    request_bytes, sse_data, Client, Response, CLIENT_TIMEOUT,
+};
+pub use process::{
+    config_json, config_with, fd_count, modelgate_bin, parse_listening, rss_kib, run_modelgate,
+    run_with_config, Modelgate, TempDir, STARTUP_TIMEOUT,
+};
+pub use upstream::{
+    wait_until, Conn, MockOptions, MockUpstream, RecordedRequest, ScriptedUpstream,
+};
+
+/// Parses JSON text (panics with the text when invalid).
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
+}
