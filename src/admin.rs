@@ -101,10 +101,9 @@ mod tests {
             watch_config: false,
             models: map,
         };
-        Routes::build(&config, &|_, _| vec![], &mut |_| {
-            Err("no TLS in tests".into())
-        })
-        .expect("routes")
+        let metrics = crate::metrics::Metrics::new();
+        let no_tls = &mut |_: Option<&std::path::Path>| Err("no TLS in tests".into());
+        Routes::build(&config, &|_, _| vec![], no_tls, &metrics).expect("routes")
     }
 
     use serde_json::json;

@@ -252,16 +252,34 @@ pub fn write_json_response(
     head_only: bool,
     out: &mut Vec<u8>,
 ) {
-    write_status_and_common(status, body.len(), out);
+    write_response(status, "application/json", body, close, head_only, out);
+}
+
+/// Writes a complete local response with any content type (`/metrics` is text).
+pub fn write_response(
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+    head_only: bool,
+    out: &mut Vec<u8>,
+) {
+    write_status_line_and_type(status, content_type, body.len(), out);
     finish(body, close, head_only, out);
 }
 
 fn write_status_and_common(status: u16, body_len: usize, out: &mut Vec<u8>) {
+    write_status_line_and_type(status, "application/json", body_len, out);
+}
+
+fn write_status_line_and_type(status: u16, content_type: &str, body_len: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
     push_u64(out, body_len as u64);
     out.extend_from_slice(b"\r\n");
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Scheme, Timeouts, Upstream};
+use crate::metrics::{Metrics, ModelStats};
 use crate::secrets::Secret;
 
 /// Where one model's requests go.
@@ -30,6 +31,10 @@ pub struct Route {
     /// For `https://` upstreams: the client config (webpki roots or the model's CA file)
     /// and the name verified and sent as SNI.
     pub tls: Option<UpstreamTls>,
+    /// Request counters and histograms, kept across reloads by model name.
+    pub stats: Arc<ModelStats>,
+    /// `scheme://authority` (or `unix:path`) for the access log.
+    pub upstream_label: Box<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +60,8 @@ pub struct Routes {
     pub access_log: bool,
     /// Unix seconds reported as `created` in `/v1/models`.
     pub created: u64,
+    /// Stats of requests that never reached a model.
+    pub unrouted: Arc<ModelStats>,
 }
 
 impl Routes {
@@ -64,6 +71,7 @@ impl Routes {
         config: &Config,
         resolve: &dyn Fn(&str, u16) -> Vec<SocketAddr>,
         tls: &mut TlsFactory<'_>,
+        metrics: &Metrics,
     ) -> Result<Routes, String> {
         let mut tls_configs: HashMap<Option<&Path>, Arc<rustls::ClientConfig>> = HashMap::new();
         let mut models = HashMap::with_capacity(config.models.len());
@@ -122,6 +130,8 @@ impl Routes {
                 unlisted: model.unlisted,
                 pool_key,
                 tls,
+                stats: metrics.model(name),
+                upstream_label: up.to_string().into_boxed_str(),
             };
             models.insert(name.clone(), Arc::new(route));
         }
@@ -139,6 +149,7 @@ impl Routes {
             timeouts: config.timeouts.clone(),
             access_log: config.access_log,
             created,
+            unrouted: metrics.unrouted(),
         })
     }
 

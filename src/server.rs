@@ -13,6 +13,7 @@ use mio::{Poll, Waker};
 
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
+use crate::metrics::Metrics;
 use crate::net::{self, systemd, tls, Listener};
 use crate::resolver;
 use crate::router::Routes;
@@ -41,8 +42,8 @@ fn resolved_names(routes: &Routes) -> HashMap<Arc<str>, Vec<SocketAddr>> {
 }
 
 /// The routing table for `config`, with TLS client configs for its `https://` upstreams.
-fn build_routes(config: &Config) -> Result<Routes, String> {
-    Routes::build(config, &resolve, &mut |ca| tls::client_config(ca))
+fn build_routes(config: &Config, metrics: &Metrics) -> Result<Routes, String> {
+    Routes::build(config, &resolve, &mut |ca| tls::client_config(ca), metrics)
 }
 
 /// TLS server configs for the listeners, in `listen` order (None for plain ones).
@@ -69,6 +70,26 @@ fn bind(listen: &Listen) -> Result<Listener, String> {
     }
 }
 
+/// Batches of access log lines waiting for the writer (each batch is one worker turn).
+const LOG_QUEUE: usize = 1024;
+
+/// The access log writer: workers hand it whole batches of lines, and only this thread
+/// ever blocks on stderr.
+fn spawn_log_writer() -> Result<mpsc::SyncSender<Vec<u8>>, String> {
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(LOG_QUEUE);
+    std::thread::Builder::new()
+        .name("modelgate-log".into())
+        .spawn(move || {
+            use std::io::Write;
+            let stderr = std::io::stderr();
+            for batch in rx {
+                let _ = stderr.lock().write_all(&batch);
+            }
+        })
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
+    Ok(tx)
+}
+
 /// The workers' control channels.
 struct Workers {
     controls: Vec<(mpsc::Sender<Control>, Arc<Waker>)>,
@@ -90,7 +111,8 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     net::raise_fd_limit();
     // Workers inherit this mask: only this thread takes the signals, in `sigwait`.
     let signals = signals::block()?;
-    let routes = Arc::new(build_routes(&config)?);
+    let metrics = Metrics::new();
+    let routes = Arc::new(build_routes(&config, &metrics)?);
     // Socket activation: serve what systemd passed and bind nothing (SPEC §8). Passed
     // sockets are plain HTTP.
     let (listeners, tls): (Vec<Listener>, ListenerTls) = match systemd::listen_fds() {
@@ -116,6 +138,8 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         in_flight: Arc::new(AtomicU64::new(0)),
         budget: Budget::new(usize::try_from(config.max_buffer_bytes).unwrap_or(usize::MAX)),
         resolver: Some(resolver_tx.clone()),
+        metrics: Arc::clone(&metrics),
+        log: Some(spawn_log_writer()?),
     };
     let per_worker = (config.max_connections / worker_count).max(1);
     let mut workers = Workers {
@@ -140,6 +164,8 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
             in_flight: Arc::clone(&shared.in_flight),
             budget: Arc::clone(&shared.budget),
             resolver: shared.resolver.clone(),
+            metrics: Arc::clone(&shared.metrics),
+            log: shared.log.clone(),
         };
         // The worker is built on its own thread: what it owns (pool, slabs) is not `Send`.
         let spawned = std::thread::Builder::new()
@@ -183,7 +209,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
             "RELOADING=1\nMONOTONIC_USEC={}",
             systemd::monotonic_usec()
         ));
-        let outcome = match reload(config_path) {
+        let outcome = match reload(config_path, &metrics) {
             Ok((next, routes, tls)) => {
                 shutdown_timeout = next.timeouts.shutdown;
                 eprintln!(
@@ -231,10 +257,10 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
 
 /// Parses, validates and expands the config again, builds its routes and re-reads the
 /// listeners' certificates: all off the workers. Listen addresses are not re-bound.
-fn reload(path: &Path) -> Result<(Config, Routes, ListenerTls), Vec<String>> {
+fn reload(path: &Path, metrics: &Metrics) -> Result<(Config, Routes, ListenerTls), Vec<String>> {
     let next = config::load(path, Some(&ProcessEnv))
         .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
-    let routes = build_routes(&next).map_err(|e| vec![e])?;
+    let routes = build_routes(&next, metrics).map_err(|e| vec![e])?;
     let tls = listener_tls(&next).map_err(|e| vec![e])?;
     Ok((next, routes, tls))
 }

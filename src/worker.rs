@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::buf::{Budget, Pool};
 use crate::config::Scheme;
-use crate::conn::{Conn, Ctx, RequestIds, Want};
+use crate::conn::{Conn, Ctx, Obs, RequestIds, Want};
+use crate::metrics::Metrics;
 use crate::net::{self, Accepted, Listener};
 use crate::resolver;
 use crate::router::Routes;
@@ -79,6 +80,9 @@ pub struct Shared {
     pub budget: Arc<Budget>,
     /// Where workers ask for a fresh lookup after a connect failure.
     pub resolver: Option<Sender<resolver::Request>>,
+    pub metrics: Arc<Metrics>,
+    /// The access log writer thread (None: lines are dropped).
+    pub log: Option<SyncSender<Vec<u8>>>,
 }
 
 /// Who owns a registered socket (the token is the key in the owner slab).
@@ -111,6 +115,8 @@ pub struct Worker {
     in_flight: Arc<AtomicU64>,
     ids: RequestIds,
     scratch: Vec<u8>,
+    obs: Obs,
+    log: Option<SyncSender<Vec<u8>>>,
     max_conns: usize,
     next_generation: u64,
     accept_paused: bool,
@@ -162,6 +168,12 @@ impl Worker {
             in_flight: Arc::clone(&shared.in_flight),
             ids: RequestIds::new(seed),
             scratch: Vec::with_capacity(4096),
+            obs: Obs {
+                metrics: Arc::clone(&shared.metrics),
+                counters: shared.metrics.worker(),
+                log: Vec::new(),
+            },
+            log: shared.log.clone(),
             max_conns: max_conns.max(1),
             next_generation: 0,
             accept_paused: false,
@@ -234,6 +246,10 @@ impl Worker {
             for key in self.to_free.drain(..) {
                 self.owners.remove(key);
             }
+            self.flush_log();
+            self.obs
+                .counters
+                .set_pool(self.upstreams.len() as u64, self.conns.len() as u64);
             if let Some(deadline) = self.shutdown {
                 let busy = self
                     .conns
@@ -243,6 +259,18 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Hands this turn's access log lines to the writer thread in one message; when it is
+    /// behind, lines are dropped rather than blocking the event loop.
+    fn flush_log(&mut self) {
+        if self.obs.log.is_empty() {
+            return;
+        }
+        let lines = std::mem::take(&mut self.obs.log);
+        if let Some(tx) = &self.log {
+            let _ = tx.try_send(lines);
         }
     }
 
@@ -382,6 +410,7 @@ impl Worker {
                 in_flight: &self.in_flight,
                 ids: &mut self.ids,
                 scratch: &mut self.scratch,
+                obs: &mut self.obs,
             };
             let want = conn.drive(&mut ctx);
             if self.after_drive(key, want, now) {
@@ -535,6 +564,7 @@ impl Worker {
                     in_flight: &self.in_flight,
                     ids: &mut self.ids,
                     scratch: &mut self.scratch,
+                    obs: &mut self.obs,
                 };
                 let want = conn.connect_failed(exhausted || unix, &mut ctx);
                 self.after_drive(key, want, now);
@@ -563,6 +593,7 @@ impl Worker {
             in_flight: &self.in_flight,
             ids: &mut self.ids,
             scratch: &mut self.scratch,
+            obs: &mut self.obs,
         };
         let want = conn.reload_done(result, &mut ctx);
         if !self.after_drive(key, want, now) {
@@ -603,6 +634,7 @@ impl Worker {
                 in_flight: &self.in_flight,
                 ids: &mut self.ids,
                 scratch: &mut self.scratch,
+                obs: &mut self.obs,
             };
             let want = conn.on_timeout(&mut ctx);
             if !self.after_drive(key, want, now) {

@@ -18,6 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod record;
+
+pub use record::Obs;
+use record::{outcome_of, Record};
+
+use crate::accesslog::Outcome;
 use crate::admin;
 use crate::auth;
 use crate::buf::{Block, Pool, BLOCK_SIZE};
@@ -257,6 +263,11 @@ struct RequestId {
 }
 
 impl RequestId {
+    const EMPTY: RequestId = RequestId {
+        bytes: [0; MAX_REQUEST_ID],
+        len: 0,
+    };
+
     fn get(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
@@ -290,6 +301,8 @@ pub struct Ctx<'a> {
     pub ids: &'a mut RequestIds,
     /// Reused buffer for writing heads.
     pub scratch: &'a mut Vec<u8>,
+    /// Metrics and the access log.
+    pub obs: &'a mut Obs,
 }
 
 /// The phases of a client connection.
@@ -325,7 +338,6 @@ struct BodyRead {
     scanner: ModelScanner,
     payload: u64,
     routes: Arc<Routes>,
-    request_id: RequestId,
 }
 
 /// Where the response is.
@@ -385,7 +397,6 @@ struct Exchange {
     addr_attempt: usize,
     connect_started: Instant,
     request_sent: Option<Instant>,
-    request_id: RequestId,
     _slot: InFlight,
 }
 
@@ -418,6 +429,10 @@ pub struct Conn {
     inbuf: Option<Block>,
     to_client: Outbox,
     last_activity: Instant,
+    /// The current request's access log line and metrics.
+    rec: Record,
+    /// How to log a request cut short by a close.
+    close_outcome: Outcome,
 }
 
 enum Flow {
@@ -449,6 +464,8 @@ impl Conn {
             inbuf: None,
             to_client: Outbox::default(),
             last_activity: now,
+            rec: Record::new(now),
+            close_outcome: Outcome::ClientAbort,
         }
     }
 
@@ -515,7 +532,7 @@ impl Conn {
             Failure::Connect
         };
         let flow = self.with_exchange(|conn, ex| conn.upstream_failed(ex, failure, ctx));
-        self.finish_turn(flow)
+        self.finish_turn(flow, ctx)
     }
 
     /// Drives the connection as far as readiness allows.
@@ -532,7 +549,7 @@ impl Conn {
             };
             match flow {
                 Flow::Again => continue,
-                other => return self.finish_turn(other),
+                other => return self.finish_turn(other, ctx),
             }
         }
         Want::Yield
@@ -540,6 +557,7 @@ impl Conn {
 
     /// A deadline passed: decide what it means in the current phase.
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        self.close_outcome = Outcome::Timeout;
         let flow = match &self.phase {
             Phase::Idle
             | Phase::Linger { .. }
@@ -565,7 +583,7 @@ impl Conn {
         };
         match flow {
             Flow::Again => self.drive(ctx),
-            other => self.finish_turn(other),
+            other => self.finish_turn(other, ctx),
         }
     }
 
@@ -596,19 +614,37 @@ impl Conn {
         }
     }
 
-    fn finish_turn(&mut self, flow: Flow) -> Want {
+    fn finish_turn(&mut self, flow: Flow, ctx: &mut Ctx<'_>) -> Want {
         match flow {
             Flow::Again | Flow::Yield => Want::Yield,
             Flow::Wait => Want::Wait,
             Flow::Upstream => Want::Upstream,
             Flow::Reload => Want::Reload,
             Flow::Close => {
+                // A request cut short still gets its log line.
+                self.end_request(self.close_outcome, ctx);
                 self.phase = Phase::Closed;
                 if let Some(up) = self.upstream.take() {
                     self.dead.push(up);
                 }
                 Want::Close
             }
+        }
+    }
+
+    /// Counts bytes written to the client.
+    fn sent(&mut self, n: usize, ctx: &mut Ctx<'_>) {
+        if n > 0 {
+            self.rec.bytes_out += n as u64;
+            ctx.obs.counters.add_sent(n as u64);
+        }
+    }
+
+    /// Finishes the current request's record (log line and metrics), once.
+    fn end_request(&mut self, outcome: Outcome, ctx: &mut Ctx<'_>) {
+        if self.rec.is_active() {
+            self.rec
+                .finish(outcome, ctx.now, self.peer, ctx.routes, ctx.obs);
         }
     }
 
@@ -671,6 +707,7 @@ impl Conn {
                 Io::Done(n) => {
                     buf.commit(n);
                     self.last_activity = ctx.now;
+                    ctx.obs.counters.add_received(n as u64);
                 }
                 Io::WouldBlock => self.client.readable = false,
                 Io::Eof | Io::Failed(_) => return Flow::Close,
@@ -685,13 +722,16 @@ impl Conn {
             return Flow::Close;
         };
         let raw = buf.filled();
+        self.rec
+            .begin(ctx.now, raw, &head, routes.access_log, ctx.ids);
+        self.close_outcome = Outcome::ClientAbort;
         let has_body = head.framing != RequestFraming::Empty;
         // Errors before the body is read leave it on the wire: close (PITFALLS 12).
         let close_on_error = has_body || !head.keep_alive;
         let target = raw.get(head.target.clone()).unwrap_or(b"/");
         let decision = match router::classify(target) {
             Target::Health => Decision::Local(Local::Health),
-            Target::Metrics => Decision::Reject(ApiError::NotFound),
+            Target::Metrics => Decision::Local(Local::Metrics),
             Target::AdminReload => Decision::AdminReload,
             Target::ListModels => Decision::Local(Local::List),
             Target::GetModel(id) => Decision::Local(Local::Get(id)),
@@ -724,16 +764,24 @@ impl Conn {
                 if !admin::method_allowed(head.method) {
                     return self.reject(ApiError::MethodNotAllowed, close_on_error);
                 }
+                let json = "application/json";
                 let body = match local {
-                    Local::Health => Ok(admin::health(&routes)),
-                    Local::List => Ok(admin::list_models(&routes)),
-                    Local::Get(id) => admin::get_model(&routes, &id),
+                    Local::Health => Ok((json, admin::health(&routes))),
+                    Local::List => Ok((json, admin::list_models(&routes))),
+                    Local::Get(id) => admin::get_model(&routes, &id).map(|b| (json, b)),
+                    Local::Metrics => {
+                        let in_flight = ctx.in_flight.load(Ordering::Relaxed);
+                        let text = ctx.obs.metrics.render(in_flight).into_bytes();
+                        Ok(("text/plain; version=0.0.4; charset=utf-8", text))
+                    }
                 };
                 match body {
-                    Ok(body) => {
+                    Ok((content_type, body)) => {
                         let mut out = Vec::with_capacity(body.len() + 160);
-                        error::write_json_response(
+                        self.rec.status = 200;
+                        error::write_response(
                             200,
+                            content_type,
                             &body,
                             close_on_error,
                             head.method == Method::Head,
@@ -752,13 +800,17 @@ impl Conn {
             Decision::ByPath(model, path) => {
                 self.start_path_route(head, &model, &path, routes, ctx)
             }
-            Decision::ByBody => self.start_body(head, routes, ctx),
+            Decision::ByBody => self.start_body(head, routes),
             Decision::AdminReload => {
                 if head.method != Method::Post {
                     return self.reject(ApiError::MethodNotAllowed, close_on_error);
                 }
                 // Never reachable from afar, whatever token the caller holds.
-                if !is_local_peer(self.peer) {
+                let peer_ip = match self.peer {
+                    Peer::Tcp(addr) => Some(addr.ip()),
+                    Peer::Unix => None,
+                };
+                if !crate::accesslog::is_local_peer(peer_ip) {
                     return self.reject(
                         ApiError::Forbidden("/admin/reload is only served to local clients"),
                         close_on_error,
@@ -792,6 +844,7 @@ impl Conn {
         let Some(route) = routes.get(model).cloned() else {
             return self.reject(ApiError::ModelNotFound(model.to_owned()), close_on_error);
         };
+        self.rec.route = Some(Arc::clone(&route));
         if let RequestFraming::Length(n) = head.framing {
             if routes.max_body_bytes > 0 && n > routes.max_body_bytes {
                 return self.reject(ApiError::BodyTooLarge, true);
@@ -816,14 +869,13 @@ impl Conn {
         let Some(buf) = self.inbuf.as_ref() else {
             return Flow::Close;
         };
-        let request_id = RequestId::choose(buf.filled(), &head, ctx.ids);
         let head_chunk = build_upstream_head(
             buf.filled(),
             &head,
             &route,
             path,
             (self.peer, self.secure),
-            request_id.get(),
+            self.rec.request_id.get(),
             !routes.auth_tokens.is_empty(),
             ctx,
         );
@@ -843,7 +895,6 @@ impl Conn {
             stream,
             resp_buf,
             routes.max_body_bytes,
-            request_id,
             slot,
             ctx.now,
         )));
@@ -851,7 +902,7 @@ impl Conn {
     }
 
     /// Routed by body: check what can be checked from the head, then read the body.
-    fn start_body(&mut self, head: RequestHead, routes: Arc<Routes>, ctx: &mut Ctx<'_>) -> Flow {
+    fn start_body(&mut self, head: RequestHead, routes: Arc<Routes>) -> Flow {
         let close_on_error = head.framing != RequestFraming::Empty || !head.keep_alive;
         if head.content_encoded {
             return self.reject(ApiError::UnsupportedMediaType, close_on_error);
@@ -878,7 +929,6 @@ impl Conn {
         let Some(head_block) = self.inbuf.take() else {
             return Flow::Close;
         };
-        let request_id = RequestId::choose(head_block.filled(), &head, ctx.ids);
         let mut body = Box::new(BodyRead {
             tracker: BodyTracker::for_request(head.framing),
             head,
@@ -888,7 +938,6 @@ impl Conn {
             scanner: ModelScanner::new(),
             payload: 0,
             routes,
-            request_id,
         });
         // Body bytes that came with the head stay where they are (usually the whole body):
         // the head block itself becomes the first body chunk when the request goes upstream.
@@ -902,8 +951,11 @@ impl Conn {
             bytes,
         );
         body.initial = consumed;
-        if let Err(err) = result {
-            return self.reject(err, true);
+        self.rec.bytes_in += consumed as u64;
+        match result {
+            Err(ApiError::Scan(_)) if body.tracker.is_done() => {}
+            Err(err) => return self.reject(err, true),
+            Ok(()) => {}
         }
         self.phase = Phase::Body(body);
         Flow::Again
@@ -912,8 +964,9 @@ impl Conn {
     // ----- reading a body to route it ---------------------------------------------------
 
     fn read_body(&mut self, ctx: &mut Ctx<'_>) -> Flow {
-        if let Flush::Failed = self.to_client.flush(&mut self.client, None) {
-            return Flow::Close;
+        match self.to_client.flush(&mut self.client, None) {
+            Flush::Failed => return Flow::Close,
+            Flush::Wrote(n) => self.sent(n, ctx),
         }
         let Phase::Body(body) = &mut self.phase else {
             return Flow::Close;
@@ -937,6 +990,7 @@ impl Conn {
             match self.client.stream.read(block.spare()) {
                 Io::Done(n) => {
                     self.last_activity = ctx.now;
+                    ctx.obs.counters.add_received(n as u64);
                     block.commit(n);
                     let start = block.len() - n;
                     let (consumed, result) = observe_body(
@@ -946,8 +1000,13 @@ impl Conn {
                         body.routes.max_body_bytes,
                         &block.filled()[start..],
                     );
-                    if let Err(err) = result {
-                        return self.reject(err, true);
+                    self.rec.bytes_in += consumed as u64;
+                    match result {
+                        // Invalid JSON in a body that ended here: answer like any other
+                        // routing error, keeping the connection when the framing allows.
+                        Err(ApiError::Scan(_)) if body.tracker.is_done() => {}
+                        Err(err) => return self.reject(err, true),
+                        Ok(()) => {}
                     }
                     if consumed < n {
                         // The next pipelined request began in this read.
@@ -974,7 +1033,10 @@ impl Conn {
         let keep_alive = body.head.keep_alive;
         let routed = match body.scanner.finish() {
             Ok(model) => match body.routes.get(model) {
-                Some(route) => Ok(Arc::clone(route)),
+                Some(route) => {
+                    self.rec.route = Some(Arc::clone(route));
+                    Ok(Arc::clone(route))
+                }
                 None => Err(ApiError::ModelNotFound(model.to_owned())),
             },
             Err(e) => Err(ApiError::from(e)),
@@ -995,7 +1057,7 @@ impl Conn {
                 &route,
                 target,
                 (self.peer, self.secure),
-                body.request_id.get(),
+                self.rec.request_id.get(),
                 !body.routes.auth_tokens.is_empty(),
                 ctx,
             );
@@ -1041,7 +1103,6 @@ impl Conn {
                     None,
                     resp_buf,
                     body.routes.max_body_bytes,
-                    body.request_id,
                     slot,
                     ctx.now,
                 )));
@@ -1126,6 +1187,7 @@ impl Conn {
                         if n > 0 {
                             progress = true;
                             self.last_activity = ctx.now;
+                            self.sent(n, ctx);
                         }
                     }
                 }
@@ -1135,9 +1197,15 @@ impl Conn {
                 .drained(&self.client, relaying.then_some(&ex.resp_buf));
             if ex.truncated && flushed {
                 // Never complete the framing of a stream the upstream cut short.
+                self.close_outcome = Outcome::UpstreamError;
                 return Flow::Close;
             }
-            // Notice a client that leaves mid-response (SPEC §10: it went away).
+            if ex.response_done() && flushed {
+                return self.finish_exchange(ex, ctx);
+            }
+            // Notice a client that leaves mid-response (SPEC §10: it went away). Only while
+            // the response is unfinished: a client that closes right after the last byte
+            // did nothing wrong, and the upstream connection stays reusable.
             if ex.req_body.is_none()
                 && !ex.client_has_pending
                 && self.client.readable
@@ -1148,9 +1216,6 @@ impl Conn {
                     Io::WouldBlock => self.client.readable = false,
                     Io::Eof | Io::Failed(_) => return Flow::Close,
                 }
-            }
-            if ex.response_done() && flushed {
-                return self.finish_exchange(ex, ctx);
             }
             if !progress {
                 return Flow::Wait;
@@ -1176,6 +1241,7 @@ impl Conn {
                     Io::Done(n) => {
                         buf.commit(n);
                         self.last_activity = ctx.now;
+                        ctx.obs.counters.add_received(n as u64);
                     }
                     Io::WouldBlock => {
                         self.client.readable = false;
@@ -1192,6 +1258,7 @@ impl Conn {
             Err(_) => return Err(Flow::Close),
         };
         ex.req_payload += payload;
+        self.rec.bytes_in += consumed as u64;
         if ex.max_body > 0 && ex.req_payload > ex.max_body {
             return Err(Flow::Close);
         }
@@ -1248,7 +1315,8 @@ impl Conn {
                         keep_alive,
                     } => {
                         let start = buf.len() - n;
-                        match tracker.feed(&buf.filled()[start..], &mut |_| {}) {
+                        let usage = &mut self.rec.usage;
+                        match tracker.feed(&buf.filled()[start..], &mut |d| usage.feed(d)) {
                             Ok(consumed) if consumed < n => {
                                 // Bytes past the framed end: never forwarded, never reused.
                                 *keep_alive = false;
@@ -1325,17 +1393,20 @@ impl Conn {
             h1::write_client_response_head(
                 buf.filled(),
                 &head,
-                ex.request_id.get(),
+                self.rec.request_id.get(),
                 ex.client_close,
                 ctx.scratch,
             );
             self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
             ex.head_sent = true;
+            self.rec.status = head.status;
+            self.rec.head_at = Some(ctx.now);
             buf.consume(head.head_len);
             let mut tracker = BodyTracker::for_response(head.framing);
             let mut keep_alive = head.keep_alive;
             let available = buf.len();
-            match tracker.feed(buf.filled(), &mut |_| {}) {
+            let usage = &mut self.rec.usage;
+            match tracker.feed(buf.filled(), &mut |d| usage.feed(d)) {
                 Ok(consumed) if consumed < available => {
                     keep_alive = false;
                     buf.truncate(consumed);
@@ -1372,6 +1443,7 @@ impl Conn {
         if failure == Failure::Connect || failure == Failure::NoAddress {
             // The name may have moved: ask for a fresh lookup.
             self.refresh_name = ex.route.resolve_key.clone();
+            ex.route.stats.connect_error();
         }
         if !ex.upstream_spoke {
             if failure == Failure::Connect && ex.addr_attempt < MAX_ADDRESSES {
@@ -1381,6 +1453,7 @@ impl Conn {
             }
             let retryable = ex.reused && !ex.retried && ex.to_upstream.retain;
             if retryable && failure == Failure::Broken {
+                ex.route.stats.retry();
                 ex.retried = true;
                 ex.fresh_only = true;
                 ex.addr_attempt = 0;
@@ -1402,6 +1475,7 @@ impl Conn {
 
     /// Response complete and flushed: park or close the upstream, then the next request.
     fn finish_exchange(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
+        self.end_request(Outcome::Ok, ctx);
         let reusable = matches!(ex.resp, Resp::Done { keep_alive: true })
             && self
                 .upstream
@@ -1432,7 +1506,13 @@ impl Conn {
             self.inbuf = None;
         }
         let mut out = Vec::with_capacity(256);
-        error::write_error_response(&err, close, false, &mut out);
+        let id = if self.rec.is_active() {
+            self.rec.status = err.status();
+            self.rec.request_id.get()
+        } else {
+            &[]
+        };
+        error::write_error_response_with_id(&err, id, close, false, &mut out);
         self.to_client.push(Chunk::Owned(out));
         if let Some(up) = self.upstream.take() {
             self.dead.push(up);
@@ -1444,12 +1524,18 @@ impl Conn {
     fn respond(&mut self, close: bool, ctx: &mut Ctx<'_>) -> Flow {
         match self.to_client.flush(&mut self.client, None) {
             Flush::Failed => return Flow::Close,
-            Flush::Wrote(n) if n > 0 => self.last_activity = ctx.now,
-            Flush::Wrote(_) => {}
+            Flush::Wrote(n) => {
+                if n > 0 {
+                    self.last_activity = ctx.now;
+                }
+                self.sent(n, ctx);
+            }
         }
         if !self.to_client.drained(&self.client, None) {
             return Flow::Wait;
         }
+        let status = self.rec.status;
+        self.end_request(outcome_of(status), ctx);
         if close || self.draining {
             return self.start_linger(ctx);
         }
@@ -1509,7 +1595,6 @@ impl Exchange {
         stream: Option<(BodyTracker, Block)>,
         resp_buf: Block,
         max_body: u64,
-        request_id: RequestId,
         slot: InFlight,
         now: Instant,
     ) -> Exchange {
@@ -1540,7 +1625,6 @@ impl Exchange {
             addr_attempt: 0,
             connect_started: now,
             request_sent: None,
-            request_id,
             _slot: slot,
         }
     }
@@ -1559,6 +1643,7 @@ enum Local {
     Health,
     List,
     Get(String),
+    Metrics,
 }
 
 /// Feeds body bytes to the framing tracker and the payload to the scanner. Returns how
@@ -1625,19 +1710,6 @@ fn build_upstream_head(
     ctx.scratch.clear();
     h1::write_upstream_request_head(raw, head, &request, ctx.scratch);
     copy_chunk(ctx.scratch, ctx.pool)
-}
-
-/// `/admin/reload` is served to loopback and unix-socket clients only.
-fn is_local_peer(peer: Peer) -> bool {
-    match peer {
-        Peer::Unix => true,
-        Peer::Tcp(addr) => match addr.ip() {
-            std::net::IpAddr::V4(ip) => ip.is_loopback(),
-            std::net::IpAddr::V6(ip) => {
-                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-            }
-        },
-    }
 }
 
 fn copy_chunk(bytes: &[u8], pool: &Pool) -> Chunk {

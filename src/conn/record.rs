@@ -1,0 +1,167 @@
+//! What one request leaves behind: an access log line and its metrics. The record lives
+//! inline in the connection (no allocation per request) and is finished exactly once, when
+//! the answer is complete or the connection gives up on it.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::accesslog::{self, Entry, Outcome};
+use crate::h1::RequestHead;
+use crate::metrics::{Metrics, WorkerCounters};
+use crate::net::Peer;
+use crate::router::{Route, Routes};
+use crate::usage::UsageScanner;
+
+use super::{RequestId, RequestIds};
+
+/// Status logged for a request whose client left before any answer (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A worker's observability sinks, lent to connections while they are driven.
+pub struct Obs {
+    pub metrics: Arc<Metrics>,
+    pub counters: Arc<WorkerCounters>,
+    /// Access log lines not yet handed to the log writer.
+    pub log: Vec<u8>,
+}
+
+const METHOD_BYTES: usize = 16;
+
+pub(super) struct Record {
+    active: bool,
+    started: Instant,
+    wall: SystemTime,
+    method: [u8; METHOD_BYTES],
+    method_len: usize,
+    /// The path without the query (kept only when the access log is on).
+    path: Vec<u8>,
+    pub request_id: RequestId,
+    pub route: Option<Arc<Route>>,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// When the response head came from the upstream.
+    pub head_at: Option<Instant>,
+    pub usage: UsageScanner,
+}
+
+impl Record {
+    pub fn new(now: Instant) -> Record {
+        Record {
+            active: false,
+            started: now,
+            wall: SystemTime::UNIX_EPOCH,
+            method: [0; METHOD_BYTES],
+            method_len: 0,
+            path: Vec::new(),
+            request_id: RequestId::EMPTY,
+            route: None,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            head_at: None,
+            usage: UsageScanner::new(),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// A request head was parsed: start its record and choose its request id.
+    pub fn begin(
+        &mut self,
+        now: Instant,
+        raw: &[u8],
+        head: &RequestHead,
+        keep_path: bool,
+        ids: &mut RequestIds,
+    ) {
+        self.active = true;
+        self.started = now;
+        self.wall = SystemTime::now();
+        let method = raw
+            .iter()
+            .position(|&b| b == b' ')
+            .map_or(&raw[..0], |end| &raw[..end]);
+        self.method_len = method.len().min(METHOD_BYTES);
+        self.method[..self.method_len].copy_from_slice(&method[..self.method_len]);
+        self.path.clear();
+        if keep_path {
+            let target = raw.get(head.target.clone()).unwrap_or(b"/");
+            let end = memchr::memchr(b'?', target).unwrap_or(target.len());
+            self.path.extend_from_slice(&target[..end]);
+        }
+        self.request_id = RequestId::choose(raw, head, ids);
+        self.route = None;
+        self.status = 0;
+        self.bytes_in = head.head_len as u64;
+        self.bytes_out = 0;
+        self.head_at = None;
+        self.usage = UsageScanner::new();
+    }
+
+    /// The request is over: one access log line (when enabled) and its metrics.
+    pub fn finish(
+        &mut self,
+        outcome: Outcome,
+        now: Instant,
+        peer: Peer,
+        routes: &Routes,
+        obs: &mut Obs,
+    ) {
+        if !self.active {
+            return;
+        }
+        self.active = false;
+        if self.status == 0 {
+            self.status = CLIENT_CLOSED;
+        }
+        let duration = now.saturating_duration_since(self.started);
+        let ttfb = self
+            .head_at
+            .map(|t| t.saturating_duration_since(self.started));
+        let generation = self.head_at.map(|t| now.saturating_duration_since(t));
+        let stats = self.route.as_ref().map_or(&routes.unrouted, |r| &r.stats);
+        stats.record(
+            self.status,
+            duration,
+            ttfb,
+            self.usage.prompt_tokens(),
+            self.usage.completion_tokens(),
+            generation,
+        );
+        if routes.access_log {
+            let entry = Entry {
+                ts: self.wall,
+                request_id: self.request_id.get(),
+                client: match peer {
+                    Peer::Tcp(addr) => Some(addr.ip()),
+                    Peer::Unix => None,
+                },
+                method: &self.method[..self.method_len],
+                path: &self.path,
+                model: self.route.as_ref().map(|r| r.name.as_str()),
+                upstream: self.route.as_ref().map(|r| &*r.upstream_label),
+                status: self.status,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                ttfb,
+                duration,
+                outcome,
+            };
+            accesslog::write_line(&entry, &mut obs.log);
+        }
+        self.route = None;
+    }
+}
+
+/// The outcome of a request answered locally with `status`.
+pub fn outcome_of(status: u16) -> Outcome {
+    match status {
+        408 | 504 => Outcome::Timeout,
+        502 => Outcome::UpstreamError,
+        s if s >= 400 => Outcome::Rejected,
+        _ => Outcome::Ok,
+    }
+}
