@@ -1775,3 +1775,214 @@ fn head_of_70_kib_is_431() {
     let head = format!("GET /health HTTP/1.1\r\nHost: mg.test\r\nX-Big: {big}\r\n\r\n");
     assert_rejected(head.as_bytes(), 431, "bad_request");
 }
+
+// ---------------------------------------------------------------------------------------------
+// More edges: connection reuse after fully read errors, close-delimited responses, framing.
+
+#[test]
+fn connection_stays_usable_after_model_not_found() {
+    // The body was read whole, so the 404 need not close: the next request is served.
+    let up = echo_upstream("m");
+    let mg = start(&[("m", &up.url())]);
+    let mut bytes = request_bytes("POST", "/v1/chat/completions", &[], br#"{"model":"zz"}"#);
+    bytes.extend(request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Connection: close"],
+        br#"{"model":"m"}"#,
+    ));
+    let (resps, eof) = exchange(mg.addr(), &bytes);
+    let codes: Vec<_> = resps.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [404, 200], "{resps:?}");
+    assert!(eof);
+}
+
+#[test]
+#[ignore = "engine bug (minor): a JSON error found mid-read closes the connection although Content-Length framed the whole body (conn.rs read_body rejects with close=true)"]
+fn connection_stays_usable_after_invalid_json_with_framed_body() {
+    // SPEC §6: close only "when the rest of the request can't be framed safely". Here the
+    // whole body is framed by Content-Length and already sent; `missing_model` (found at
+    // the end) keeps the connection, `invalid_json` (found mid-body) closes it.
+    let up = echo_upstream("m");
+    let mg = start(&[("m", &up.url())]);
+    let mut bytes = request_bytes("POST", "/v1/chat/completions", &[], b"{not json}");
+    bytes.extend(request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Connection: close"],
+        br#"{"model":"m"}"#,
+    ));
+    let (resps, eof) = exchange(mg.addr(), &bytes);
+    let codes: Vec<_> = resps.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [400, 200], "{resps:?}");
+    assert!(eof);
+}
+
+#[test]
+fn connection_stays_usable_after_missing_model() {
+    let up = echo_upstream("m");
+    let mg = start(&[("m", &up.url())]);
+    let mut bytes = request_bytes("POST", "/v1/chat/completions", &[], br#"{"x":1}"#);
+    bytes.extend(request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Connection: close"],
+        br#"{"model":"m"}"#,
+    ));
+    let (resps, _) = exchange(mg.addr(), &bytes);
+    let codes: Vec<_> = resps.iter().map(|r| r.status).collect();
+    assert_eq!(codes, [400, 200], "{resps:?}");
+}
+
+#[test]
+fn close_delimited_upstream_response_reaches_client_then_close() {
+    let up = ScriptedUpstream::start(|c| {
+        if c.read_request().is_some() {
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close body");
+            c.close();
+        }
+    });
+    let mg = start(&[("m", &up.url())]);
+    let mut c = client(mg.addr());
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        br#"{"model":"m"}"#,
+    ));
+    let (raw, eof) = c.read_to_eof_with_timeout(T);
+    assert!(eof, "a close-delimited response ends with a close");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nuntil-close body"), "{text}");
+}
+
+#[test]
+fn http10_upstream_response_without_length_is_close_delimited() {
+    let up = ScriptedUpstream::start(|c| {
+        if c.read_request().is_some() {
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nold style");
+            c.close();
+        }
+    });
+    let mg = start(&[("m", &up.url())]);
+    let mut c = client(mg.addr());
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        br#"{"model":"m"}"#,
+    ));
+    let (raw, eof) = c.read_to_eof_with_timeout(T);
+    assert!(eof);
+    assert!(String::from_utf8_lossy(&raw).ends_with("\r\n\r\nold style"));
+}
+
+#[test]
+fn transfer_encoding_on_http10_is_400() {
+    assert_rejected(
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: mg.test\r\nTransfer-Encoding: chunked\r\n\r\nD\r\n{\"model\":\"m\"}\r\n0\r\n\r\n",
+        400,
+        "bad_request",
+    );
+}
+
+#[test]
+fn negative_and_hex_content_length_are_400() {
+    for cl in ["-1", "0x5", "1 3", ""] {
+        assert_rejected(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: mg.test\r\nContent-Length: {cl}\r\n\r\n{{\"model\":\"m\"}}"
+            )
+            .as_bytes(),
+            400,
+            "bad_request",
+        );
+    }
+}
+
+#[test]
+fn bad_chunk_size_is_400_and_close() {
+    assert_rejected(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: mg.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{\"model\":\"m\"}\r\n0\r\n\r\n",
+        400,
+        "bad_request",
+    );
+}
+
+#[test]
+fn route_path_with_cl_and_te_is_400_and_upstream_gets_nothing() {
+    // The streamed (path-routed) body path must validate framing before connecting.
+    assert_rejected(
+        b"POST /route/m/x HTTP/1.1\r\nHost: mg.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+        "bad_request",
+    );
+}
+
+#[test]
+fn expect_continue_with_chunked_body_gets_one_100() {
+    let up = echo_upstream("m");
+    let mg = start(&[("m", &up.url())]);
+    let mut c = client(mg.addr());
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: mg.test\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
+    let cont = c.read_response();
+    assert_eq!(cont.status, 100, "{}", dump(&cont));
+    c.send(b"D\r\n{\"model\":\"m\"}\r\n0\r\n\r\n");
+    let (infos, r) = c.read_final_response();
+    assert!(infos.is_empty(), "{infos:?}");
+    assert_eq!(r.status, 200, "{}", dump(&r));
+    assert_eq!(only_request(&up).header("expect"), None);
+}
+
+#[test]
+fn expect_continue_on_route_path_is_answered_locally() {
+    let up = echo_upstream("m");
+    let mg = start(&[("m", &up.url())]);
+    let mut c = client(mg.addr());
+    c.send(b"PUT /route/m/up HTTP/1.1\r\nHost: mg.test\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    let cont = c.read_response();
+    assert_eq!(cont.status, 100, "{}", dump(&cont));
+    c.send(b"abc");
+    let (infos, r) = c.read_final_response();
+    assert!(infos.is_empty(), "{infos:?}");
+    assert_eq!(r.status, 200, "{}", dump(&r));
+    let req = only_request(&up);
+    assert_eq!(req.header("expect"), None);
+    assert_eq!(req.body, b"abc");
+}
+
+#[test]
+fn route_path_body_over_cap_is_413() {
+    let (up, mg) = capped(100);
+    let mut c = client(mg.addr());
+    c.send(b"POST /route/m/x HTTP/1.1\r\nHost: mg.test\r\nContent-Length: 101\r\n\r\n");
+    let r = c.read_response();
+    assert_error(&r, 413, "body_too_large");
+    assert!(c.is_closed_within(CLOSE_WAIT));
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn large_route_path_chunked_body_streams_intact() {
+    let up = echo_upstream("m");
+    let mg = start(&[("m", &up.url())]);
+    let payload = pattern(2 * 1024 * 1024 + 17);
+    let mut framed = Vec::new();
+    for piece in payload.chunks(10_007) {
+        framed.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        framed.extend_from_slice(piece);
+        framed.extend_from_slice(b"\r\n");
+    }
+    framed.extend_from_slice(b"0\r\n\r\n");
+    let mut req = b"POST /route/m/blob HTTP/1.1\r\nHost: mg.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    req.extend_from_slice(&framed);
+    let mut c = client(mg.addr());
+    c.send(&req);
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", dump(&r));
+    let got = only_request(&up);
+    assert!(got.raw_body == framed, "chunk bytes differ");
+    assert!(got.body == payload);
+}
