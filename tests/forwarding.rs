@@ -1241,16 +1241,16 @@ fn upstream_connection_survives_clients_that_close_right_after_the_response() {
     // exchange is complete, so the upstream connection must go back to the pool.
     let up = echo_upstream("m");
     let mg = Modelgate::start(&config_with(&[("m", &up.url())], json!({"workers": 1})));
-    for _ in 0..20 {
+    for _ in 0..100 {
         let mut c = client(mg.addr());
         post_on(&mut c);
         drop(c);
     }
-    up.wait_requests(20, T);
+    up.wait_requests(100, T);
     assert_eq!(
         up.connections(),
         1,
-        "one upstream connection for 20 sequential clients"
+        "one upstream connection for 100 sequential clients"
     );
 }
 
