@@ -1235,7 +1235,6 @@ fn upstream_connection_is_reused_across_client_connections() {
 }
 
 #[test]
-#[ignore = "engine bug: client EOF right after a complete response closes the pooled upstream (conn.rs pump peeks before finish_exchange)"]
 fn upstream_connection_survives_clients_that_close_right_after_the_response() {
     // A client that has its whole response may close at once (keep-alive or not); the
     // exchange is complete, so the upstream connection must go back to the pool.
@@ -1798,7 +1797,6 @@ fn connection_stays_usable_after_model_not_found() {
 }
 
 #[test]
-#[ignore = "engine bug (minor): a JSON error found mid-read closes the connection although Content-Length framed the whole body (conn.rs read_body rejects with close=true)"]
 fn connection_stays_usable_after_invalid_json_with_framed_body() {
     // SPEC §6: close only "when the rest of the request can't be framed safely". Here the
     // whole body is framed by Content-Length and already sent; `missing_model` (found at
