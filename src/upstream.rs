@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::net::Stream;
+use crate::net::{Io, Stream};
 
 /// How long an idle upstream connection is kept.
 pub const POOL_IDLE: Duration = Duration::from_secs(4);
@@ -18,7 +18,13 @@ pub const POOL_IDLE: Duration = Duration::from_secs(4);
 /// Idle connections kept per upstream per worker; more are closed.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
 
-/// A socket with user-space readiness (edge-triggered: a flag is cleared only on WouldBlock).
+/// A socket with user-space readiness (edge-triggered, PITFALLS 1).
+///
+/// `readable` is cleared on `WouldBlock`, and also after a short read of a plain socket when
+/// the peer has not sent FIN: a stream read returns everything queued up to the buffer size,
+/// so a short read drained the queue, and any later arrival raises a new edge. That saves
+/// the `EAGAIN` read per request that strict drain-until-`WouldBlock` would cost. (A TLS
+/// stream may hold decrypted bytes, so there only `WouldBlock` counts.)
 #[derive(Debug)]
 pub struct Sock {
     pub stream: Stream,
@@ -26,6 +32,8 @@ pub struct Sock {
     pub token: usize,
     pub readable: bool,
     pub writable: bool,
+    /// The peer's FIN (or an error) was reported: keep reading until EOF shows up.
+    pub read_closed: bool,
 }
 
 impl Sock {
@@ -35,7 +43,22 @@ impl Sock {
             token,
             readable: false,
             writable: false,
+            read_closed: false,
         }
+    }
+
+    /// Reads once and keeps the readiness flag honest.
+    pub fn read(&mut self, buf: &mut [u8]) -> Io {
+        let room = buf.len();
+        let outcome = self.stream.read(buf);
+        match outcome {
+            Io::WouldBlock => self.readable = false,
+            Io::Done(n) if n < room && !self.read_closed && !self.stream.is_tls() => {
+                self.readable = false;
+            }
+            _ => {}
+        }
+        outcome
     }
 }
 

@@ -219,11 +219,11 @@ impl Worker {
                 } else if token < SOCKET_BASE {
                     accept = true;
                 } else {
-                    let readable =
-                        event.is_readable() || event.is_read_closed() || event.is_error();
+                    let closed = event.is_read_closed() || event.is_error();
+                    let readable = event.is_readable() || closed;
                     let writable =
                         event.is_writable() || event.is_write_closed() || event.is_error();
-                    self.mark(token - SOCKET_BASE, readable, writable, &mut dirty);
+                    self.mark(token - SOCKET_BASE, readable, writable, closed, &mut dirty);
                 }
             }
             if self.accept_after.is_some_and(|t| t <= now) {
@@ -275,12 +275,20 @@ impl Worker {
     }
 
     /// Records readiness on the socket behind `key` and queues its connection.
-    fn mark(&mut self, key: usize, readable: bool, writable: bool, dirty: &mut Vec<usize>) {
+    fn mark(
+        &mut self,
+        key: usize,
+        readable: bool,
+        writable: bool,
+        closed: bool,
+        dirty: &mut Vec<usize>,
+    ) {
         match self.owners.get(key).copied() {
             Some(Owner::Client(c)) => {
                 if let Some(conn) = self.conns.get_mut(c) {
                     conn.client.readable |= readable;
                     conn.client.writable |= writable;
+                    conn.client.read_closed |= closed;
                     dirty.push(c);
                 }
             }
@@ -289,6 +297,7 @@ impl Worker {
                     if let Some(up) = conn.upstream.as_mut().filter(|u| u.token == key) {
                         up.readable |= readable;
                         up.writable |= writable;
+                        up.read_closed |= closed;
                         dirty.push(c);
                     }
                 }

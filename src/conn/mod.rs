@@ -177,8 +177,14 @@ impl Outbox {
                     count += 1;
                 }
             }
+            let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
             match sock.stream.write_vectored(&slices[..count]) {
                 Io::Done(n) => {
+                    // A short write means the socket buffer is full: the next write would
+                    // only say EAGAIN, and space freeing up raises a new writable edge.
+                    if n < offered && !sock.stream.is_tls() {
+                        sock.writable = false;
+                    }
                     total += n;
                     let queued = self.queued_bytes();
                     self.advance(n.min(queued));
@@ -703,7 +709,7 @@ impl Conn {
             if buf.spare().is_empty() && !buf.grow(MAX_HEAD_BYTES + 1) {
                 return self.reject(ApiError::Overloaded, true);
             }
-            match self.client.stream.read(buf.spare()) {
+            match self.client.read(buf.spare()) {
                 Io::Done(n) => {
                     buf.commit(n);
                     self.last_activity = ctx.now;
@@ -987,7 +993,7 @@ impl Conn {
             let Some(block) = body.body.last_mut() else {
                 return Flow::Close;
             };
-            match self.client.stream.read(block.spare()) {
+            match self.client.read(block.spare()) {
                 Io::Done(n) => {
                     self.last_activity = ctx.now;
                     ctx.obs.counters.add_received(n as u64);
@@ -1237,7 +1243,7 @@ impl Conn {
                 if !self.client.readable {
                     return Ok(false);
                 }
-                match self.client.stream.read(buf.spare()) {
+                match self.client.read(buf.spare()) {
                     Io::Done(n) => {
                         buf.commit(n);
                         self.last_activity = ctx.now;
@@ -1300,7 +1306,7 @@ impl Conn {
         if buf.spare().is_empty() && !buf.grow(MAX_HEAD_BYTES + 1) {
             return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
         }
-        match up.stream.read(buf.spare()) {
+        match up.read(buf.spare()) {
             Io::Done(n) => {
                 buf.commit(n);
                 self.last_activity = ctx.now;
@@ -1562,7 +1568,7 @@ impl Conn {
             if !self.client.readable {
                 return Flow::Wait;
             }
-            match self.client.stream.read(&mut sink) {
+            match self.client.read(&mut sink) {
                 Io::Done(n) => {
                     *discarded += n;
                     if *discarded > LINGER_BYTES {

@@ -170,6 +170,10 @@ impl Stream {
         };
     }
 
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
     /// TLS ciphertext is waiting for a writable socket.
     pub fn wants_write(&self) -> bool {
         matches!(self, Stream::Tls(s) if s.wants_write())
