@@ -133,6 +133,9 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     let (resolver_tx, resolver_rx) = resolver::channel();
     let (events_tx, events) = mpsc::channel::<ToServer>();
     signals::forward(signals, events_tx.clone())?;
+    if config.watch_config {
+        watch::spawn(config_path.to_path_buf(), events_tx.clone())?;
+    }
     let shared = Shared {
         reload: Some(events_tx),
         in_flight: Arc::new(AtomicU64::new(0)),
@@ -263,6 +266,48 @@ fn reload(path: &Path, metrics: &Metrics) -> Result<(Config, Routes, ListenerTls
     let routes = build_routes(&next, metrics).map_err(|e| vec![e])?;
     let tls = listener_tls(&next).map_err(|e| vec![e])?;
     Ok((next, routes, tls))
+}
+
+/// `watchConfig`: poll the config file (following symlinks, so a Kubernetes ConfigMap swap
+/// counts) and ask for the same reload as SIGHUP when it changes. Off the workers; a stat
+/// per second is all it costs.
+mod watch {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
+    use std::sync::mpsc::Sender;
+    use std::time::Duration;
+
+    use crate::worker::ToServer;
+
+    const POLL: Duration = Duration::from_secs(1);
+
+    /// What identifies a version of the file: the target inode, size and mtime.
+    fn stamp(path: &PathBuf) -> Option<(u64, u64, u64, i64, i64)> {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+
+    pub fn spawn(path: PathBuf, tx: Sender<ToServer>) -> Result<(), String> {
+        std::thread::Builder::new()
+            .name("modelgate-watch".into())
+            .spawn(move || {
+                let mut last = stamp(&path);
+                loop {
+                    std::thread::sleep(POLL);
+                    let now = stamp(&path);
+                    // A file that vanished for a moment (mid-swap) is not a change yet.
+                    if now.is_some() && now != last {
+                        last = now;
+                        eprintln!("modelgate: {} changed, reloading", path.display());
+                        if tx.send(ToServer::Reload(None)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the config watcher: {e}"))
+    }
 }
 
 /// SIGHUP/SIGTERM/SIGINT taken synchronously by the server thread.
