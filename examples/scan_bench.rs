@@ -28,7 +28,7 @@ fn main() {
 
     let testdata = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/chat-request-model-last.json"
+        "/tests/data/chat-request-model-last.json"
     ))
     .unwrap_or_else(|_| chat_body(11 * 1024));
     let bodies: Vec<(String, Vec<u8>)> = vec![

@@ -942,7 +942,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    const CHAT: &[u8] = include_bytes!("../../shared/testdata/chat-request-model-last.json");
+    const CHAT: &[u8] = include_bytes!("../tests/data/chat-request-model-last.json");
 
     fn scan(body: &[u8]) -> Result<String, ScanError> {
         let mut s = ModelScanner::new();

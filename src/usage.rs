@@ -273,17 +273,16 @@ impl UsageScanner {
 mod tests {
     use super::*;
 
-    const OPENAI_CHAT: &[u8] = include_bytes!("../../shared/testdata/openai-chat.json");
-    const OPENAI_STREAM: &[u8] = include_bytes!("../../shared/testdata/openai-chat-stream.sse");
-    const ANTHROPIC_STREAM: &[u8] =
-        include_bytes!("../../shared/testdata/anthropic-messages-stream.sse");
-    const OLLAMA: &[u8] = include_bytes!("../../shared/testdata/ollama-chat.ndjson");
-    const EMBEDDINGS: &[u8] = include_bytes!("../../shared/testdata/openai-embeddings.json");
+    const OPENAI_CHAT: &[u8] = include_bytes!("../tests/data/openai-chat.json");
+    const OPENAI_STREAM: &[u8] = include_bytes!("../tests/data/openai-chat-stream.sse");
+    const ANTHROPIC_STREAM: &[u8] = include_bytes!("../tests/data/anthropic-messages-stream.sse");
+    const OLLAMA: &[u8] = include_bytes!("../tests/data/ollama-chat.ndjson");
+    const EMBEDDINGS: &[u8] = include_bytes!("../tests/data/openai-embeddings.json");
 
     /// A sample's name, bytes, and the prompt and completion counts written in it.
     type Sample = (&'static str, &'static [u8], Option<u64>, Option<u64>);
 
-    /// Each sample with the counts written in it (see shared/testdata).
+    /// Each sample with the counts written in it (see tests/data).
     const SAMPLES: [Sample; 5] = [
         ("openai-chat.json", OPENAI_CHAT, Some(21), Some(7)),
         ("openai-chat-stream.sse", OPENAI_STREAM, Some(21), Some(3)),

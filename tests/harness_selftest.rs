@@ -30,7 +30,7 @@ fn openai_mock_finds_model_after_a_long_messages_array() {
     let mock = MockUpstream::openai("alpha");
     let body = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/testdata/chat-request-model-last.json"
+        "/tests/data/chat-request-model-last.json"
     ))
     .unwrap_or_else(|_| {
         format!(
