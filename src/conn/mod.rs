@@ -13,12 +13,17 @@
 //! [`Want::Upstream`] and the worker attaches one; sockets it is done with are left in
 //! `released` (reusable) or `dead` (to close) for the worker to collect.
 
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod ids;
+mod outbox;
 mod record;
+
+use ids::RequestId;
+pub use ids::{InFlight, RequestIds};
+use outbox::{copy_chunk, Chunk, Flush, Outbox};
 
 pub use record::Obs;
 use record::{outcome_of, Record};
@@ -26,7 +31,7 @@ use record::{outcome_of, Record};
 use crate::accesslog::Outcome;
 use crate::admin;
 use crate::auth;
-use crate::buf::{Block, Pool, BLOCK_SIZE};
+use crate::buf::{Block, Pool};
 use crate::config::Timeouts;
 use crate::error::{self, ApiError};
 use crate::h1::{
@@ -64,237 +69,6 @@ pub enum Want {
     Reload,
     /// Close the connection (and any upstream it holds).
     Close,
-}
-
-/// Bytes queued for one peer.
-pub enum Chunk {
-    Block(Block),
-    Owned(Vec<u8>),
-    Static(&'static [u8]),
-}
-
-impl Chunk {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Chunk::Block(b) => b.filled(),
-            Chunk::Owned(v) => v,
-            Chunk::Static(s) => s,
-        }
-    }
-}
-
-/// A write queue with a cursor. While `retain` is set, written chunks are kept so the whole
-/// request can be sent again on a fresh upstream connection (PITFALLS 15).
-#[derive(Default)]
-pub struct Outbox {
-    chunks: Vec<Chunk>,
-    idx: usize,
-    off: usize,
-    retain: bool,
-}
-
-/// Outcome of flushing an outbox.
-enum Flush {
-    /// Wrote this many bytes (maybe 0: not writable or nothing queued).
-    Wrote(usize),
-    Failed,
-}
-
-impl Outbox {
-    fn push(&mut self, chunk: Chunk) {
-        if !chunk.bytes().is_empty() {
-            self.chunks.push(chunk);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.idx >= self.chunks.len()
-    }
-
-    fn rewind(&mut self) {
-        self.idx = 0;
-        self.off = 0;
-    }
-
-    /// Stops keeping written chunks (a response byte arrived: no retry any more).
-    fn release_written(&mut self) {
-        self.retain = false;
-        self.chunks.drain(..self.idx);
-        self.idx = 0;
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 && self.idx < self.chunks.len() {
-            let left = self.chunks[self.idx].bytes().len() - self.off;
-            if n >= left {
-                n -= left;
-                self.idx += 1;
-                self.off = 0;
-            } else {
-                self.off += n;
-                n = 0;
-            }
-        }
-        if !self.retain && self.idx > 0 {
-            self.chunks.drain(..self.idx);
-            self.idx = 0;
-        }
-    }
-
-    /// Everything queued (and the stream block `tail`) is out of our hands, TLS ciphertext
-    /// included.
-    fn drained(&self, sock: &Sock, tail: Option<&Block>) -> bool {
-        self.is_empty() && tail.is_none_or(|t| t.is_empty()) && !sock.stream.wants_write()
-    }
-
-    /// Writes until everything is out or `WouldBlock`, several chunks per syscall. `tail` is
-    /// the exchange's own stream block (body bytes being relayed): written after the queued
-    /// chunks and consumed as it goes, so it can be refilled.
-    fn flush(&mut self, sock: &mut Sock, mut tail: Option<&mut Block>) -> Flush {
-        let mut total = 0;
-        if sock.writable && sock.stream.wants_write() {
-            match sock.stream.flush() {
-                Io::WouldBlock => sock.writable = false,
-                Io::Eof | Io::Failed(_) => return Flush::Failed,
-                Io::Done(_) => {}
-            }
-        }
-        loop {
-            let tail_len = tail.as_ref().map_or(0, |t| t.len());
-            if (self.is_empty() && tail_len == 0) || !sock.writable {
-                return Flush::Wrote(total);
-            }
-            let mut slices = [IoSlice::new(&[]); 16];
-            let mut count = 0;
-            for (i, chunk) in self.chunks[self.idx..].iter().take(15).enumerate() {
-                let bytes = chunk.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &bytes[self.off..] } else { bytes });
-                count += 1;
-            }
-            if count < 15 {
-                if let Some(t) = tail.as_ref().filter(|t| !t.is_empty()) {
-                    slices[count] = IoSlice::new(t.filled());
-                    count += 1;
-                }
-            }
-            let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
-            match sock.stream.write_vectored(&slices[..count]) {
-                Io::Done(n) => {
-                    // A short write means the socket buffer is full: the next write would
-                    // only say EAGAIN, and space freeing up raises a new writable edge.
-                    if n < offered && !sock.stream.is_tls() {
-                        sock.writable = false;
-                    }
-                    total += n;
-                    let queued = self.queued_bytes();
-                    self.advance(n.min(queued));
-                    if n > queued {
-                        if let Some(t) = tail.as_mut() {
-                            t.consume(n - queued);
-                        }
-                    }
-                }
-                Io::WouldBlock => sock.writable = false,
-                Io::Eof | Io::Failed(_) => return Flush::Failed,
-            }
-        }
-    }
-
-    /// Bytes of queued chunks not yet written.
-    fn queued_bytes(&self) -> usize {
-        self.chunks[self.idx.min(self.chunks.len())..]
-            .iter()
-            .map(|c| c.bytes().len())
-            .sum::<usize>()
-            .saturating_sub(self.off)
-    }
-}
-
-/// Counts a proxied request against `maxConcurrentRequests` until dropped.
-pub struct InFlight(Arc<AtomicU64>);
-
-impl InFlight {
-    /// A slot, or None when `cap` (non-zero) requests are already in flight.
-    pub fn acquire(counter: &Arc<AtomicU64>, cap: u64) -> Option<InFlight> {
-        let before = counter.fetch_add(1, Ordering::AcqRel);
-        if cap > 0 && before >= cap {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(InFlight(Arc::clone(counter)))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Generates request ids: a per-worker random prefix and a counter, as 32 hex digits.
-pub struct RequestIds {
-    prefix: u64,
-    counter: u64,
-}
-
-impl RequestIds {
-    pub fn new(seed: u64) -> RequestIds {
-        RequestIds {
-            prefix: seed,
-            counter: 0,
-        }
-    }
-
-    fn next(&mut self) -> RequestId {
-        self.counter = self.counter.wrapping_add(1);
-        let mut id = RequestId {
-            bytes: [0; MAX_REQUEST_ID],
-            len: 32,
-        };
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, word) in [self.prefix, self.counter].iter().enumerate() {
-            for j in 0..16 {
-                id.bytes[i * 16 + j] = HEX[((word >> (60 - 4 * j)) & 0xf) as usize];
-            }
-        }
-        id
-    }
-}
-
-/// The request id sent upstream and back to the client.
-#[derive(Clone, Copy)]
-struct RequestId {
-    bytes: [u8; MAX_REQUEST_ID],
-    len: usize,
-}
-
-impl RequestId {
-    const EMPTY: RequestId = RequestId {
-        bytes: [0; MAX_REQUEST_ID],
-        len: 0,
-    };
-
-    fn get(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-
-    /// The client's id when it is short printable ASCII, else a generated one.
-    fn choose(raw: &[u8], head: &RequestHead, ids: &mut RequestIds) -> RequestId {
-        if let Some(value) = head.request_id.clone().and_then(|r| raw.get(r)) {
-            if !value.is_empty()
-                && value.len() <= MAX_REQUEST_ID
-                && value.iter().all(|b| b.is_ascii_graphic())
-            {
-                let mut id = RequestId {
-                    bytes: [0; MAX_REQUEST_ID],
-                    len: value.len(),
-                };
-                id.bytes[..value.len()].copy_from_slice(value);
-                return id;
-            }
-        }
-        ids.next()
-    }
 }
 
 /// What a connection may use from its worker while being driven.
@@ -889,10 +663,7 @@ impl Conn {
             self.to_client.push(Chunk::Static(CONTINUE));
         }
         self.consume_head(head.head_len);
-        let mut to_upstream = Outbox {
-            retain: !streaming,
-            ..Outbox::default()
-        };
+        let mut to_upstream = Outbox::retaining(!streaming);
         to_upstream.push(head_chunk);
         self.phase = Phase::Proxy(Box::new(Exchange::new(
             route,
@@ -1093,10 +864,7 @@ impl Conn {
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
             Ok((route, slot, resp_buf, head_chunk)) => {
-                let mut to_upstream = Outbox {
-                    retain: true,
-                    ..Outbox::default()
-                };
+                let mut to_upstream = Outbox::retaining(true);
                 to_upstream.push(head_chunk);
                 to_upstream.push(Chunk::Block(first));
                 for block in body.body.drain(..) {
@@ -1457,7 +1225,7 @@ impl Conn {
                 ex.to_upstream.rewind();
                 return Flow::Upstream;
             }
-            let retryable = ex.reused && !ex.retried && ex.to_upstream.retain;
+            let retryable = ex.reused && !ex.retried && ex.to_upstream.is_retaining();
             if retryable && failure == Failure::Broken {
                 ex.route.stats.retry();
                 ex.retried = true;
@@ -1716,14 +1484,4 @@ fn build_upstream_head(
     ctx.scratch.clear();
     h1::write_upstream_request_head(raw, head, &request, ctx.scratch);
     copy_chunk(ctx.scratch, ctx.pool)
-}
-
-fn copy_chunk(bytes: &[u8], pool: &Pool) -> Chunk {
-    if bytes.len() <= BLOCK_SIZE {
-        if let Some(mut block) = pool.take() {
-            block.extend(bytes);
-            return Chunk::Block(block);
-        }
-    }
-    Chunk::Owned(bytes.to_vec())
 }
