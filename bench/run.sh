@@ -539,7 +539,7 @@ done
 BENCH_NGINX_CONNS=$NGINX_CONNS python3 "$ROOT/bench/summary.py" "$OUT" "$WORKERS" "$DURATION" "$REPEATS" "$IDLE_REPEATS" \
     "$SSE_STREAMS" "$SSE_EVENTS" "$SSE_INTERVAL_MS" "$BIG_MB" "${QUICK:+quick}"
 if command -v gnuplot >/dev/null 2>&1 && [ -s "$OUT/chart.tsv" ]; then
-    (cd "$OUT" && gnuplot -e "subtitle='${QUICK:+ (BENCH_QUICK smoke run: noisy)}'" "$ROOT/bench/chart.gp") \
+    (cd "$OUT" && gnuplot -e "subtitle='${QUICK:+ (quick smoke run: noisy)}'" "$ROOT/bench/chart.gp") \
         >"$OUT/chart.svg" 2>"$RAW/gnuplot.err" \
         && say "chart: $OUT/chart.svg" || { cat "$RAW/gnuplot.err" >&2; say "gnuplot failed: no chart"; }
 fi
