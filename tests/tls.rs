@@ -96,9 +96,8 @@ impl Ca {
     }
 
     fn leaf_with(&self, names: &[&str], tweak: impl FnOnce(&mut CertificateParams)) -> Leaf {
-        let mut p =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
         p.distinguished_name.push(DnType::CommonName, names[0]);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         tweak(&mut p);
@@ -232,6 +231,7 @@ fn pump(
     tls: &mut TcpStream,
     plain: &mut impl Plain,
     close_notify: bool,
+    ended: &Mutex<Option<TlsEnd>>,
 ) -> TlsEnd {
     let mut buf = vec![0u8; 16384];
     let mut to_plain: Vec<u8> = Vec::new();
@@ -257,8 +257,11 @@ fn pump(
                 Err(e) => tls_in = Some(TlsEnd::Error(e.to_string())),
             }
         }
-        if let Some(TlsEnd::Error(e)) = &tls_in {
-            return TlsEnd::Error(e.clone());
+        if let Some(end) = &tls_in {
+            ended.lock().unwrap().get_or_insert_with(|| end.clone());
+            if let TlsEnd::Error(e) = end {
+                return TlsEnd::Error(e.clone());
+            }
         }
         while !to_plain.is_empty() {
             match plain.write(&to_plain) {
@@ -324,7 +327,11 @@ fn pump(
                     }
                 }
                 Err(e) if would_block(&e) => {}
-                Err(e) => return TlsEnd::Error(format!("TLS socket read: {e}")),
+                Err(e) => {
+                    let end = TlsEnd::Error(format!("TLS socket read: {e}"));
+                    ended.lock().unwrap().get_or_insert_with(|| end.clone());
+                    return end;
+                }
             }
         }
         if let Some(end) = &tls_in {
@@ -508,8 +515,11 @@ fn front_conn(
     };
     let _ = b.set_nodelay(true);
     b.set_nonblocking(true).unwrap();
-    let end = pump(&mut conn, &mut s, &mut b, close_notify);
-    stats.ends.lock().unwrap().push(end);
+    let ended = Mutex::new(None);
+    pump(&mut conn, &mut s, &mut b, close_notify, &ended);
+    if let Some(end) = ended.into_inner().unwrap() {
+        stats.ends.lock().unwrap().push(end);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,7 +539,10 @@ fn client_config(ca: &Ca) -> Arc<ClientConfig> {
 
 /// Connects to `addr`, completes a TLS handshake for `localhost` trusting `ca`, and returns
 /// a harness `Client` speaking plaintext through a relay thread, plus the negotiated ALPN.
-fn try_tls_client(addr: SocketAddr, ca: &Ca) -> Result<(Client, Option<String>), String> {
+/// How modelgate ended the TLS session of a `try_tls_client` (None while it is open).
+type Ended = Arc<Mutex<Option<TlsEnd>>>;
+
+fn try_tls_client(addr: SocketAddr, ca: &Ca) -> Result<(Client, Option<String>, Ended), String> {
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     tcp.set_nodelay(true).unwrap();
@@ -542,13 +555,16 @@ fn try_tls_client(addr: SocketAddr, ca: &Ca) -> Result<(Client, Option<String>),
         .map(|p| String::from_utf8_lossy(p).into_owned());
     let (mine, theirs) = UnixStream::pair().unwrap();
     theirs.set_nonblocking(true).unwrap();
+    let ended: Ended = Arc::default();
+    let ended2 = ended.clone();
     thread::spawn(move || {
         let mut theirs = theirs;
-        pump(&mut conn, &mut tcp, &mut theirs, true)
+        pump(&mut conn, &mut tcp, &mut theirs, true, &ended2)
     });
     Ok((
         Client::from_stream(common::server::Stream::Unix(mine)),
         alpn,
+        ended,
     ))
 }
 
@@ -643,8 +659,10 @@ fn sse_body(events: usize) -> Vec<u8> {
     let mut want = Vec::new();
     for i in 0..events {
         want.extend_from_slice(
-            format!("data: {{\"i\":{i},\"choices\":[{{\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n")
-                .as_bytes(),
+            format!(
+                "data: {{\"i\":{i},\"choices\":[{{\"delta\":{{\"content\":\"tok{i} \"}}}}]}}\n\n"
+            )
+            .as_bytes(),
         );
     }
     want.extend_from_slice(b"data: [DONE]\n\n");
@@ -668,11 +686,7 @@ fn start_cfg(dir: TempDir, cfg: serde_json::Value) -> Modelgate {
 }
 
 /// modelgate with one model `m` behind `front`, trusting `ca`, plus extra top-level keys.
-fn start_https(
-    front: &TlsFront,
-    ca_for_modelgate: &Ca,
-    extra: serde_json::Value,
-) -> Modelgate {
+fn start_https(front: &TlsFront, ca_for_modelgate: &Ca, extra: serde_json::Value) -> Modelgate {
     let (dir, ca_path) = dir_with_ca(ca_for_modelgate);
     let mut cfg = json!({
         "listen": "127.0.0.1:0",
@@ -793,7 +807,11 @@ fn https_upstream_sees_sni_alpn_and_host_of_the_url() {
     assert_eq!(r.status, 200, "stderr:\n{}", stderr_dump(&mg));
     let hellos = front.hellos();
     assert_eq!(hellos.len(), 1, "{hellos:?}");
-    assert_eq!(hellos[0].sni.as_deref(), Some("localhost"), "SNI = URL host");
+    assert_eq!(
+        hellos[0].sni.as_deref(),
+        Some("localhost"),
+        "SNI = URL host"
+    );
     assert_eq!(
         hellos[0].alpn,
         vec!["http/1.1".to_string()],
@@ -835,7 +853,11 @@ fn https_upstream_sse_events_arrive_spaced_as_sent_and_intact() {
         arrivals.push(Instant::now());
         body.extend_from_slice(&data);
     }
-    assert_eq!(arrivals.len(), EVENTS + 1, "one chunk per event, then [DONE]");
+    assert_eq!(
+        arrivals.len(),
+        EVENTS + 1,
+        "one chunk per event, then [DONE]"
+    );
     let gaps: Vec<u128> = arrivals[..EVENTS]
         .windows(2)
         .map(|w| (w[1] - w[0]).as_millis())
@@ -874,7 +896,11 @@ fn https_upstream_keep_alive_reuses_one_tls_connection_for_20_requests() {
         assert_eq!(r.status, 200, "request {i}; stderr:\n{}", stderr_dump(&mg));
         assert_eq!(r.text(), answer(i));
     }
-    assert_eq!(front.tcp_connections(), 1, "TCP connections at the upstream");
+    assert_eq!(
+        front.tcp_connections(),
+        1,
+        "TCP connections at the upstream"
+    );
     assert_eq!(front.handshakes(), 1, "TLS handshakes at the upstream");
     assert_eq!(backend.connections(), 1);
 }
@@ -906,7 +932,10 @@ fn assert_cert_rejected(leaf: Leaf, trusted: &Ca, needle: &str) {
     let (r, took) = timed_chat(&mg, "m");
     assert_eq!(r.status, 502, "body {:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error_code().as_deref(), Some("upstream_unavailable"));
-    assert!(took < Duration::from_secs(3), "took {took:?} (connect timeout 3 s)");
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} (connect timeout 3 s)"
+    );
     let line = mg.wait_stderr_from(0, Duration::from_secs(2), |l| {
         let l = l.to_ascii_lowercase();
         l.contains("certificate") && l.contains(needle)
@@ -1080,7 +1109,6 @@ fn big_response_intact(chunked: bool) {
     let r2 = c.read_response();
     assert_eq!(r2.status, 200);
     assert_eq!(r2.body.len(), LEN);
-    assert_eq!(front.handshakes(), 1);
 }
 
 #[test]
@@ -1126,7 +1154,11 @@ fn framed_then_close(response: &'static [u8], close_notify: CloseNotify, want_bo
     } else {
         "FIN only"
     };
-    assert_eq!(front.handshakes(), 2, "one upstream connection per request ({want_end})");
+    assert_eq!(
+        front.handshakes(),
+        2,
+        "one upstream connection per request ({want_end})"
+    );
 }
 
 const CL_CLOSE: &[u8] =
@@ -1147,6 +1179,29 @@ fn https_upstream_chunked_response_then_fin_without_close_notify_succeeds() {
 #[test]
 fn https_upstream_response_then_close_notify_succeeds() {
     framed_then_close(CL_CLOSE, CloseNotify::Yes, b"{\"ok\":true}");
+}
+
+#[test]
+#[ignore = "engine bug: after a complete response, an upstream TLS connection the upstream ended with close_notify + FIN stays open (not closed within 2 s)"]
+fn https_upstream_connection_ended_by_upstream_is_closed_with_close_notify() {
+    let ca = Ca::new("test CA");
+    let backend = one_shot_backend(CL_CLOSE);
+    let front = TlsFront::start(&ca.leaf(&["localhost"]), backend.addr(), CloseNotify::Yes);
+    let mg = start_https(&front, &ca, json!({}));
+    let mut c = Client::connect(mg.addr());
+    c.send(&chat_request("m", false));
+    assert_eq!(c.read_response().status, 200);
+    // The upstream sent close_notify and FIN; modelgate should answer in kind (PITFALLS 7E).
+    let ends = || front.stats.ends.lock().unwrap().clone();
+    assert!(
+        wait_until(Duration::from_secs(2), || !ends().is_empty()),
+        "modelgate kept the ended upstream connection open"
+    );
+    assert_eq!(
+        ends(),
+        vec![TlsEnd::CloseNotify],
+        "how modelgate closed its side"
+    );
 }
 
 #[test]
@@ -1194,7 +1249,10 @@ fn https_upstream_half_content_length_body_then_fin_reaches_client_as_truncation
     let head = c.try_read_head().expect("response head");
     assert_eq!(head.status, 200);
     let (rest, eof) = c.read_to_eof_with_timeout(Duration::from_secs(3));
-    assert!(eof, "the client connection must be closed after a truncated body");
+    assert!(
+        eof,
+        "the client connection must be closed after a truncated body"
+    );
     assert_eq!(rest, b"{\"partial\":");
 }
 
@@ -1234,7 +1292,12 @@ fn unresolvable_host_warns_at_startup_and_gets_502_while_other_model_answers() {
     let mut ghost_times = Vec::new();
     for i in 0..3 {
         let (r, took) = timed_chat(&mg, "ghost");
-        assert_eq!(r.status, 502, "ghost {i}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            502,
+            "ghost {i}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.error_code().as_deref(), Some("upstream_unavailable"));
         ghost_times.push(took);
         let (r, took) = timed_chat(&mg, "m");
@@ -1287,8 +1350,12 @@ fn tls_listener_startup_line_says_https_and_negotiates_http11() {
         line.contains(&format!("listening on https://{}", mg.addr())),
         "{line}"
     );
-    let (_c, alpn) = try_tls_client(mg.addr(), &ca).unwrap();
-    assert_eq!(alpn.as_deref(), Some("http/1.1"), "client offered h2 and http/1.1");
+    let (_c, alpn, _) = try_tls_client(mg.addr(), &ca).unwrap();
+    assert_eq!(
+        alpn.as_deref(),
+        Some("http/1.1"),
+        "client offered h2 and http/1.1"
+    );
 }
 
 #[test]
@@ -1296,12 +1363,20 @@ fn tls_listener_serves_chat_request_and_sets_x_forwarded_proto_https() {
     let ca = Ca::new("test CA");
     let backend = json_backend();
     let mg = start_tls_listener(&ca, &backend.url(), json!({}));
-    let mut c = tls_client(mg.addr(), &ca);
+    let (mut c, _, ended) = try_tls_client(mg.addr(), &ca).unwrap();
     c.send(&chat_request_close("m"));
     let r = c.read_response();
     assert_eq!(r.status, 200, "stderr:\n{}", stderr_dump(&mg));
     assert_eq!(r.text(), answer(1));
-    assert!(c.is_closed_within(Duration::from_secs(2)), "Connection: close honoured");
+    assert!(
+        c.is_closed_within(Duration::from_secs(2)),
+        "Connection: close honoured"
+    );
+    assert_eq!(
+        *ended.lock().unwrap(),
+        Some(TlsEnd::CloseNotify),
+        "modelgate ends a TLS client connection with close_notify"
+    );
     let reqs = backend.requests();
     assert_eq!(reqs[0].header("x-forwarded-proto"), Some("https"));
     assert_eq!(reqs[0].header("x-forwarded-host"), Some("modelgate.test"));
@@ -1373,7 +1448,10 @@ fn tls_listener_plaintext_request_is_closed_within_2s() {
         String::from_utf8_lossy(&bytes),
         t.elapsed()
     );
-    assert!(!bytes.starts_with(b"HTTP/"), "no plaintext HTTP answer on a TLS port");
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "no plaintext HTTP answer on a TLS port"
+    );
     // The listener still serves TLS clients.
     let mut c = tls_client(mg.addr(), &ca);
     c.send(&request_bytes("GET", "/health", &[], b""));
@@ -1404,7 +1482,10 @@ fn tls_listener_stalled_handshake_is_cut_at_header_deadline_while_others_are_ser
     assert!(!stalled.is_closed(), "cut too early ({:?})", t.elapsed());
     let cut = stalled.is_closed_within(Duration::from_secs(3));
     let at = t.elapsed();
-    assert!(cut, "a client that never sends a ClientHello is not cut off");
+    assert!(
+        cut,
+        "a client that never sends a ClientHello is not cut off"
+    );
     assert!(
         at >= ms(900) && at < ms(2500),
         "cut after {at:?}, header timeout is 1 s"
@@ -1413,4 +1494,183 @@ fn tls_listener_stalled_handshake_is_cut_at_header_deadline_while_others_are_ser
     // The served client's connection is still alive.
     c.send(&chat_request("m", false));
     assert_eq!(c.read_response().status, 200);
+}
+
+// =============================================================================================
+// The other direction (PITFALLS 7D: one test per direction with identical scenarios)
+
+/// A backend answering each request with `{"len": N, "hash": "H"}` of the body it got.
+fn hashing_backend() -> ScriptedUpstream {
+    ScriptedUpstream::start(|conn| {
+        while let Some(req) = conn.read_request() {
+            let body = format!(
+                r#"{{"len":{},"hash":"{:016x}"}}"#,
+                req.body.len(),
+                fnv1a(&req.body)
+            );
+            if conn.respond_json(200, &body).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Uploads 20 MB on `c` through `/route/m/v1/upload` and checks what the backend got.
+fn upload_20mb(c: &mut Client) {
+    const LEN: usize = 20 * 1024 * 1024;
+    let body = pattern(LEN);
+    c.set_read_timeout(Duration::from_secs(20));
+    c.send(&request_bytes(
+        "POST",
+        "/route/m/v1/upload",
+        &["Content-Type: application/octet-stream"],
+        &body,
+    ));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "body {:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!({"len": LEN, "hash": format!("{:016x}", fnv1a(&body))}),
+        "20 MB request body corrupted in transit"
+    );
+}
+
+#[test]
+fn https_upstream_20mb_request_body_arrives_intact() {
+    let ca = Ca::new("test CA");
+    let backend = hashing_backend();
+    let front = TlsFront::start(&ca.leaf(&["localhost"]), backend.addr(), CloseNotify::Yes);
+    let mg = start_https(&front, &ca, json!({}));
+    let mut c = Client::connect(mg.addr());
+    upload_20mb(&mut c);
+    assert_eq!(front.handshakes(), 1);
+}
+
+#[test]
+fn tls_listener_20mb_request_body_arrives_intact() {
+    let ca = Ca::new("test CA");
+    let backend = hashing_backend();
+    let mg = start_tls_listener(&ca, &backend.url(), json!({}));
+    let mut c = tls_client(mg.addr(), &ca);
+    upload_20mb(&mut c);
+}
+
+#[test]
+#[ignore = "engine bug: TLS listener stops sending a large response (~4 MB in) to a client that reads slower than the upstream writes"]
+fn tls_listener_20mb_response_arrives_intact() {
+    const LEN: usize = 20 * 1024 * 1024;
+    let body = Arc::new(pattern(LEN));
+    let ca = Ca::new("test CA");
+    let backend = big_backend(body.clone(), true);
+    let mg = start_tls_listener(&ca, &backend.url(), json!({}));
+    let mut c = tls_client(mg.addr(), &ca);
+    c.set_read_timeout(Duration::from_secs(20));
+    c.send(&chat_request("m", false));
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), LEN);
+    assert!(
+        fnv1a(&r.body) == fnv1a(&body),
+        "20 MB body corrupted in transit"
+    );
+    c.send(&chat_request("m", false));
+    assert_eq!(c.read_response().body.len(), LEN, "keep-alive after 20 MB");
+}
+
+// =============================================================================================
+// Startup validation of TLS files
+
+fn startup_fails_naming(cfg: serde_json::Value, dir: &TempDir, needle: &str) {
+    let p = dir.write("config.json", serde_json::to_string_pretty(&cfg).unwrap());
+    let (st, _out, err) = run_modelgate(&["--config", p.to_str().unwrap()], |_| {});
+    assert_eq!(st.code(), Some(1), "stderr:\n{err}");
+    assert!(err.contains(needle), "stderr must name {needle}:\n{err}");
+}
+
+#[test]
+fn ca_file_that_does_not_exist_is_a_startup_error() {
+    let dir = TempDir::new();
+    let missing = dir.join("nope.pem");
+    startup_fails_naming(
+        json!({"listen": "127.0.0.1:0",
+               "models": {"m": https_model("https://localhost:1", &missing)}}),
+        &dir,
+        "models.m.caFile",
+    );
+}
+
+#[test]
+#[ignore = "engine bug: a caFile with no certificate is reported as `models.m: ...`, not `models.m.caFile: ...` (the missing-file case names models.m.caFile)"]
+fn ca_file_without_a_certificate_is_a_startup_error() {
+    let dir = TempDir::new();
+    let junk = dir.write("junk.pem", "not a certificate\n");
+    startup_fails_naming(
+        json!({"listen": "127.0.0.1:0",
+               "models": {"m": https_model("https://localhost:1", &junk)}}),
+        &dir,
+        "models.m.caFile",
+    );
+}
+
+#[test]
+fn tls_listener_with_missing_key_is_a_startup_error() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["localhost"]);
+    let dir = TempDir::new();
+    let cert = dir.write("cert.pem", &leaf.cert_pem);
+    let key = dir.join("missing-key.pem");
+    startup_fails_naming(
+        json!({"listen": [{"address": "127.0.0.1:0", "tls": {"cert": cert, "key": key}}],
+               "models": {"m": {"url": "http://127.0.0.1:1"}}}),
+        &dir,
+        "missing-key.pem",
+    );
+}
+
+/// The same stall as `tls_listener_20mb_response_arrives_intact`, without this file's relay:
+/// a plain blocking rustls client that pauses 20 ms after each read in the first 64 KiB of
+/// every MiB.
+#[test]
+#[ignore = "engine bug: TLS listener stops sending a large response (~4 MB in) to a client that reads slower than the upstream writes"]
+fn tls_listener_20mb_response_to_a_pausing_blocking_client_arrives_intact() {
+    const LEN: usize = 20 * 1024 * 1024;
+    let body = Arc::new(pattern(LEN));
+    let ca = Ca::new("test CA");
+    let backend = big_backend(body.clone(), true);
+    let mg = start_tls_listener(&ca, &backend.url(), json!({}));
+    let tcp = TcpStream::connect(mg.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(client_config(&ca), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(&chat_request_close("m")).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 16384];
+    let t = Instant::now();
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                if raw.len() % (1 << 20) < 65536 {
+                    thread::sleep(ms(20));
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        end.is_ok(),
+        "{:?} after {} bytes in {:?}",
+        end,
+        raw.len(),
+        t.elapsed()
+    );
+    let r = parse_responses(&raw);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].body.len(), LEN);
+    assert!(
+        fnv1a(&r[0].body) == fnv1a(&body),
+        "20 MB body corrupted in transit"
+    );
 }
