@@ -22,7 +22,10 @@ fn main() {
     let mut hold = 120u64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--addr" => addr = val(),
             "--conns" => conns = val().parse().unwrap_or_else(|_| die("--conns")),

@@ -47,7 +47,10 @@ fn main() {
     let mut header = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| die(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--addr" => addr = val(),
             "--streams" => streams = val().parse().unwrap_or_else(|_| die("--streams")),
@@ -90,7 +93,10 @@ Content-Length: {}\r\n\r\n{body}",
     let expected = events + 1;
     let ok: Vec<&StreamResult> = results.iter().filter(|r| r.ok).collect();
     let errors = results.len() - ok.len();
-    let lost: usize = results.iter().map(|r| expected.saturating_sub(r.events)).sum();
+    let lost: usize = results
+        .iter()
+        .map(|r| expected.saturating_sub(r.events))
+        .sum();
     let mut ttfe: Vec<f64> = ok.iter().map(|r| r.ttfe_us).collect();
     let mut gaps: Vec<f64> = ok.iter().map(|r| r.max_gap_us).collect();
     ttfe.sort_by(|a, b| a.total_cmp(b));
@@ -98,7 +104,8 @@ Content-Length: {}\r\n\r\n{body}",
     let batched_streams = results.iter().filter(|r| r.batched_reads > 0).count();
     let batched_reads: usize = results.iter().map(|r| r.batched_reads).sum();
     if let Some(path) = raw {
-        let mut s = String::from("stream\tok\tevents\tttfe_us\tmax_gap_us\treads\tbatched_reads\terror\n");
+        let mut s =
+            String::from("stream\tok\tevents\tttfe_us\tmax_gap_us\treads\tbatched_reads\terror\n");
         for (i, r) in results.iter().enumerate() {
             s.push_str(&format!(
                 "{i}\t{}\t{}\t{:.0}\t{:.0}\t{}\t{}\t{}\n",

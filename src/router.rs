@@ -107,7 +107,8 @@ impl Routes {
                     let client = match tls_configs.get(&ca) {
                         Some(c) => Arc::clone(c),
                         None => {
-                            let c = tls(ca).map_err(|e| format!("models.{name}: {e}"))?;
+                            let key = if ca.is_some() { ".caFile" } else { "" };
+                            let c = tls(ca).map_err(|e| format!("models.{name}{key}: {e}"))?;
                             tls_configs.insert(ca, Arc::clone(&c));
                             c
                         }

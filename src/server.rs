@@ -215,17 +215,16 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
         let outcome = match reload(config_path, &metrics) {
             Ok((next, routes, tls)) => {
                 shutdown_timeout = next.timeouts.shutdown;
-                eprintln!(
-                    "modelgate: reloaded {}, routing {} models ({} listed)",
-                    config_path.display(),
-                    routes.models.len(),
-                    routes.listed.len()
-                );
-                let listed = routes.listed.len();
+                let (total, listed) = (routes.models.len(), routes.listed.len());
                 let routes = Arc::new(routes);
                 let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                 workers.send(|| Control::Routes(Arc::clone(&routes)));
                 workers.send(|| Control::ListenerTls(tls.clone()));
+                // Said once every worker has been handed the new table.
+                eprintln!(
+                    "modelgate: reloaded {}, routing {total} models ({listed} listed)",
+                    config_path.display()
+                );
                 Ok(listed)
             }
             Err(problems) => {

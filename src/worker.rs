@@ -489,7 +489,17 @@ impl Worker {
         for sock in dead {
             self.close_sock(sock);
         }
-        if let Some((pool_key, sock)) = released {
+        if let Some((pool_key, mut sock)) = released {
+            // A socket that may hold unread input (a TLS peer's close_notify and FIN can
+            // arrive with the last record) is probed once: anything but WouldBlock means the
+            // upstream is done with it, and no later edge would say so.
+            if sock.readable || sock.read_closed {
+                let mut probe = [0u8; 1];
+                if !matches!(sock.read(&mut probe), net::Io::WouldBlock) {
+                    self.close_sock(sock);
+                    return;
+                }
+            }
             let token = sock.token;
             match self.upstreams.checkin(pool_key, sock, now) {
                 None => {
@@ -670,9 +680,13 @@ impl Worker {
         // Dropping `conn` closes the client socket (and leaves epoll with it).
     }
 
-    /// Closes a socket; its token is freed at the end of the event batch.
-    fn close_sock(&mut self, sock: Sock) {
+    /// Closes a socket; its token is freed at the end of the event batch. A TLS session
+    /// says close_notify first.
+    fn close_sock(&mut self, mut sock: Sock) {
         self.retire_token(sock.token);
+        if sock.stream.is_tls() {
+            sock.stream.shutdown_write();
+        }
         drop(sock);
     }
 

@@ -751,7 +751,6 @@ fn admin_reload_from_a_unix_socket_peer_reloads() {
 }
 
 #[test]
-#[ignore = "engine bug: a successful /admin/reload is logged and counted with status 499"]
 fn a_successful_admin_reload_is_logged_and_counted_as_200() {
     let a = MockUpstream::openai("A");
     let mg = Modelgate::start(&config_json(&[("a", &a.url())]));
@@ -842,7 +841,6 @@ fn admin_reload_by_get_is_405() {
 }
 
 #[test]
-#[ignore = "engine bug: a locally rejected bodyless keep-alive request (401/404/405) is answered again and again"]
 fn a_rejected_keep_alive_request_is_answered_once_and_logged_once() {
     let a = MockUpstream::openai("A");
     let mg = Modelgate::start(&config_with(
@@ -1956,7 +1954,6 @@ fn metrics_count_connect_errors_to_a_refused_upstream() {
 }
 
 #[test]
-#[ignore = "engine bug: one refused connect to a one-address upstream counts 2 connect errors"]
 fn metrics_count_one_connect_error_per_refused_attempt() {
     let down = format!("http://127.0.0.1:{}", closed_port());
     let mg = Modelgate::start(&config_json(&[("down", &down)]));

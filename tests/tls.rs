@@ -1182,7 +1182,6 @@ fn https_upstream_response_then_close_notify_succeeds() {
 }
 
 #[test]
-#[ignore = "engine bug: after a complete response, an upstream TLS connection the upstream ended with close_notify + FIN stays open (not closed within 2 s)"]
 fn https_upstream_connection_ended_by_upstream_is_closed_with_close_notify() {
     let ca = Ca::new("test CA");
     let backend = one_shot_backend(CL_CLOSE);
@@ -1556,7 +1555,6 @@ fn tls_listener_20mb_request_body_arrives_intact() {
 }
 
 #[test]
-#[ignore = "engine bug: TLS listener stops sending a large response (~4 MB in) to a client that reads slower than the upstream writes"]
 fn tls_listener_20mb_response_arrives_intact() {
     const LEN: usize = 20 * 1024 * 1024;
     let body = Arc::new(pattern(LEN));
@@ -1600,7 +1598,6 @@ fn ca_file_that_does_not_exist_is_a_startup_error() {
 }
 
 #[test]
-#[ignore = "engine bug: a caFile with no certificate is reported as `models.m: ...`, not `models.m.caFile: ...` (the missing-file case names models.m.caFile)"]
 fn ca_file_without_a_certificate_is_a_startup_error() {
     let dir = TempDir::new();
     let junk = dir.write("junk.pem", "not a certificate\n");
@@ -1631,7 +1628,6 @@ fn tls_listener_with_missing_key_is_a_startup_error() {
 /// a plain blocking rustls client that pauses 20 ms after each read in the first 64 KiB of
 /// every MiB.
 #[test]
-#[ignore = "engine bug: TLS listener stops sending a large response (~4 MB in) to a client that reads slower than the upstream writes"]
 fn tls_listener_20mb_response_to_a_pausing_blocking_client_arrives_intact() {
     const LEN: usize = 20 * 1024 * 1024;
     let body = Arc::new(pattern(LEN));

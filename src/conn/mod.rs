@@ -213,6 +213,9 @@ pub struct Conn {
     rec: Record,
     /// How to log a request cut short by a close.
     close_outcome: Outcome,
+    /// Bytes of a parsed request head still at the front of `inbuf` (consumed once the
+    /// request is answered or forwarded, so an answer can never loop over it).
+    pending_head: usize,
 }
 
 enum Flow {
@@ -246,6 +249,7 @@ impl Conn {
             last_activity: now,
             rec: Record::new(now),
             close_outcome: Outcome::ClientAbort,
+            pending_head: 0,
         }
     }
 
@@ -268,6 +272,7 @@ impl Conn {
         };
         match result {
             Ok(models) => {
+                self.rec.status = 200;
                 let body = admin::reloaded(models);
                 let mut out = Vec::with_capacity(body.len() + 160);
                 error::write_json_response(200, &body, close, false, &mut out);
@@ -502,6 +507,7 @@ impl Conn {
             return Flow::Close;
         };
         let raw = buf.filled();
+        self.pending_head = head.head_len;
         self.rec
             .begin(ctx.now, raw, &head, routes.access_log, ctx.ids);
         self.close_outcome = Outcome::ClientAbort;
@@ -609,6 +615,7 @@ impl Conn {
         if let Some(buf) = self.inbuf.as_mut() {
             buf.consume(head_len);
         }
+        self.pending_head = 0;
     }
 
     /// `/route/{model}/…`: the route is known from the path, so the body streams through.
@@ -706,6 +713,8 @@ impl Conn {
         let Some(head_block) = self.inbuf.take() else {
             return Flow::Close;
         };
+        // The head travels with its block now.
+        self.pending_head = 0;
         let mut body = Box::new(BodyRead {
             tracker: BodyTracker::for_request(head.framing),
             head,
@@ -743,7 +752,7 @@ impl Conn {
     fn read_body(&mut self, ctx: &mut Ctx<'_>) -> Flow {
         match self.to_client.flush(&mut self.client, None) {
             Flush::Failed => return Flow::Close,
-            Flush::Wrote(n) => self.sent(n, ctx),
+            Flush::Wrote { bytes, .. } => self.sent(bytes, ctx),
         }
         let Phase::Body(body) = &mut self.phase else {
             return Flow::Close;
@@ -917,8 +926,8 @@ impl Conn {
             if !ex.to_upstream.drained(up, ex.req_buf.as_ref()) {
                 match ex.to_upstream.flush(up, ex.req_buf.as_mut()) {
                     Flush::Failed => return self.upstream_failed(ex, Failure::Broken, ctx),
-                    Flush::Wrote(n) => {
-                        if n > 0 {
+                    Flush::Wrote { moved, .. } => {
+                        if moved {
                             progress = true;
                             self.last_activity = ctx.now;
                         }
@@ -957,8 +966,8 @@ impl Conn {
                     .flush(&mut self.client, relaying.then_some(&mut ex.resp_buf))
                 {
                     Flush::Failed => return Flow::Close,
-                    Flush::Wrote(n) => {
-                        if n > 0 {
+                    Flush::Wrote { bytes: n, moved } => {
+                        if moved {
                             progress = true;
                             self.last_activity = ctx.now;
                             self.sent(n, ctx);
@@ -1217,6 +1226,10 @@ impl Conn {
         if failure == Failure::Connect || failure == Failure::NoAddress {
             // The name may have moved: ask for a fresh lookup.
             self.refresh_name = ex.route.resolve_key.clone();
+        }
+        // One count per failed attempt: an address that refused, or a name with no address
+        // at all (running out after failed attempts was already counted).
+        if failure == Failure::Connect || (failure == Failure::NoAddress && ex.addr_attempt == 0) {
             ex.route.stats.connect_error();
         }
         if !ex.upstream_spoke {
@@ -1274,6 +1287,10 @@ impl Conn {
 
     /// Queues an error response; `close` ends the connection after it.
     fn reject(&mut self, err: ApiError, close: bool) -> Flow {
+        // The answered request's head must not be parsed again.
+        if self.pending_head > 0 {
+            self.consume_head(self.pending_head);
+        }
         // Give buffers back before the answer goes out: a client that reads it and retries
         // at once must find the budget as we left it.
         if close || self.inbuf.as_ref().is_some_and(|b| b.is_empty()) {
@@ -1298,8 +1315,8 @@ impl Conn {
     fn respond(&mut self, close: bool, ctx: &mut Ctx<'_>) -> Flow {
         match self.to_client.flush(&mut self.client, None) {
             Flush::Failed => return Flow::Close,
-            Flush::Wrote(n) => {
-                if n > 0 {
+            Flush::Wrote { bytes: n, moved } => {
+                if moved {
                     self.last_activity = ctx.now;
                 }
                 self.sent(n, ctx);

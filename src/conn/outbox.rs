@@ -35,8 +35,13 @@ pub(super) struct Outbox {
 
 /// Outcome of flushing an outbox.
 pub(super) enum Flush {
-    /// Wrote this many bytes (maybe 0: not writable or nothing queued).
-    Wrote(usize),
+    /// Wrote `bytes` of queued data (maybe 0: not writable or nothing queued); `moved` also
+    /// counts pending TLS ciphertext that went out, which is progress too: a caller that
+    /// waited for an event after it would wait for an edge that never comes.
+    Wrote {
+        bytes: usize,
+        moved: bool,
+    },
     Failed,
 }
 
@@ -105,17 +110,21 @@ impl Outbox {
     /// chunks and consumed as it goes, so it can be refilled.
     pub(super) fn flush(&mut self, sock: &mut Sock, mut tail: Option<&mut Block>) -> Flush {
         let mut total = 0;
+        let mut moved = false;
         if sock.writable && sock.stream.wants_write() {
             match sock.stream.flush() {
                 Io::WouldBlock => sock.writable = false,
                 Io::Eof | Io::Failed(_) => return Flush::Failed,
-                Io::Done(_) => {}
+                Io::Done(_) => moved = true,
             }
         }
         loop {
             let tail_len = tail.as_ref().map_or(0, |t| t.len());
             if (self.is_empty() && tail_len == 0) || !sock.writable {
-                return Flush::Wrote(total);
+                return Flush::Wrote {
+                    bytes: total,
+                    moved: moved || total > 0,
+                };
             }
             let mut slices = [IoSlice::new(&[]); 16];
             let mut count = 0;
@@ -206,7 +215,7 @@ mod tests {
         tail.extend(b"body");
         assert!(matches!(
             out.flush(&mut sock, Some(&mut tail)),
-            Flush::Wrote(14)
+            Flush::Wrote { bytes: 14, .. }
         ));
         assert!(out.drained(&sock, Some(&tail)));
         assert_eq!(read_all(&mut peer, 14), b"head more body");
@@ -217,11 +226,17 @@ mod tests {
         let (mut sock, mut peer) = pair();
         let mut out = Outbox::retaining(true);
         out.push(Chunk::Static(b"POST / HTTP/1.1\r\n\r\n"));
-        assert!(matches!(out.flush(&mut sock, None), Flush::Wrote(19)));
+        assert!(matches!(
+            out.flush(&mut sock, None),
+            Flush::Wrote { bytes: 19, .. }
+        ));
         assert!(out.is_empty());
         out.rewind();
         assert!(!out.is_empty());
-        assert!(matches!(out.flush(&mut sock, None), Flush::Wrote(19)));
+        assert!(matches!(
+            out.flush(&mut sock, None),
+            Flush::Wrote { bytes: 19, .. }
+        ));
         assert_eq!(
             read_all(&mut peer, 38),
             b"POST / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\n\r\n"
