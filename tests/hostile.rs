@@ -902,3 +902,74 @@ fn hostile_burst_leaves_no_fds_behind() {
         mg.fd_count()
     );
 }
+
+#[test]
+fn half_close_mid_route_body_never_completes_the_upstream_request() {
+    // The request is truncated (SPEC §10, PITFALLS 5): the upstream, which already has the
+    // head and the first chunk, is closed and never sees a terminator; the client gets at
+    // most a 400, then a close.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let tx = Mutex::new(tx);
+    let up = ScriptedUpstream::start(move |c| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        c.set_read_timeout(Some(T));
+        while let Ok(n) = c.read_raw(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = tx.lock().unwrap().send(got);
+    });
+    let mg = start(&up, json!({}));
+    let mut c = client(mg.addr());
+    c.send(b"POST /route/m/v1/x HTTP/1.1\r\nHost: mg.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    thread::sleep(ms(100));
+    let t0 = Instant::now();
+    c.shutdown_write();
+    let got = rx
+        .recv_timeout(Duration::from_secs(7))
+        .expect("upstream report");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "upstream closed {:?} after the truncation",
+        t0.elapsed()
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("5\r\nhello\r\n"), "{text:?}");
+    assert!(
+        !text.contains("0\r\n\r\n"),
+        "a terminator was invented: {text:?}"
+    );
+    let (raw, eof) = c.read_to_eof_with_timeout(T);
+    assert!(eof);
+    for r in parse_responses(&raw) {
+        assert_error(&r, 400, "bad_request");
+    }
+}
+
+#[test]
+fn upstream_101_switching_protocols_is_not_tunnelled() {
+    // PITFALLS 10: modelgate strips Upgrade and never tunnels; an unexpected 101 must not
+    // turn the client connection into a raw pipe to the upstream; the bytes after the 101
+    // never reach the client.
+    let up = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW-TUNNEL-BYTES".to_vec(),
+    );
+    let mg = start(&up, json!({}));
+    let mut c = client(mg.addr());
+    c.send(b"GET /route/m/ws HTTP/1.1\r\nHost: mg.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    // Pinned: a 502 on a connection that stays framed (the 101 never reaches the client).
+    let r = c.read_response();
+    assert_error(&r, 502, "upstream_unavailable");
+    c.send(b"GET /health HTTP/1.1\r\nHost: mg.test\r\n\r\n");
+    let h = c.read_response();
+    assert_eq!(h.status, 200, "{}", dump(&h));
+    let raw = [r.raw.as_slice(), &r.body, &h.raw, &h.body, c.buffered()].concat();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(!text.contains("RAW-TUNNEL-BYTES"), "{text:?}");
+    assert!(!text.contains(" 101 "), "{text:?}");
+    let req = &up.wait_requests(1, T)[0];
+    assert!(req.header("upgrade").is_none(), "Upgrade was forwarded");
+}
