@@ -8,7 +8,7 @@
 # (`alpha`, `beta`) and modelgate routing `alpha-1`/`alpha-2` → alpha and `beta-1` → beta,
 # then runs `examples/soak.rs` (see its header for the traffic mix, checks and verdict).
 # Knobs (env): SOAK_SECONDS (600), SOAK_THREADS (8), SOAK_WORKERS (modelgate workers, 2),
-# SOAK_WARMUP, SOAK_RSS_GROWTH_KIB (10240), SOAK_SKIP_BUILD=1.
+# SOAK_WARMUP, SOAK_RSS_GROWTH_KIB (10240), SOAK_KINDS (e.g. "abort"), SOAK_SKIP_BUILD=1.
 # Every process started here is stopped by PID on exit; the exit status is the client's.
 set -euo pipefail
 

@@ -5,7 +5,9 @@
 //! `SOAK_MODELS` (`model=mockname,...`: the `X-Mock-Name` each model must be answered by),
 //! `SOAK_SECONDS` (600), `SOAK_THREADS` (8), `SOAK_WARMUP` (seconds before the RSS reference,
 //! default min(60, SOAK_SECONDS/5)), `SOAK_RSS_GROWTH_KIB` (10240), `SOAK_FD_WAIT` (15 s to
-//! get back to the fd baseline; the upstream pool expires idle connections after 4 s).
+//! get back to the fd baseline; the upstream pool expires idle connections after 4 s),
+//! `SOAK_KINDS` (a comma list of kinds to run, uniformly, instead of the weighted mix: to find
+//! which traffic a memory trend comes from).
 //!
 //! Traffic, chosen per iteration by a per-thread PRNG, all on loopback:
 //! - `chat`: non-streamed chat completion on a keep-alive connection; 200, `X-Mock-Name` and
@@ -401,6 +403,18 @@ fn main() {
     let warmup: u64 = env_or("SOAK_WARMUP", (seconds / 5).min(60));
     let growth_bound: u64 = env_or("SOAK_RSS_GROWTH_KIB", 10240);
     let fd_wait: u64 = env_or("SOAK_FD_WAIT", 15);
+    let only: Vec<&'static str> = std::env::var("SOAK_KINDS")
+        .map(|v| {
+            v.split(',')
+                .map(|k| {
+                    *KINDS
+                        .iter()
+                        .find(|known| **known == k.trim())
+                        .unwrap_or_else(|| panic!("unknown kind {k:?}, known: {KINDS:?}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     let fd_base = proc_fds(pid);
     let rss_base = proc_rss_kib(pid);
@@ -414,8 +428,13 @@ fn main() {
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..threads {
-        let (stop, stats, total, models) =
-            (stop.clone(), stats.clone(), total.clone(), models.clone());
+        let (stop, stats, total, models, only) = (
+            stop.clone(),
+            stats.clone(),
+            total.clone(),
+            models.clone(),
+            only.clone(),
+        );
         handles.push(thread::spawn(move || {
             let mut w = Worker {
                 addr,
@@ -426,12 +445,16 @@ fn main() {
             let mut local = Stats::default();
             while !stop.load(Ordering::Relaxed) {
                 // Weights: chat 40, sse 25, abort 10, error 15, pipelined 10.
-                let kind = match w.next() % 100 {
-                    0..=39 => KINDS[0],
-                    40..=64 => KINDS[1],
-                    65..=74 => KINDS[2],
-                    75..=89 => KINDS[3],
-                    _ => KINDS[4],
+                let kind = if !only.is_empty() {
+                    only[w.next() as usize % only.len()]
+                } else {
+                    match w.next() % 100 {
+                        0..=39 => KINDS[0],
+                        40..=64 => KINDS[1],
+                        65..=74 => KINDS[2],
+                        75..=89 => KINDS[3],
+                        _ => KINDS[4],
+                    }
                 };
                 let t0 = Instant::now();
                 match w.run(kind) {
