@@ -2,7 +2,8 @@
 //! so where the next pipelined request starts). It must give the same answer (bytes consumed,
 //! done, error) however the bytes are split across reads, and a well-formed chunked stream
 //! built from arbitrary chunk sizes must end exactly after its terminator, not before, not
-//! after. (Written against the h1 contract; the stub tracker starts `Done` and is skipped.)
+//! after. Chunk sizes past `u64::MAX` (more than 16 significant hex digits) are rejected as
+//! `SizeOverflow`, never wrapped into a small size that would misplace the body end.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -59,9 +60,6 @@ fn track(input: &[u8], cuts: &[usize]) -> Outcome {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if BodyTracker::for_request(RequestFraming::Chunked).is_done() {
-        return; // the h1 contract stub: nothing to observe yet
-    }
     let (ctl, input) = data.split_at(data.len().min(2));
 
     // 1. Whole vs split, on arbitrary bytes.
@@ -103,5 +101,31 @@ fuzz_target!(|data: &[u8]| {
         assert!(got.done, "valid stream not done (cuts {cuts:?})");
         assert_eq!(got.consumed, body_len, "body end misplaced (cuts {cuts:?})");
         assert_eq!(got.payload, payload, "payload differs (cuts {cuts:?})");
+    }
+
+    // 3. Sizes near and past u64::MAX: 16 hex digits are at most u64::MAX (accepted as a size,
+    // the body then simply never ends here); 17 or more digits overflow and must be refused,
+    // whatever digits and splits (a wrapped size would let a client choose the body end).
+    let digits: Vec<u8> = input
+        .iter()
+        .take(24)
+        .map(|b| b"0123456789abcdefABCDEF"[usize::from(*b) % 22])
+        .collect();
+    let mut line = b"1".to_vec(); // a leading non-zero digit: length = significance
+    line.extend_from_slice(&digits);
+    line.extend_from_slice(b"\r\n");
+    let sig = 1 + digits.len();
+    for cuts in [vec![], (step..line.len()).step_by(step).collect()] {
+        let got = track(&line, &cuts);
+        if sig > 16 {
+            assert_eq!(
+                got.error,
+                Some(ChunkedError::SizeOverflow),
+                "{sig}-digit size not refused (cuts {cuts:?})"
+            );
+        } else {
+            assert_eq!(got.error, None, "{sig}-digit size refused (cuts {cuts:?})");
+            assert!(!got.done, "a huge chunk cannot end the body");
+        }
     }
 });

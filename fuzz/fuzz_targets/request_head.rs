@@ -2,7 +2,6 @@
 //! bytes than it was given, and the head modelgate writes upstream is one well-formed HTTP/1.1
 //! head with the client's method and the same body framing (Content-Length vs chunked): a
 //! rewrite that changed framing would let a client smuggle a second request to the backend.
-//! (Written against the h1 contract; with the stub `parse_request` it checks nothing yet.)
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
