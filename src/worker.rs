@@ -95,6 +95,32 @@ enum Owner {
     Closed,
 }
 
+/// What connections borrow while they are driven (everything but the connections
+/// themselves), so a `Ctx` can be lent next to a `&mut Conn`.
+struct Env {
+    pool: Pool,
+    /// The current routing table.
+    routes: Arc<Routes>,
+    in_flight: Arc<AtomicU64>,
+    ids: RequestIds,
+    scratch: Vec<u8>,
+    obs: Obs,
+}
+
+impl Env {
+    fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+        Ctx {
+            now,
+            pool: &self.pool,
+            routes: &self.routes,
+            in_flight: &self.in_flight,
+            ids: &mut self.ids,
+            scratch: &mut self.scratch,
+            obs: &mut self.obs,
+        }
+    }
+}
+
 pub struct Worker {
     poll: Poll,
     listeners: Vec<Listener>,
@@ -103,19 +129,14 @@ pub struct Worker {
     conns: Slab<Conn>,
     owners: Slab<Owner>,
     to_free: Vec<usize>,
-    pool: Pool,
     upstreams: UpstreamPool,
     timers: Timers,
-    routes: Arc<Routes>,
     /// The resolver's latest answers, preferred over the routing table's startup ones.
     resolved: HashMap<Arc<str>, Arc<[SocketAddr]>>,
     resolver: Option<Sender<resolver::Request>>,
     reload: Option<Sender<ToServer>>,
     id: usize,
-    in_flight: Arc<AtomicU64>,
-    ids: RequestIds,
-    scratch: Vec<u8>,
-    obs: Obs,
+    env: Env,
     log: Option<SyncSender<Vec<u8>>>,
     max_conns: usize,
     next_generation: u64,
@@ -157,21 +178,23 @@ impl Worker {
             conns: Slab::default(),
             owners: Slab::default(),
             to_free: Vec::new(),
-            pool: Pool::new(Arc::clone(&shared.budget)),
             upstreams: UpstreamPool::default(),
             timers: Timers::default(),
-            routes,
             resolved: HashMap::new(),
             resolver,
             reload,
             id,
-            in_flight: Arc::clone(&shared.in_flight),
-            ids: RequestIds::new(seed),
-            scratch: Vec::with_capacity(4096),
-            obs: Obs {
-                metrics: Arc::clone(&shared.metrics),
-                counters: shared.metrics.worker(),
-                log: Vec::new(),
+            env: Env {
+                pool: Pool::new(Arc::clone(&shared.budget)),
+                routes,
+                in_flight: Arc::clone(&shared.in_flight),
+                ids: RequestIds::new(seed),
+                scratch: Vec::with_capacity(4096),
+                obs: Obs {
+                    metrics: Arc::clone(&shared.metrics),
+                    counters: shared.metrics.worker(),
+                    log: Vec::new(),
+                },
             },
             log: shared.log.clone(),
             max_conns: max_conns.max(1),
@@ -247,7 +270,8 @@ impl Worker {
                 self.owners.remove(key);
             }
             self.flush_log();
-            self.obs
+            self.env
+                .obs
                 .counters
                 .set_pool(self.upstreams.len() as u64, self.conns.len() as u64);
             if let Some(deadline) = self.shutdown {
@@ -265,10 +289,10 @@ impl Worker {
     /// Hands this turn's access log lines to the writer thread in one message; when it is
     /// behind, lines are dropped rather than blocking the event loop.
     fn flush_log(&mut self) {
-        if self.obs.log.is_empty() {
+        if self.env.obs.log.is_empty() {
             return;
         }
-        let lines = std::mem::take(&mut self.obs.log);
+        let lines = std::mem::take(&mut self.env.obs.log);
         if let Some(tx) = &self.log {
             let _ = tx.try_send(lines);
         }
@@ -317,7 +341,7 @@ impl Worker {
     fn handle_control(&mut self, now: Instant) {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
-                Control::Routes(routes) => self.routes = routes,
+                Control::Routes(routes) => self.env.routes = routes,
                 Control::Resolved { name, addrs } => {
                     self.resolved.insert(name, addrs);
                 }
@@ -412,15 +436,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let mut ctx = Ctx {
-                now,
-                pool: &self.pool,
-                routes: &self.routes,
-                in_flight: &self.in_flight,
-                ids: &mut self.ids,
-                scratch: &mut self.scratch,
-                obs: &mut self.obs,
-            };
+            let mut ctx = self.env.ctx(now);
             let want = conn.drive(&mut ctx);
             if self.after_drive(key, want, now) {
                 return;
@@ -576,15 +592,7 @@ impl Worker {
                         route.upstream.authority, route.name, attempt
                     );
                 }
-                let mut ctx = Ctx {
-                    now,
-                    pool: &self.pool,
-                    routes: &self.routes,
-                    in_flight: &self.in_flight,
-                    ids: &mut self.ids,
-                    scratch: &mut self.scratch,
-                    obs: &mut self.obs,
-                };
+                let mut ctx = self.env.ctx(now);
                 let want = conn.connect_failed(exhausted || unix, &mut ctx);
                 self.after_drive(key, want, now);
             }
@@ -605,15 +613,7 @@ impl Worker {
         else {
             return;
         };
-        let mut ctx = Ctx {
-            now,
-            pool: &self.pool,
-            routes: &self.routes,
-            in_flight: &self.in_flight,
-            ids: &mut self.ids,
-            scratch: &mut self.scratch,
-            obs: &mut self.obs,
-        };
+        let mut ctx = self.env.ctx(now);
         let want = conn.reload_done(result, &mut ctx);
         if !self.after_drive(key, want, now) {
             self.drive(key, now);
@@ -624,7 +624,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let deadline = conn.deadline(&self.routes.timeouts);
+        let deadline = conn.deadline(&self.env.routes.timeouts);
         if conn.timer_at.is_none_or(|t| deadline < t) {
             conn.timer_at = Some(deadline);
             self.timers.push(deadline, key, conn.generation);
@@ -640,21 +640,13 @@ impl Worker {
                 continue;
             }
             conn.timer_at = None;
-            let deadline = conn.deadline(&self.routes.timeouts);
+            let deadline = conn.deadline(&self.env.routes.timeouts);
             if deadline > now {
                 conn.timer_at = Some(deadline);
                 self.timers.push(deadline, key, generation);
                 continue;
             }
-            let mut ctx = Ctx {
-                now,
-                pool: &self.pool,
-                routes: &self.routes,
-                in_flight: &self.in_flight,
-                ids: &mut self.ids,
-                scratch: &mut self.scratch,
-                obs: &mut self.obs,
-            };
+            let mut ctx = self.env.ctx(now);
             let want = conn.on_timeout(&mut ctx);
             if !self.after_drive(key, want, now) {
                 self.drive(key, now);
