@@ -254,7 +254,7 @@ impl Worker {
                 accept = true;
             }
             if accept || (self.accept_paused && self.conns.len() < self.max_conns) {
-                self.accept_all(now, &mut dirty);
+                self.accept_all(now);
             }
             for &key in dirty.iter() {
                 self.drive(key, now);
@@ -278,7 +278,7 @@ impl Worker {
                 let busy = self
                     .conns
                     .keys()
-                    .any(|k| self.conns.get(k).is_some_and(|c| !c.is_finishing()));
+                    .any(|k| self.conns.get(k).is_some_and(|c| !c.is_finishing(now)));
                 if !busy || now >= deadline {
                     return;
                 }
@@ -357,6 +357,9 @@ impl Worker {
                 }
                 Control::Shutdown { deadline } => {
                     self.shutdown = Some(deadline);
+                    // Connections the kernel already completed are clients too: take them
+                    // (they are served and closed) rather than reset them with the listener.
+                    self.accept_all(now);
                     for listener in self.listeners.iter_mut() {
                         listener.deregister(self.poll.registry());
                     }
@@ -366,7 +369,7 @@ impl Worker {
                     }
                     let keys: Vec<usize> = self.conns.keys().collect();
                     for key in keys {
-                        let idle = self.conns.get(key).is_some_and(|c| c.is_idle());
+                        let idle = self.conns.get(key).is_some_and(|c| c.is_idle(now));
                         if idle {
                             self.close_conn(key);
                         } else if let Some(conn) = self.conns.get_mut(key) {
@@ -379,7 +382,7 @@ impl Worker {
         }
     }
 
-    fn accept_all(&mut self, now: Instant, dirty: &mut Vec<usize>) {
+    fn accept_all(&mut self, now: Instant) {
         self.accept_paused = false;
         for i in 0..self.listeners.len() {
             loop {
@@ -424,8 +427,6 @@ impl Worker {
                     *owner = Owner::Client(key);
                 }
                 self.arm_timer(key);
-                // Registration reports data that is already there; no need to read blindly.
-                let _ = &dirty;
             }
         }
     }

@@ -435,7 +435,6 @@ fn http10_keep_alive_is_honoured_then_plain_http10_closes() {
 }
 
 #[test]
-#[ignore = "engine bug: a kept-alive HTTP/1.0 exchange gets no `Connection: keep-alive` in the response, so 1.0 clients treat it as non-persistent"]
 fn http10_keep_alive_response_says_keep_alive() {
     // RFC 9112 §9.3 / RFC 2068 §19.7.1: an HTTP/1.0 client only keeps the connection when
     // the response carries `Connection: keep-alive` (nginx and Apache send it).

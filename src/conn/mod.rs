@@ -51,6 +51,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024;
 /// Longest client `X-Request-Id` we forward; longer ones are replaced by a generated id.
 const MAX_REQUEST_ID: usize = 128;
+/// How long a just-accepted silent connection is waited for at shutdown.
+const FRESH: Duration = Duration::from_secs(1);
 /// Addresses of one upstream tried before giving up with 502.
 const MAX_ADDRESSES: usize = 16;
 
@@ -216,6 +218,8 @@ pub struct Conn {
     /// Bytes of a parsed request head still at the front of `inbuf` (consumed once the
     /// request is answered or forwarded, so an answer can never loop over it).
     pending_head: usize,
+    /// The current request is HTTP/1.0: a persistent connection must be announced.
+    http10: bool,
 }
 
 enum Flow {
@@ -250,18 +254,27 @@ impl Conn {
             rec: Record::new(now),
             close_outcome: Outcome::ClientAbort,
             pending_head: 0,
+            http10: false,
         }
     }
 
-    /// Idle between requests with nothing buffered: safe to close at shutdown.
-    pub fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::Idle) && self.inbuf.as_ref().is_none_or(|b| b.is_empty())
-            || matches!(self.phase, Phase::Head { .. }) && self.inbuf.is_none()
+    /// Idle between requests with nothing buffered: safe to close at shutdown. A connection
+    /// accepted less than [`FRESH`] ago that has sent nothing yet is not idle: its request
+    /// is most likely on the way.
+    pub fn is_idle(&self, now: Instant) -> bool {
+        let nothing_buffered = self.inbuf.as_ref().is_none_or(|b| b.is_empty());
+        match self.phase {
+            Phase::Idle => nothing_buffered,
+            Phase::Head { started, .. } => {
+                nothing_buffered && now.saturating_duration_since(started) >= FRESH
+            }
+            _ => false,
+        }
     }
 
-    /// Nothing left to wait for at shutdown but a lingering close.
-    pub fn is_finishing(&self) -> bool {
-        matches!(self.phase, Phase::Linger { .. } | Phase::Closed)
+    /// Nothing left to wait for at shutdown but a lingering close (or a silent client).
+    pub fn is_finishing(&self, now: Instant) -> bool {
+        matches!(self.phase, Phase::Linger { .. } | Phase::Closed) || self.is_idle(now)
     }
 
     /// The server thread finished an `/admin/reload`: the listed model count, or every
@@ -276,6 +289,7 @@ impl Conn {
                 let body = admin::reloaded(models);
                 let mut out = Vec::with_capacity(body.len() + 160);
                 error::write_json_response(200, &body, close, false, &mut out);
+                self.announce_keep_alive(close, &mut out);
                 self.to_client.push(Chunk::Owned(out));
                 self.phase = Phase::Respond { close };
             }
@@ -417,6 +431,18 @@ impl Conn {
         }
     }
 
+    /// HTTP/1.0 connections close after each response unless the response says otherwise:
+    /// when we keep one open, say so (`out` holds a complete head, maybe with a body).
+    fn announce_keep_alive(&self, close: bool, out: &mut Vec<u8>) {
+        if !self.http10 || close {
+            return;
+        }
+        if let Some(end) = memchr::memmem::find(out, b"\r\n\r\n") {
+            let at = end + 2;
+            out.splice(at..at, b"Connection: keep-alive\r\n".iter().copied());
+        }
+    }
+
     /// Counts bytes written to the client.
     fn sent(&mut self, n: usize, ctx: &mut Ctx<'_>) {
         if n > 0 {
@@ -508,6 +534,7 @@ impl Conn {
         };
         let raw = buf.filled();
         self.pending_head = head.head_len;
+        self.http10 = head.version == h1::Version::Http10;
         self.rec
             .begin(ctx.now, raw, &head, routes.access_log, ctx.ids);
         self.close_outcome = Outcome::ClientAbort;
@@ -573,6 +600,7 @@ impl Conn {
                             head.method == Method::Head,
                             &mut out,
                         );
+                        self.announce_keep_alive(close_on_error, &mut out);
                         self.consume_head(head.head_len);
                         self.to_client.push(Chunk::Owned(out));
                         self.phase = Phase::Respond {
@@ -1180,6 +1208,7 @@ impl Conn {
                 ex.client_close,
                 ctx.scratch,
             );
+            self.announce_keep_alive(ex.client_close, ctx.scratch);
             self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
             ex.head_sent = true;
             self.rec.status = head.status;
@@ -1304,6 +1333,7 @@ impl Conn {
             &[]
         };
         error::write_error_response_with_id(&err, id, close, false, &mut out);
+        self.announce_keep_alive(close, &mut out);
         self.to_client.push(Chunk::Owned(out));
         if let Some(up) = self.upstream.take() {
             self.dead.push(up);
