@@ -62,4 +62,18 @@ if [ -z "${MODELGATE_SDK_PYTHON:-}" ]; then
 fi
 say "MODELGATE_SDK_PYTHON=$MODELGATE_SDK_PYTHON"
 
-exec cargo test --all-targets "$@"
+# Run everything, then close with one plain line that totals every suite (the per-binary
+# "test result" lines end with targets that hold no tests).
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+summary="tests: $passed passed, $failed failed"
+mkdir -p target
+echo "$summary" > target/test-summary.txt
+echo "$summary"
+exit "$status"
