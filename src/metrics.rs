@@ -233,11 +233,17 @@ fn nanos(d: Duration) -> u64 {
 pub struct WorkerCounters {
     received: AtomicU64,
     sent: AtomicU64,
+    log_dropped: AtomicU64,
     idle_upstreams: AtomicU64,
     connections: AtomicU64,
 }
 
 impl WorkerCounters {
+    /// Access log lines dropped because the writer thread fell behind.
+    pub fn add_log_dropped(&self, lines: u64) {
+        self.log_dropped.fetch_add(lines, Relaxed);
+    }
+
     /// Bytes read from clients.
     pub fn add_received(&self, bytes: u64) {
         self.received.fetch_add(bytes, Relaxed);
@@ -437,7 +443,7 @@ impl Metrics {
             let _ = writeln!(out, "{}", m.retries.load(Relaxed));
         }
 
-        let globals: [(&str, &str, &str, u64); 5] = [
+        let globals: [(&str, &str, &str, u64); 6] = [
             (
                 "modelgate_in_flight_requests",
                 "gauge",
@@ -455,6 +461,12 @@ impl Metrics {
                 "counter",
                 "Bytes sent to clients.",
                 total(|w| &w.sent),
+            ),
+            (
+                "modelgate_access_log_dropped_total",
+                "counter",
+                "Access log lines dropped because stderr was slower than the traffic.",
+                total(|w| &w.log_dropped),
             ),
             (
                 "modelgate_upstream_idle_connections",
@@ -687,6 +699,7 @@ mod tests {
             "modelgate_upstream_retries_total",
             "modelgate_received_bytes_total",
             "modelgate_sent_bytes_total",
+            "modelgate_access_log_dropped_total",
             "modelgate_tokens_total",
             "modelgate_generation_tokens_per_second",
             "modelgate_upstream_idle_connections",
@@ -915,7 +928,13 @@ mod tests {
         w1.set_pool(2, 10);
         w2.set_pool(1, 5);
         w2.set_pool(4, 6);
+        w1.add_log_dropped(2);
+        w2.add_log_dropped(1);
         let (samples, _) = parse(&metrics.render(17));
+        assert_eq!(
+            value(&samples, "modelgate_access_log_dropped_total", &[]),
+            3.0
+        );
         assert_eq!(
             value(&samples, "modelgate_received_bytes_total", &[]),
             150.0

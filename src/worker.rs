@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -293,8 +293,14 @@ impl Worker {
             return;
         }
         let lines = std::mem::take(&mut self.env.obs.log);
-        if let Some(tx) = &self.log {
-            let _ = tx.try_send(lines);
+        let sent = match &self.log {
+            Some(tx) => tx.try_send(lines),
+            None => return,
+        };
+        // The lines are dropped, never waited for; the count says how many.
+        if let Err(TrySendError::Full(lines) | TrySendError::Disconnected(lines)) = sent {
+            let dropped = lines.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.env.obs.counters.add_log_dropped(dropped);
         }
     }
 
