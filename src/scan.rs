@@ -10,7 +10,7 @@
 //! would read differently:
 //! - the root must be an object; JSON whitespace (space, tab, LF, CR) around it; nothing after;
 //! - strings: valid UTF-8, no raw control characters (< 0x20), escapes `\" \\ \/ \b \f \n \r
-//!   \t \uXXXX`, and `\u` surrogates only as a high/low pair (lone ones are rejected, as
+//!   \t \uHHHH`, and `\u` surrogates only as a high/low pair (lone ones are rejected, as
 //!   serde_json does when it builds a `String`);
 //! - numbers per the JSON grammar, and rejected like serde_json when their value overflows
 //!   `f64` (`1e400`, a 400-digit integer): serde_json's default (non-`float_roundtrip`)
@@ -818,7 +818,7 @@ impl ModelScanner {
         Ok(())
     }
 
-    /// A complete `\uXXXX`; `high` is the high surrogate before it (0 when none).
+    /// A complete `\uHHHH`; `high` is the high surrogate before it (0 when none).
     fn code_unit(&mut self, high: u16, unit: u16) -> Result<(), ScanError> {
         let is_low = (0xDC00..=0xDFFF).contains(&unit);
         let is_high = (0xD800..=0xDBFF).contains(&unit);
