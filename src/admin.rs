@@ -100,6 +100,8 @@ mod tests {
             workers: 1,
             watch_config: false,
             models: map,
+            discover: vec![],
+            discover_interval: crate::config::DEFAULT_DISCOVER_INTERVAL,
         };
         let metrics = crate::metrics::Metrics::new();
         let no_tls = &mut |_: Option<&std::path::Path>| Err("no TLS in tests".into());

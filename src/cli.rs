@@ -9,8 +9,15 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Run { config: PathBuf },
-    Check { config: PathBuf },
+    /// `explicit`: `--config` was given. Without it a missing `./config.json` means the
+    /// embedded default (discovery of local backends), not an error.
+    Run {
+        config: PathBuf,
+        explicit: bool,
+    },
+    Check {
+        config: PathBuf,
+    },
     Version,
     Help,
 }
@@ -29,6 +36,13 @@ Usage: modelgate [--config PATH] [--check] [--version] [--help]
 Options:
   --config PATH   The JSON config file [default: ./config.json].
                   Also accepted: --config=PATH, -config PATH, -config=PATH.
+                  Without --config and without ./config.json, modelgate runs the
+                  embedded default: it listens on 127.0.0.1:4000 and discovers local
+                  OpenAI-compatible backends on their well-known ports (llama.cpp 8080,
+                  vLLM 8000, sglang 30000, Ollama 11434, LM Studio 1234) by asking
+                  each for GET /v1/models every 5 s, and routes every model found.
+                  MODELGATE_LISTEN=ADDR and MODELGATE_DISCOVER=URL,URL replace its
+                  address and probe list.
   --check         Validate the config (JSON syntax, types, unknown keys, URLs, header
                   names, secret-reference syntax) without reading any secret, then exit:
                   prints \"config ok\" and exits 0, or prints every problem and exits 1.
@@ -71,11 +85,12 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
     if version {
         return Ok(Command::Version);
     }
+    let explicit = config.is_some();
     let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     Ok(if check {
         Command::Check { config }
     } else {
-        Command::Run { config }
+        Command::Run { config, explicit }
     })
 }
 
@@ -165,12 +180,19 @@ mod tests {
     fn run(path: &str) -> Command {
         Command::Run {
             config: PathBuf::from(path),
+            explicit: true,
         }
     }
 
     #[test]
     fn no_arguments_runs_with_default_config() {
-        assert_eq!(parse(&[]), Ok(run("config.json")));
+        assert_eq!(
+            parse(&[]),
+            Ok(Command::Run {
+                config: PathBuf::from("config.json"),
+                explicit: false
+            })
+        );
     }
 
     #[test]
@@ -304,6 +326,8 @@ mod tests {
             "SIGTERM",
             "docs/CONFIG.md",
             "./config.json",
+            "127.0.0.1:4000",
+            "MODELGATE_DISCOVER",
         ] {
             assert!(HELP.contains(needle), "{needle}");
         }
@@ -326,7 +350,8 @@ mod tests {
         assert_eq!(
             got,
             Ok(Command::Run {
-                config: PathBuf::from(raw)
+                config: PathBuf::from(raw),
+                explicit: true
             })
         );
     }

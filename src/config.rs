@@ -43,6 +43,11 @@ pub struct Config {
     pub workers: usize,
     pub watch_config: bool,
     pub models: BTreeMap<String, Model>,
+    /// Backends whose `GET /v1/models` is routed (key `discover`, plain `http://` or
+    /// `unix://`), in probe order: the first one serving a name gets it.
+    pub discover: Vec<Upstream>,
+    /// How often the `discover` backends are probed again (key `discoverInterval`).
+    pub discover_interval: Duration,
 }
 
 impl Config {
@@ -187,6 +192,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const MAX_WORKERS: u64 = 1024;
 /// Timeouts above a year are typos; they would also risk `Instant` overflow downstream.
 pub const MAX_TIMEOUT_SECS: f64 = 31_536_000.0;
+/// `discoverInterval`: how often discovered backends are probed again.
+pub const DEFAULT_DISCOVER_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Headers modelgate owns on the upstream request: setting them per model would break framing
 /// (request smuggling) or connection management.
@@ -215,6 +222,8 @@ const TOP_KEYS: &[&str] = &[
     "workers",
     "watchConfig",
     "models",
+    "discover",
+    "discoverInterval",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "header",
@@ -577,7 +586,15 @@ impl Cx<'_> {
         let access_log = self.bool("accessLog", f.get("accessLog"), true);
         let workers = self.uint_in("workers", f.get("workers"), 0, 0, MAX_WORKERS);
         let watch_config = self.bool("watchConfig", f.get("watchConfig"), false);
-        let models = self.models(f.get("models"));
+        let discover = self.discover(f.get("discover"));
+        let discover_interval = match f.get("discoverInterval") {
+            Some(v) => self
+                .seconds("discoverInterval", v, false)
+                .flatten()
+                .unwrap_or(DEFAULT_DISCOVER_INTERVAL),
+            None => DEFAULT_DISCOVER_INTERVAL,
+        };
+        let models = self.models(f.get("models"), !discover.is_empty());
         Some(Config {
             listen,
             auth_tokens,
@@ -591,7 +608,39 @@ impl Cx<'_> {
             workers: usize::try_from(workers).unwrap_or(0),
             watch_config,
             models,
+            discover,
+            discover_interval,
         })
+    }
+
+    /// `discover`: backend URLs whose `/v1/models` answers become routes. Probes are plain
+    /// HTTP from the discovery thread, so `https://` is refused here rather than failing later.
+    fn discover(&mut self, v: Option<&Json>) -> Vec<Upstream> {
+        let Some(v) = v else { return Vec::new() };
+        let Json::Array(items) = v else {
+            self.wrong_type("discover", "a list of backend URLs", v);
+            return Vec::new();
+        };
+        let mut out: Vec<Upstream> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = index("discover", i);
+            let Some(url) = self.str(&path, item) else {
+                continue;
+            };
+            match parse_upstream_url(url) {
+                Ok(up) if up.scheme == Scheme::Https => self.problem(
+                    &path,
+                    "discovery probes plain http:// or unix:// backends; name an https:// backend under \"models\"",
+                ),
+                Ok(up) if up.query.is_some() => {
+                    self.problem(&path, "must not have a query (\"?...\")")
+                }
+                Ok(up) if out.contains(&up) => self.problem(&path, "is listed twice"),
+                Ok(up) => out.push(up),
+                Err(e) => self.problem(&path, e),
+            }
+        }
+        out
     }
 
     /// `listen` (string, object or list) or LLMhop's `host`/`port`; never both.
@@ -827,20 +876,23 @@ impl Cx<'_> {
         t
     }
 
-    fn models(&mut self, v: Option<&Json>) -> BTreeMap<String, Model> {
+    /// `models`; with a `discover` list it may be absent or empty (discovery fills it).
+    fn models(&mut self, v: Option<&Json>, discovering: bool) -> BTreeMap<String, Model> {
         let mut out = BTreeMap::new();
         let Some(v) = v else {
-            self.problem(
-                "models",
-                "is required: an object of model name → {\"url\": \"http://…\"}",
-            );
+            if !discovering {
+                self.problem(
+                    "models",
+                    "is required: an object of model name → {\"url\": \"http://…\"} (or give a \"discover\" list)",
+                );
+            }
             return out;
         };
         let Json::Object(members) = v else {
             self.wrong_type("models", "an object of model name → {\"url\": …}", v);
             return out;
         };
-        if members.is_empty() {
+        if members.is_empty() && !discovering {
             self.problem("models", "must name at least one model");
             return out;
         }

@@ -12,6 +12,7 @@ pub mod accesslog;
 pub mod auth;
 pub mod buf;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod h1;
 pub mod metrics;
@@ -29,6 +30,7 @@ pub mod conn;
 pub mod upstream;
 
 pub mod cli;
+pub mod prober;
 pub mod resolver;
 pub mod server;
 pub mod worker;

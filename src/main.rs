@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use modelgate::cli::{self, Command};
 use modelgate::config;
+use modelgate::discovery;
 use modelgate::secrets::ProcessEnv;
 use modelgate::server;
 
@@ -37,7 +38,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, explicit } if !explicit && absent(&config) => run_embedded(),
+        Command::Run { config, .. } => {
             let loaded = match config::load(&config, Some(&ProcessEnv)) {
                 Ok(loaded) => loaded,
                 Err(problems) => {
@@ -47,13 +49,51 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match server::run(&config, loaded) {
+            match server::run(Some(&config), loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     eprintln!("modelgate: {message}");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// True when nothing at all is at `path` (not even a broken symlink): an unreadable or
+/// dangling `./config.json` is still reported as a config problem.
+fn absent(path: &std::path::Path) -> bool {
+    matches!(path.try_exists(), Ok(false)) && path.symlink_metadata().is_err()
+}
+
+/// No `--config` and no `./config.json`: listen on 127.0.0.1:4000 and route whatever the
+/// local backends on their well-known ports serve (`MODELGATE_LISTEN`/`MODELGATE_DISCOVER`
+/// replace those).
+fn run_embedded() -> ExitCode {
+    let listen = std::env::var(discovery::ENV_LISTEN).ok();
+    let discover = std::env::var(discovery::ENV_DISCOVER).ok();
+    let text = discovery::embedded_config_json(listen.as_deref(), discover.as_deref());
+    let loaded = match config::from_str(&text, Some(&ProcessEnv)) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!(
+                    "modelgate: the embedded default (${} / ${}): {problem}",
+                    discovery::ENV_LISTEN,
+                    discovery::ENV_DISCOVER
+                );
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "modelgate: no --config and no ./config.json: running the embedded default (discovery of local backends; see modelgate --help)"
+    );
+    match server::run(None, loaded) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("modelgate: {message}");
+            ExitCode::FAILURE
         }
     }
 }

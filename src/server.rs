@@ -13,8 +13,10 @@ use mio::{Poll, Waker};
 
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
+use crate::discovery::{self, Found};
 use crate::metrics::Metrics;
 use crate::net::{self, systemd, tls, Listener};
+use crate::prober;
 use crate::resolver;
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
@@ -106,13 +108,20 @@ impl Workers {
 }
 
 /// Binds, starts the workers, and serves until a SIGTERM/SIGINT drain completes.
-/// `config_path` is re-read on SIGHUP.
-pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
+/// `config_path` is re-read on SIGHUP; None is the embedded default (no config file), whose
+/// reload only probes the `discover` backends again.
+pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
     net::raise_fd_limit();
     // Workers inherit this mask: only this thread takes the signals, in `sigwait`.
     let signals = signals::block()?;
     let metrics = Metrics::new();
-    let routes = Arc::new(build_routes(&config, &metrics)?);
+    // The first discovery round runs before the table is built: discovered models are
+    // routable from the first request.
+    let mut found = first_discovery(&config);
+    let routes = Arc::new(build_routes(
+        &discovery::with_discovered(&config, &found),
+        &metrics,
+    )?);
     // Socket activation: serve what systemd passed and bind nothing (SPEC §8). Passed
     // sockets are plain HTTP.
     let (listeners, tls): (Vec<Listener>, ListenerTls) = match systemd::listen_fds() {
@@ -133,9 +142,18 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     let (resolver_tx, resolver_rx) = resolver::channel();
     let (events_tx, events) = mpsc::channel::<ToServer>();
     signals::forward(signals, events_tx.clone())?;
-    if config.watch_config {
-        watch::spawn(config_path.to_path_buf(), events_tx.clone())?;
+    if let (true, Some(path)) = (config.watch_config, config_path) {
+        watch::spawn(path.to_path_buf(), events_tx.clone())?;
     }
+    let (prober_tx, prober_rx) = prober::channel();
+    prober::spawn(
+        prober_rx,
+        config.discover.clone(),
+        config.discover_interval,
+        found.clone(),
+        events_tx.clone(),
+    )
+    .map_err(|e| format!("cannot start the discovery thread: {e}"))?;
     let shared = Shared {
         reload: Some(events_tx),
         in_flight: Arc::new(AtomicU64::new(0)),
@@ -207,14 +225,32 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     systemd::notify("READY=1");
     let mut shutdown_timeout = config.timeouts.shutdown;
     drop(shared);
-    while let Ok(ToServer::Reload(asker)) = events.recv() {
+    let mut current = config;
+    loop {
+        let asker = match events.recv() {
+            Ok(ToServer::Reload(asker)) => asker,
+            Ok(ToServer::Discovered(next)) => {
+                let routes = rediscovered(&current, &mut found, next, &metrics);
+                if let Some(routes) = routes {
+                    let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
+                    workers.send(|| Control::Routes(Arc::clone(&routes)));
+                }
+                continue;
+            }
+            Ok(ToServer::Stop) | Err(_) => break,
+        };
         systemd::notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}",
             systemd::monotonic_usec()
         ));
-        let outcome = match reload(config_path, &metrics) {
+        let outcome = match reload(config_path, &current, &found, &metrics) {
             Ok((next, routes, tls)) => {
                 shutdown_timeout = next.timeouts.shutdown;
+                let _ = prober_tx.send(prober::Request::Backends {
+                    list: next.discover.clone(),
+                    interval: next.discover_interval,
+                });
+                current = next;
                 let (total, listed) = (routes.models.len(), routes.listed.len());
                 let routes = Arc::new(routes);
                 let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
@@ -223,7 +259,7 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
                 // Said once every worker has been handed the new table.
                 eprintln!(
                     "modelgate: reloaded {}, routing {total} models ({listed} listed)",
-                    config_path.display()
+                    config_path.map_or("the embedded default".into(), |p| p.display().to_string())
                 );
                 Ok(listed)
             }
@@ -257,14 +293,82 @@ pub fn run(config_path: &Path, config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses, validates and expands the config again, builds its routes and re-reads the
-/// listeners' certificates: all off the workers. Listen addresses are not re-bound.
-fn reload(path: &Path, metrics: &Metrics) -> Result<(Config, Routes, ListenerTls), Vec<String>> {
-    let next = config::load(path, Some(&ProcessEnv))
-        .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
-    let routes = build_routes(&next, metrics).map_err(|e| vec![e])?;
+/// Parses, validates and expands the config again, builds its routes (with the models
+/// discovered so far) and re-reads the listeners' certificates: all off the workers. Listen
+/// addresses are not re-bound. Without a file (the embedded default) the config stays.
+fn reload(
+    path: Option<&Path>,
+    current: &Config,
+    found: &Found,
+    metrics: &Metrics,
+) -> Result<(Config, Routes, ListenerTls), Vec<String>> {
+    let next = match path {
+        Some(path) => config::load(path, Some(&ProcessEnv))
+            .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?,
+        None => current.clone(),
+    };
+    let routes =
+        build_routes(&discovery::with_discovered(&next, found), metrics).map_err(|e| vec![e])?;
     let tls = listener_tls(&next).map_err(|e| vec![e])?;
     Ok((next, routes, tls))
+}
+
+/// Probes the `discover` backends once, before the workers start, and logs what it probed
+/// and found.
+fn first_discovery(config: &Config) -> Found {
+    if config.discover.is_empty() {
+        return Found::default();
+    }
+    let probed: Vec<String> = config
+        .discover
+        .iter()
+        .map(|up| match discovery::well_known_name(up) {
+            Some(name) => format!("{} ({name})", discovery::label(up)),
+            None => discovery::label(up),
+        })
+        .collect();
+    eprintln!(
+        "modelgate: discovery: probing GET /v1/models every {:?} on {}",
+        config.discover_interval,
+        probed.join(", ")
+    );
+    let found = prober::probe_all(&config.discover);
+    for line in discovery::describe(config, None, &found) {
+        eprintln!("modelgate: discovery: {line}");
+    }
+    found
+}
+
+/// A discovery round arrived: log what changed and, when the served models did, build the
+/// next routing table (stats are kept by model name, as on reload).
+fn rediscovered(
+    config: &Config,
+    found: &mut Found,
+    next: Found,
+    metrics: &Metrics,
+) -> Option<Arc<Routes>> {
+    for line in discovery::describe(config, Some(found), &next) {
+        eprintln!("modelgate: discovery: {line}");
+    }
+    let changed = next.serving() != found.serving();
+    *found = next;
+    if !changed {
+        return None;
+    }
+    match build_routes(&discovery::with_discovered(config, found), metrics) {
+        Ok(routes) => {
+            eprintln!(
+                "modelgate: discovery: routing {} models ({} listed)",
+                routes.models.len(),
+                routes.listed.len()
+            );
+            Some(Arc::new(routes))
+        }
+        Err(e) => {
+            eprintln!("modelgate: discovery: cannot build the routing table: {e}");
+            None
+        }
+    }
 }
 
 /// `watchConfig`: poll the config file (following symlinks, so a Kubernetes ConfigMap swap

@@ -70,6 +70,8 @@ pub enum ToServer {
     Reload(Option<ReloadRequest>),
     /// SIGTERM/SIGINT: drain and exit.
     Stop,
+    /// The discovery thread's latest round, when what the backends serve changed.
+    Discovered(crate::discovery::Found),
 }
 
 /// What the workers share: counters and the buffer budget. No locks on the data path.
