@@ -194,6 +194,8 @@ pub const MAX_WORKERS: u64 = 1024;
 pub const MAX_TIMEOUT_SECS: f64 = 31_536_000.0;
 /// `discoverInterval`: how often discovered backends are probed again.
 pub const DEFAULT_DISCOVER_INTERVAL: Duration = Duration::from_secs(5);
+/// Probing more often than this would only load the backends.
+pub const MIN_DISCOVER_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Headers modelgate owns on the upstream request: setting them per model would break framing
 /// (request smuggling) or connection management.
@@ -588,10 +590,14 @@ impl Cx<'_> {
         let watch_config = self.bool("watchConfig", f.get("watchConfig"), false);
         let discover = self.discover(f.get("discover"));
         let discover_interval = match f.get("discoverInterval") {
-            Some(v) => self
-                .seconds("discoverInterval", v, false)
-                .flatten()
-                .unwrap_or(DEFAULT_DISCOVER_INTERVAL),
+            Some(v) => match self.seconds("discoverInterval", v, false).flatten() {
+                Some(d) if d < MIN_DISCOVER_INTERVAL => {
+                    self.problem("discoverInterval", "must be at least 0.1 seconds");
+                    DEFAULT_DISCOVER_INTERVAL
+                }
+                Some(d) => d,
+                None => DEFAULT_DISCOVER_INTERVAL,
+            },
             None => DEFAULT_DISCOVER_INTERVAL,
         };
         let models = self.models(f.get("models"), !discover.is_empty());

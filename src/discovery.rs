@@ -143,7 +143,7 @@ pub fn model_ids(body: &[u8]) -> Result<Vec<String>, String> {
         .ok_or("the model list has no \"data\" array")?;
     let mut ids: Vec<String> = Vec::new();
     for id in data.iter().filter_map(|m| m.get("id")?.as_str()) {
-        if !id.is_empty() && !ids.iter().any(|known| known == id) {
+        if usable_id(id) && !ids.iter().any(|known| known == id) {
             ids.push(id.to_owned());
         }
     }
@@ -160,6 +160,15 @@ pub fn well_known_name(up: &Upstream) -> Option<&'static str> {
         .iter()
         .find(|(_, port)| *port == up.port)
         .map(|(name, _)| *name)
+}
+
+/// The longest model id taken from a backend.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Ids a client could send: not empty, not huge, no control characters (they would only
+/// clutter logs and metrics).
+fn usable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && !id.chars().any(char::is_control)
 }
 
 /// What one round of probes found, in probe order: each backend's model ids, or why it did
@@ -396,6 +405,13 @@ mod tests {
         assert!(model_ids(b"{\"models\":[]}").is_err());
         assert!(model_ids(b"<html>").is_err());
         assert_eq!(model_ids(br#"{"data":[]}"#), Ok(vec![]));
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let odd =
+            format!(r#"{{"data":[{{"id":"{long}"}},{{"id":"a\nb"}},{{"id":"ok/model:7b"}}]}}"#);
+        assert_eq!(
+            model_ids(odd.as_bytes()),
+            Ok(vec!["ok/model:7b".to_string()])
+        );
     }
 
     #[test]
@@ -511,6 +527,10 @@ mod tests {
         assert!(has("discover[4]", "twice"), "{p:?}");
         assert!(has("discover[5]", "query"), "{p:?}");
         assert!(has("discoverInterval", "positive"), "{p:?}");
+        assert!(
+            problems(r#"{"discover": ["http://a:1"], "discoverInterval": 0.01}"#)[0]
+                .contains("at least 0.1")
+        );
         assert!(
             problems(r#"{"discover": "http://a:1"}"#)[0].starts_with("discover: expected a list")
         );

@@ -88,6 +88,15 @@ fn models_of_two_backends_are_routed_to_each() {
 }
 
 #[test]
+fn a_unix_socket_backend_is_discovered() {
+    let dir = TempDir::new();
+    let sock = MockUpstream::openai_unix(dir.join("llm.sock"), "local");
+    let mg = Modelgate::start(&discover_config(&[sock.url()], &[]));
+    assert_eq!(listed(mg.addr()), ["local"]);
+    assert_eq!(routed_to(mg.addr(), "local"), Ok("local".into()));
+}
+
+#[test]
 fn a_backend_that_starts_later_is_picked_up_and_one_that_stops_is_dropped() {
     let alpha = MockUpstream::openai("alpha");
     let late_port = free_port();
