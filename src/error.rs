@@ -8,6 +8,7 @@
 //! backend behind it are `upstream_error`. Error responses are rare, so they may allocate.
 
 use crate::h1::{put_u64 as push_u64, ChunkedError, HeadError};
+use crate::multipart::MultipartError;
 use crate::scan::ScanError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 400 `invalid_json` / `missing_model` / `invalid_model` / `duplicate_model`.
     Scan(ScanError),
+    /// A multipart body that cannot be routed (400 `invalid_multipart` / `missing_model` /
+    /// `invalid_model` / `duplicate_model`).
+    Multipart(MultipartError),
     /// 413 `body_too_large`.
     BodyTooLarge,
     /// 503 `overloaded` (concurrency cap or buffer budget).
@@ -85,10 +89,16 @@ impl From<ScanError> for ApiError {
     }
 }
 
+impl From<MultipartError> for ApiError {
+    fn from(e: MultipartError) -> ApiError {
+        ApiError::Multipart(e)
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::BadRequest(_) | ApiError::Scan(_) => 400,
+            ApiError::BadRequest(_) | ApiError::Scan(_) | ApiError::Multipart(_) => 400,
             ApiError::InvalidApiKey => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::ModelNotFound(_) | ApiError::NotFound => 404,
@@ -121,6 +131,11 @@ impl ApiError {
             ApiError::Scan(ScanError::MissingModel) => "missing_model",
             ApiError::Scan(ScanError::InvalidModel) => "invalid_model",
             ApiError::Scan(ScanError::DuplicateModel) => "duplicate_model",
+            ApiError::Multipart(MultipartError::BadBoundary(_))
+            | ApiError::Multipart(MultipartError::Malformed { .. }) => "invalid_multipart",
+            ApiError::Multipart(MultipartError::MissingModel) => "missing_model",
+            ApiError::Multipart(MultipartError::InvalidModel) => "invalid_model",
+            ApiError::Multipart(MultipartError::DuplicateModel) => "duplicate_model",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::Overloaded => "overloaded",
             ApiError::UpstreamUnavailable => "upstream_unavailable",
@@ -172,6 +187,21 @@ impl ApiError {
             }
             ApiError::Scan(ScanError::DuplicateModel) => {
                 "The top-level 'model' field appears more than once".to_owned()
+            }
+            ApiError::Multipart(MultipartError::BadBoundary(why)) => {
+                format!("Invalid multipart Content-Type: {why}")
+            }
+            ApiError::Multipart(MultipartError::Malformed { offset, reason }) => {
+                format!("The multipart body is malformed: {reason} at byte {offset}")
+            }
+            ApiError::Multipart(MultipartError::MissingModel) => {
+                "The multipart form has no 'model' field".to_owned()
+            }
+            ApiError::Multipart(MultipartError::InvalidModel) => {
+                "The multipart 'model' field must be UTF-8 text of at most 64 KiB".to_owned()
+            }
+            ApiError::Multipart(MultipartError::DuplicateModel) => {
+                "The multipart 'model' field appears more than once".to_owned()
             }
             ApiError::BodyTooLarge => {
                 "The request body is larger than this server accepts (maxBodyBytes)".to_owned()
@@ -408,6 +438,29 @@ mod tests {
             ApiError::UpstreamTimeout,
             ApiError::Internal("reload failed".into()),
         ]
+    }
+
+    #[test]
+    fn multipart_errors_are_400_with_their_own_codes() {
+        use crate::multipart::MultipartError as M;
+        let want = [
+            (M::BadBoundary("x"), "invalid_multipart"),
+            (
+                M::Malformed {
+                    offset: 7,
+                    reason: "r",
+                },
+                "invalid_multipart",
+            ),
+            (M::MissingModel, "missing_model"),
+            (M::InvalidModel, "invalid_model"),
+            (M::DuplicateModel, "duplicate_model"),
+        ];
+        for (e, code) in want {
+            let err = ApiError::from(e);
+            assert_eq!((err.status(), err.code()), (400, code), "{err:?}");
+            assert_eq!(err.error_type(), "invalid_request_error");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod ids;
 mod outbox;
 mod record;
+mod scanner;
 
 use ids::RequestId;
 pub use ids::{InFlight, RequestIds};
@@ -27,6 +28,7 @@ use outbox::{copy_chunk, Chunk, Flush, Outbox};
 
 pub use record::Obs;
 use record::{outcome_of, Record};
+use scanner::BodyScanner;
 
 use crate::accesslog::Outcome;
 use crate::admin;
@@ -40,7 +42,6 @@ use crate::h1::{
 };
 use crate::net::{Io, Peer};
 use crate::router::{self, Route, Routes, Target};
-use crate::scan::ModelScanner;
 use crate::upstream::Sock;
 
 /// Iterations of one connection's loop per turn before yielding to the others (PITFALLS 1).
@@ -117,7 +118,7 @@ struct BodyRead {
     initial: usize,
     body: Vec<Block>,
     tracker: BodyTracker,
-    scanner: ModelScanner,
+    scanner: BodyScanner,
     payload: u64,
     routes: Arc<Routes>,
 }
@@ -719,16 +720,23 @@ impl Conn {
         if head.content_encoded {
             return self.reject(ApiError::UnsupportedMediaType, close_on_error);
         }
+        // JSON, or multipart form data (routed by its `model` field).
+        let content_type = head
+            .content_type
+            .clone()
+            .and_then(|r| self.inbuf.as_ref()?.filled().get(r));
+        let mut scanner = match BodyScanner::for_content_type(content_type) {
+            Ok(scanner) => scanner,
+            Err(err) => return self.reject(err, close_on_error),
+        };
         match head.framing {
             RequestFraming::Empty => {
                 self.consume_head(head.head_len);
-                return self.reject(
-                    ApiError::Scan(crate::scan::ScanError::InvalidJson {
-                        offset: 0,
-                        reason: "empty body",
-                    }),
-                    !head.keep_alive,
-                );
+                let err = match scanner.finish() {
+                    Err(err) => err,
+                    Ok(_) => ApiError::BadRequest("empty body"),
+                };
+                return self.reject(err, !head.keep_alive);
             }
             RequestFraming::Length(n) if routes.max_body_bytes > 0 && n > routes.max_body_bytes => {
                 return self.reject(ApiError::BodyTooLarge, true);
@@ -749,7 +757,7 @@ impl Conn {
             head_block,
             initial: 0,
             body: Vec::new(),
-            scanner: ModelScanner::new(),
+            scanner,
             payload: 0,
             routes,
         });
@@ -767,7 +775,7 @@ impl Conn {
         body.initial = consumed;
         self.rec.bytes_in += consumed as u64;
         match result {
-            Err(ApiError::Scan(_)) if body.tracker.is_done() => {}
+            Err(ApiError::Scan(_) | ApiError::Multipart(_)) if body.tracker.is_done() => {}
             Err(err) => return self.reject(err, true),
             Ok(()) => {}
         }
@@ -818,7 +826,8 @@ impl Conn {
                     match result {
                         // Invalid JSON in a body that ended here: answer like any other
                         // routing error, keeping the connection when the framing allows.
-                        Err(ApiError::Scan(_)) if body.tracker.is_done() => {}
+                        Err(ApiError::Scan(_) | ApiError::Multipart(_))
+                            if body.tracker.is_done() => {}
                         Err(err) => return self.reject(err, true),
                         Ok(()) => {}
                     }
@@ -853,7 +862,7 @@ impl Conn {
                 }
                 None => Err(ApiError::ModelNotFound(model.to_owned())),
             },
-            Err(e) => Err(ApiError::from(e)),
+            Err(e) => Err(e),
         };
         let slot = routed.and_then(|route| {
             let slot = InFlight::acquire(ctx.in_flight, body.routes.max_concurrent_requests)
@@ -1469,10 +1478,10 @@ enum Local {
 
 /// Feeds body bytes to the framing tracker and the payload to the scanner. Returns how
 /// many bytes belong to this body, and the first error (bad framing, over the cap, or
-/// invalid JSON: all final).
+/// invalid JSON or multipart: all final).
 fn observe_body(
     tracker: &mut BodyTracker,
-    scanner: &mut ModelScanner,
+    scanner: &mut BodyScanner,
     payload: &mut u64,
     max_body: u64,
     bytes: &[u8],
@@ -1496,7 +1505,7 @@ fn observe_body(
         return (consumed, Err(ApiError::BodyTooLarge));
     }
     match scan_error {
-        Some(e) => (consumed, Err(ApiError::from(e))),
+        Some(e) => (consumed, Err(e)),
         None => (consumed, Ok(())),
     }
 }

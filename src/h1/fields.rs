@@ -152,6 +152,8 @@ impl TransferEncoding {
 pub(crate) struct ConnectionTokens {
     pub(crate) close: bool,
     pub(crate) keep_alive: bool,
+    /// `upgrade`: the request asks to switch protocols (with an `Upgrade` header).
+    pub(crate) upgrade: bool,
 }
 
 impl ConnectionTokens {
@@ -161,6 +163,8 @@ impl ConnectionTokens {
                 self.close = true;
             } else if t.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if t.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
             }
         }
     }

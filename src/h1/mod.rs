@@ -117,6 +117,11 @@ pub struct RequestHead {
     pub content_encoded: bool,
     /// Value of `X-Request-Id`, if present.
     pub request_id: Option<Range<usize>>,
+    /// Value of the first `Content-Type`, if present (multipart bodies are routed by it).
+    pub content_type: Option<Range<usize>>,
+    /// An HTTP/1.1 WebSocket upgrade: `Connection: upgrade` and `Upgrade: websocket`. Only
+    /// then are the upgrade headers forwarded and a `101` answer turned into a tunnel.
+    pub upgrade: bool,
 }
 
 /// A parsed response head. Ranges index the buffer given to [`parse_response`].

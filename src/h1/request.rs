@@ -94,6 +94,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
         host: fields.host,
         content_encoded: fields.content_encoded,
         request_id: fields.request_id,
+        content_type: fields.content_type,
+        upgrade: http11 && fields.connection.upgrade && fields.upgrade_websocket,
     }))
 }
 
@@ -160,6 +162,9 @@ struct Fields {
     authorization: Option<Range<usize>>,
     content_encoded: bool,
     request_id: Option<Range<usize>>,
+    content_type: Option<Range<usize>>,
+    /// An `Upgrade` field lists `websocket`.
+    upgrade_websocket: bool,
 }
 
 impl Fields {
@@ -188,6 +193,10 @@ impl Fields {
             self.content_encoded |= !v.is_empty() && !v.eq_ignore_ascii_case(b"identity");
         } else if is("x-request-id") && self.request_id.is_none() {
             self.request_id = Some(range_in(buf, value));
+        } else if is("content-type") && self.content_type.is_none() {
+            self.content_type = Some(range_in(buf, value));
+        } else if is("upgrade") {
+            self.upgrade_websocket |= super::fields::has_token(value, b"websocket");
         }
     }
 }
