@@ -45,7 +45,7 @@ pub struct Config {
     pub models: BTreeMap<String, Model>,
     /// Backends whose `GET /v1/models` is routed (key `discover`, plain `http://` or
     /// `unix://`), in probe order: the first one serving a name gets it.
-    pub discover: Vec<Upstream>,
+    pub discover: Vec<Discover>,
     /// How often the `discover` backends are probed again (key `discoverInterval`).
     pub discover_interval: Duration,
 }
@@ -118,6 +118,15 @@ impl Default for Timeouts {
             shutdown: Duration::from_secs(30),
         }
     }
+}
+
+/// One `discover` backend: a URL string, or `{"url": …, "headers": {…}}`.
+#[derive(Debug, Clone)]
+pub struct Discover {
+    pub upstream: Upstream,
+    /// Sent with the probe and set on every request routed to a discovered model, like a
+    /// model's `headers` (an API key, typically).
+    pub headers: Vec<(String, Secret)>,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +246,7 @@ const TIMEOUT_KEYS: &[&str] = &[
 ];
 const MODEL_KEYS: &[&str] = &["url", "headers", "unlisted", "caFile"];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
+const DISCOVER_KEYS: &[&str] = &["url", "headers"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
 
 /// Parses and validates `text`. With `env` = None, secret references are only checked for
@@ -619,31 +629,60 @@ impl Cx<'_> {
         })
     }
 
-    /// `discover`: backend URLs whose `/v1/models` answers become routes. Probes are plain
-    /// HTTP from the discovery thread, so `https://` is refused here rather than failing later.
-    fn discover(&mut self, v: Option<&Json>) -> Vec<Upstream> {
+    /// `discover`: backends whose `/v1/models` answers become routes, each a URL string or
+    /// `{"url": …, "headers": {…}}`. Probes are plain HTTP from the discovery thread, so
+    /// `https://` is refused here rather than failing later.
+    fn discover(&mut self, v: Option<&Json>) -> Vec<Discover> {
         let Some(v) = v else { return Vec::new() };
         let Json::Array(items) = v else {
             self.wrong_type("discover", "a list of backend URLs", v);
             return Vec::new();
         };
-        let mut out: Vec<Upstream> = Vec::new();
+        let mut out: Vec<Discover> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let path = index("discover", i);
-            let Some(url) = self.str(&path, item) else {
+            let (url_path, url, headers) = match item {
+                Json::Object(_) => {
+                    let Some(f) = self.fields(&path, item, DISCOVER_KEYS) else {
+                        continue;
+                    };
+                    let headers = self.headers(&join(&path, "headers"), f.get("headers"));
+                    let url_path = join(&path, "url");
+                    let Some(url) = f.get("url") else {
+                        self.problem(&url_path, "is required");
+                        continue;
+                    };
+                    (url_path, url, headers)
+                }
+                _ => (path.clone(), item, Some(Vec::new())),
+            };
+            let Some(url) = self.str(&url_path, url) else {
                 continue;
             };
-            match parse_upstream_url(url) {
-                Ok(up) if up.scheme == Scheme::Https => self.problem(
-                    &path,
-                    "discovery probes plain http:// or unix:// backends; name an https:// backend under \"models\"",
-                ),
-                Ok(up) if up.query.is_some() => {
-                    self.problem(&path, "must not have a query (\"?...\")")
+            let upstream = match parse_upstream_url(url) {
+                Ok(up) if up.scheme == Scheme::Https => {
+                    self.problem(
+                        &url_path,
+                        "discovery probes plain http:// or unix:// backends; name an https:// backend under \"models\"",
+                    );
+                    continue;
                 }
-                Ok(up) if out.contains(&up) => self.problem(&path, "is listed twice"),
-                Ok(up) => out.push(up),
-                Err(e) => self.problem(&path, e),
+                Ok(up) if up.query.is_some() => {
+                    self.problem(&url_path, "must not have a query (\"?...\")");
+                    continue;
+                }
+                Ok(up) if out.iter().any(|d| d.upstream == up) => {
+                    self.problem(&url_path, "is listed twice");
+                    continue;
+                }
+                Ok(up) => up,
+                Err(e) => {
+                    self.problem(&url_path, e);
+                    continue;
+                }
+            };
+            if let Some(headers) = headers {
+                out.push(Discover { upstream, headers });
             }
         }
         out

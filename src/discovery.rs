@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, Model, Upstream};
+use crate::config::{Config, Discover, Model, Upstream};
 use crate::h1::{self, ChunkedDecoder, Method, Parse, ResponseFraming};
 
 /// Where modelgate listens when it starts without any config file.
@@ -63,14 +63,34 @@ pub fn embedded_config_json(listen: Option<&str>, discover: Option<&str>) -> Str
     doc.to_string()
 }
 
-/// The probe: `GET {base}/v1/models` with `Connection: close`, so the answer ends at EOF at
-/// the latest.
-pub fn probe_request(up: &Upstream) -> Vec<u8> {
-    format!(
-        "GET {}/v1/models HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: modelgate-discovery\r\nConnection: close\r\n\r\n",
-        up.base_path, up.authority
-    )
-    .into_bytes()
+/// The probe: `GET {base}/v1/models` with the backend's headers and `Connection: close`,
+/// so the answer ends at EOF at the latest. A configured header replaces the default of the
+/// same name (`Host`, `Accept`, `User-Agent`).
+pub fn probe_request(backend: &Discover) -> Vec<u8> {
+    let up = &backend.upstream;
+    let mut out = format!("GET {}/v1/models HTTP/1.1\r\n", up.base_path).into_bytes();
+    let defaults = [
+        ("Host", up.authority.as_str()),
+        ("Accept", "application/json"),
+        ("User-Agent", "modelgate-discovery"),
+    ];
+    let configured = |name: &str| {
+        backend
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    for (name, value) in defaults.iter().filter(|(n, _)| !configured(n)) {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    for (name, value) in &backend.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.expose().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out
 }
 
 /// The origin probed, for logs: `http://127.0.0.1:8080`, `unix:/run/llm.sock` (plus the
@@ -201,14 +221,14 @@ impl Found {
 /// Results for backends no longer in `config.discover` are ignored.
 pub fn with_discovered(config: &Config, found: &Found) -> Config {
     let mut next = config.clone();
-    for up in &config.discover {
-        let Some(models) = found.models_of(up) else {
+    for backend in &config.discover {
+        let Some(models) = found.models_of(&backend.upstream) else {
             continue;
         };
         for name in models {
             next.models.entry(name.clone()).or_insert_with(|| Model {
-                upstream: up.clone(),
-                headers: Vec::new(),
+                upstream: backend.upstream.clone(),
+                headers: backend.headers.clone(),
                 unlisted: false,
                 ca_file: None,
             });
@@ -279,7 +299,7 @@ fn names(models: &[String]) -> String {
 fn shadowed(config: &Config, found: &Found) -> Vec<String> {
     let mut owner: BTreeMap<&str, String> = BTreeMap::new();
     let mut lines = Vec::new();
-    for up in &config.discover {
+    for up in config.discover.iter().map(|d| &d.upstream) {
         let Some(models) = found.models_of(up) else {
             continue;
         };
@@ -334,9 +354,9 @@ mod tests {
         let c = config(&embedded_config_json(None, None));
         assert_eq!(c.listen.len(), 1);
         assert_eq!(c.listen[0].to_string(), "127.0.0.1:4000");
-        let ports: Vec<u16> = c.discover.iter().map(|u| u.port).collect();
+        let ports: Vec<u16> = c.discover.iter().map(|d| d.upstream.port).collect();
         assert_eq!(ports, [8080, 8000, 30000, 11434, 1234]);
-        assert!(c.discover.iter().all(|u| u.host == "127.0.0.1"));
+        assert!(c.discover.iter().all(|d| d.upstream.host == "127.0.0.1"));
         assert!(c.models.is_empty());
         assert_eq!(c.discover_interval, config::DEFAULT_DISCOVER_INTERVAL);
     }
@@ -350,15 +370,31 @@ mod tests {
         let c = config(&json);
         assert_eq!(c.listen[0].to_string(), "127.0.0.1:0");
         assert_eq!(c.discover.len(), 2);
-        assert_eq!(c.discover[1].scheme, Scheme::Unix);
+        assert_eq!(c.discover[1].upstream.scheme, Scheme::Unix);
     }
 
     #[test]
     fn probe_request_asks_for_the_model_list_and_closes() {
-        let req = String::from_utf8(probe_request(&up("http://gpu1:8000/base"))).expect("utf8");
+        let plain = Discover {
+            upstream: up("http://gpu1:8000/base"),
+            headers: Vec::new(),
+        };
+        let req = String::from_utf8(probe_request(&plain)).expect("utf8");
         assert!(req.starts_with("GET /base/v1/models HTTP/1.1\r\nHost: gpu1:8000\r\n"));
-        assert!(req.contains("Connection: close\r\n"));
-        assert!(req.ends_with("\r\n\r\n"));
+        assert!(req.ends_with("Connection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn probe_request_carries_the_backend_headers() {
+        let c = config(
+            r#"{"discover": [{"url": "http://gpu1:8000", "headers": {"Authorization": "Bearer k", "host": "h"}}]}"#,
+        );
+        let req = String::from_utf8(probe_request(&c.discover[0])).expect("utf8");
+        assert!(req.contains("\r\nAuthorization: Bearer k\r\n"), "{req}");
+        assert!(
+            req.contains("\r\nhost: h\r\n") && !req.contains("Host: gpu1"),
+            "{req}"
+        );
     }
 
     const LIST: &str = r#"{"object":"list","data":[{"id":"a","object":"model"},{"id":"b"},{"id":"a"},{"id":""},{"x":1}]}"#;
@@ -505,7 +541,7 @@ mod tests {
             r#"{"discover": ["http://gpu1:8000", "unix:///run/llm.sock"], "discoverInterval": 0.5}"#,
         );
         assert_eq!(c.discover.len(), 2);
-        assert_eq!(c.discover[0].host, "gpu1");
+        assert_eq!(c.discover[0].upstream.host, "gpu1");
         assert_eq!(c.discover_interval, std::time::Duration::from_millis(500));
         assert!(c.models.is_empty());
         let c = config(r#"{"discover": ["http://gpu1:8000"], "models": {}}"#);

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use crate::config::{Scheme, Upstream};
+use crate::config::{Discover, Scheme, Upstream};
 use crate::discovery::{self, Found};
 use crate::resolver;
 use crate::worker::ToServer;
@@ -24,7 +24,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_millis(2000);
 pub enum Request {
     /// Probe these backends from now on, every `interval`; probe them at once.
     Backends {
-        list: Vec<Upstream>,
+        list: Vec<Discover>,
         interval: Duration,
     },
 }
@@ -36,9 +36,12 @@ pub fn channel() -> (Sender<Request>, Receiver<Request>) {
 
 /// Probes every backend once, in order (blocking: the discovery thread, or the server
 /// thread before the workers start).
-pub fn probe_all(list: &[Upstream]) -> Found {
+pub fn probe_all(list: &[Discover]) -> Found {
     Found {
-        backends: list.iter().map(|up| (up.clone(), probe(up))).collect(),
+        backends: list
+            .iter()
+            .map(|backend| (backend.upstream.clone(), probe(backend)))
+            .collect(),
     }
 }
 
@@ -46,7 +49,7 @@ pub fn probe_all(list: &[Upstream]) -> Found {
 /// are reported.
 pub fn spawn(
     rx: Receiver<Request>,
-    list: Vec<Upstream>,
+    list: Vec<Discover>,
     interval: Duration,
     last: Found,
     server: Sender<ToServer>,
@@ -59,7 +62,7 @@ pub fn spawn(
 
 fn run(
     rx: Receiver<Request>,
-    mut list: Vec<Upstream>,
+    mut list: Vec<Discover>,
     mut interval: Duration,
     mut last: Found,
     server: Sender<ToServer>,
@@ -95,8 +98,9 @@ fn run(
 }
 
 /// One `GET /v1/models` on a fresh connection: the model ids, or why there are none.
-pub fn probe(up: &Upstream) -> Result<Vec<String>, String> {
-    let request = discovery::probe_request(up);
+pub fn probe(backend: &Discover) -> Result<Vec<String>, String> {
+    let up = &backend.upstream;
+    let request = discovery::probe_request(backend);
     let answer = match (up.scheme, &up.unix_path) {
         (Scheme::Unix, Some(path)) => {
             let stream = UnixStream::connect(path).map_err(|e| reason(&e))?;

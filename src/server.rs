@@ -322,6 +322,7 @@ fn first_discovery(config: &Config) -> Found {
     let probed: Vec<String> = config
         .discover
         .iter()
+        .map(|d| &d.upstream)
         .map(|up| match discovery::well_known_name(up) {
             Some(name) => format!("{} ({name})", discovery::label(up)),
             None => discovery::label(up),

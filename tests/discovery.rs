@@ -219,6 +219,43 @@ fn a_name_on_two_backends_goes_to_the_first_in_probe_order() {
     assert!(log.contains("earlier in the probe order"), "{log}");
 }
 
+#[test]
+fn backend_headers_go_with_the_probe_and_the_routed_requests() {
+    // Like vLLM started with --api-key: everything, /v1/models included, needs the key.
+    let guarded = ScriptedUpstream::start(|conn| {
+        while let Some(req) = conn.read_request() {
+            let result = match (req.header("authorization"), req.path()) {
+                (Some("Bearer sk-backend"), "/v1/models") => {
+                    conn.respond_json(200, r#"{"data":[{"id":"guarded"}]}"#)
+                }
+                (Some("Bearer sk-backend"), _) => conn.respond(200, &["X-Who: guarded"], b"{}"),
+                _ => conn.respond_json(401, r#"{"error":"no key"}"#),
+            };
+            if result.is_err() {
+                return;
+            }
+        }
+    });
+    let config = config_with(
+        &[],
+        serde_json::json!({"discover": [{
+            "url": guarded.url(),
+            "headers": {"Authorization": "Bearer ${env:MG_DISCOVER_KEY}"}
+        }]}),
+    );
+    let mg = Modelgate::start_with(&config, |c| {
+        c.env("MG_DISCOVER_KEY", "sk-backend");
+    });
+    let resp = post_json(
+        mg.addr(),
+        "/v1/chat/completions",
+        &chat_body("guarded", false),
+    );
+    assert_eq!(resp.header("x-who"), Some("guarded"), "{}", resp.text());
+    let log = mg.stderr_lines().join("\n");
+    assert!(!log.contains("sk-backend"), "{log}");
+}
+
 /// modelgate run with no arguments in an empty working directory, its stderr collected.
 struct Bare {
     child: Child,
