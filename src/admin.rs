@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::h1::Method;
-use crate::router::Routes;
+use crate::router::{Route, Routes};
 
 /// `{"status":"ok","models":N}` with N the listed models.
 pub fn health(routes: &Routes) -> Vec<u8> {
@@ -21,35 +21,51 @@ fn status_ok(models: usize) -> Vec<u8> {
     format!("{{\"status\":\"ok\",\"models\":{models}}}").into_bytes()
 }
 
-/// Keys in OpenAI's order: `id`, `object`, `created`, `owned_by`.
-fn write_model_object(routes: &Routes, id: &str, out: &mut String) {
+/// Keys in OpenAI's order: `id`, `object`, `created`, `owned_by`; then the model's
+/// `description` when it has one.
+fn write_model_object(routes: &Routes, id: &str, route: &Route, out: &mut String) {
     out.push_str("{\"id\":");
     out.push_str(&Value::from(id).to_string());
     out.push_str(",\"object\":\"model\",\"created\":");
     out.push_str(&routes.created.to_string());
-    out.push_str(",\"owned_by\":\"modelgate\"}");
+    out.push_str(",\"owned_by\":\"modelgate\"");
+    if let Some(d) = &route.description {
+        out.push_str(",\"description\":");
+        out.push_str(&Value::from(&**d).to_string());
+    }
+    out.push('}');
 }
 
-/// The OpenAI model list: listed models in byte order.
-pub fn list_models(routes: &Routes) -> Vec<u8> {
-    let mut out = String::with_capacity(64 + routes.listed.len() * 96);
+/// The OpenAI model list: listed models and their aliases in byte order, only those the
+/// request's token may use (`token`: its index, None when auth is off).
+pub fn list_models(routes: &Routes, token: Option<usize>) -> Vec<u8> {
+    let mut out = String::with_capacity(64 + routes.catalog.len() * 96);
     out.push_str("{\"object\":\"list\",\"data\":[");
-    for (i, id) in routes.listed.iter().enumerate() {
+    let visible = routes
+        .catalog
+        .iter()
+        .filter(|(_, route)| routes.token_allows(token, route));
+    for (i, (id, route)) in visible.enumerate() {
         if i > 0 {
             out.push(',');
         }
-        write_model_object(routes, id, &mut out);
+        write_model_object(routes, id, route, &mut out);
     }
     out.push_str("]}");
     out.into_bytes()
 }
 
-/// One model object; unlisted models are routable but not shown (404 like unknown ones).
-pub fn get_model(routes: &Routes, id: &str) -> Result<Vec<u8>, ApiError> {
+/// One model object (by name or alias); unlisted models are routable but not shown (404
+/// like unknown ones). A listed model outside the token's scope is 403 `model_not_allowed`,
+/// the same answer a request to it gets.
+pub fn get_model(routes: &Routes, id: &str, token: Option<usize>) -> Result<Vec<u8>, ApiError> {
     match routes.get(id) {
         Some(route) if !route.unlisted => {
+            if !routes.token_allows(token, route) {
+                return Err(ApiError::ModelNotAllowed(id.to_owned()));
+            }
             let mut out = String::with_capacity(128);
-            write_model_object(routes, id, &mut out);
+            write_model_object(routes, id, route, &mut out);
             Ok(out.into_bytes())
         }
         _ => Err(ApiError::ModelNotFound(id.to_owned())),
@@ -85,12 +101,16 @@ mod tests {
                     headers: vec![],
                     unlisted: *unlisted,
                     ca_file: None,
+                    aliases: vec![],
+                    description: None,
+                    max_body_bytes: None,
                 },
             );
         }
         let config = Config {
             listen: vec![Listen::Tcp("127.0.0.1:0".parse().expect("addr"))],
             auth_tokens: vec![],
+            token_rules: vec![],
             max_body_bytes: 0,
             max_concurrent_requests: 0,
             max_buffer_bytes: 1 << 30,
@@ -118,7 +138,7 @@ mod tests {
     fn bodies_keep_the_documented_key_order() {
         let r = routes(&[("a\"b", false)]);
         assert_eq!(health(&r), br#"{"status":"ok","models":1}"#);
-        let list = String::from_utf8(list_models(&r)).expect("utf8");
+        let list = String::from_utf8(list_models(&r, None)).expect("utf8");
         assert!(list
             .starts_with(r#"{"object":"list","data":[{"id":"a\"b","object":"model","created":"#));
     }
@@ -132,7 +152,7 @@ mod tests {
     #[test]
     fn list_is_sorted_by_bytes_and_hides_unlisted() {
         let r = routes(&[("b", false), ("B", false), ("a", false), ("hidden", true)]);
-        let v = parse(&list_models(&r));
+        let v = parse(&list_models(&r, None));
         let ids: Vec<&str> = v["data"]
             .as_array()
             .expect("data")
@@ -145,14 +165,56 @@ mod tests {
         assert_eq!(v["data"][0]["owned_by"], "modelgate");
     }
 
+    fn routes_from(text: &str) -> Routes {
+        let env = crate::secrets::tests::FakeEnv::new();
+        let config = crate::config::from_str(text, Some(&env)).expect("valid config");
+        let metrics = crate::metrics::Metrics::new();
+        let no_tls = &mut |_: Option<&std::path::Path>| Err("no TLS in tests".into());
+        Routes::build(&config, &|_, _| vec![], no_tls, &metrics).expect("routes")
+    }
+
+    fn ids(body: &[u8]) -> Vec<String> {
+        parse(body)["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn list_shows_aliases_descriptions_and_only_what_the_token_may_use() {
+        let r = routes_from(
+            r#"{"authTokens": ["all", {"token": "t", "models": ["chat"]}], "models": {
+                "chat": {"url": "http://127.0.0.1:1", "aliases": ["gpt4"], "description": "Chat \"v2\""},
+                "vision": {"url": "http://127.0.0.1:2"}
+            }}"#,
+        );
+        assert_eq!(ids(&list_models(&r, None)), ["chat", "gpt4", "vision"]);
+        assert_eq!(ids(&list_models(&r, Some(0))), ["chat", "gpt4", "vision"]);
+        assert_eq!(ids(&list_models(&r, Some(1))), ["chat", "gpt4"]);
+        let v = parse(&list_models(&r, None));
+        assert_eq!(v["data"][0]["description"], "Chat \"v2\"");
+        assert_eq!(v["data"][1]["description"], "Chat \"v2\"");
+        assert!(v["data"][2].get("description").is_none());
+        let one = parse(&get_model(&r, "gpt4", Some(1)).expect("in scope"));
+        assert_eq!(one["id"], "gpt4");
+        assert_eq!(one["description"], "Chat \"v2\"");
+        assert_eq!(
+            get_model(&r, "vision", Some(1)),
+            Err(ApiError::ModelNotAllowed("vision".into()))
+        );
+        assert!(get_model(&r, "vision", Some(0)).is_ok());
+    }
+
     #[test]
     fn get_model_finds_listed_and_hides_unlisted() {
         let r = routes(&[("Qwen/Qwen3-8B", false), ("hidden", true)]);
         assert_eq!(
-            parse(&get_model(&r, "Qwen/Qwen3-8B").expect("found"))["id"],
+            parse(&get_model(&r, "Qwen/Qwen3-8B", None).expect("found"))["id"],
             "Qwen/Qwen3-8B"
         );
-        assert!(get_model(&r, "hidden").is_err());
-        assert!(get_model(&r, "nope").is_err());
+        assert!(get_model(&r, "hidden", None).is_err());
+        assert!(get_model(&r, "nope", None).is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! Bearer-token gate (SPEC.md §3, PITFALLS.md item 20).
 //!
-//! Owns: parsing an `Authorization` value and the constant-time comparison against the
-//! configured tokens. It never logs and never returns which token matched.
+//! Owns: parsing an `Authorization` value, the constant-time lookup of the presented token
+//! among the configured ones, and the model-name globs that scope a token. It never logs a
+//! token; the index of the matching token is computed without branching on which one matched.
 
-use subtle::{Choice, ConstantTimeEq};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use crate::secrets::Secret;
 
@@ -55,11 +56,79 @@ fn trim_ows_end(mut s: &[u8]) -> &[u8] {
 /// secret, its content is. Every token is compared and the results are OR-ed, so timing does
 /// not reveal which token (or whether an early one) matched.
 pub fn token_matches(presented: &[u8], tokens: &[Secret]) -> bool {
+    find_token(presented, tokens).is_some()
+}
+
+/// The index of the token equal to `presented`, found in constant time: every token is
+/// compared and the index is picked with a conditional select, so neither the timing nor a
+/// branch depends on which token (or whether an early one) matched. The index is what the
+/// caller needs for the token's scope and rate limit. Duplicate tokens are refused by the
+/// config; were there any, the last one would win.
+pub fn find_token(presented: &[u8], tokens: &[Secret]) -> Option<usize> {
     let mut any = Choice::from(0u8);
-    for token in tokens {
-        any |= token.expose().as_bytes().ct_eq(presented);
+    let mut index = 0u64;
+    for (i, token) in tokens.iter().enumerate() {
+        let eq = token.expose().as_bytes().ct_eq(presented);
+        index = u64::conditional_select(&index, &(i as u64), eq);
+        any |= eq;
     }
-    any.into()
+    if bool::from(any) {
+        usize::try_from(index).ok()
+    } else {
+        None
+    }
+}
+
+/// True when `name` matches the glob `pattern`: `*` matches any run of characters (`/`
+/// included), `?` exactly one character, everything else itself (case-sensitive, like model
+/// routing). No escapes: model names with a literal `*` are matched by `*` or `?`.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    // The last `*` seen and the name position it currently swallows up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                // Let the last `*` swallow one more character and retry after it.
+                Some((sp, sn)) => {
+                    star = Some((sp, sn + 1));
+                    pi = sp + 1;
+                    ni = sn + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Which models a token may use: every model (a plain string entry), or those whose name
+/// or alias matches one of the globs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Scope {
+    #[default]
+    All,
+    Models(Vec<String>),
+}
+
+impl Scope {
+    /// True when any of `names` (a route's name and its aliases) is in scope.
+    pub fn allows<'a>(&self, mut names: impl Iterator<Item = &'a str>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Models(globs) => names.any(|n| globs.iter().any(|g| glob_matches(g, n))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +212,70 @@ mod tests {
     #[test]
     fn no_tokens_match_nothing() {
         assert!(!token_matches(b"one", &[]));
+    }
+
+    #[test]
+    fn find_token_returns_the_matching_index() {
+        let t = tokens(&["one", "two", "three"]);
+        assert_eq!(find_token(b"one", &t), Some(0));
+        assert_eq!(find_token(b"two", &t), Some(1));
+        assert_eq!(find_token(b"three", &t), Some(2));
+        assert_eq!(find_token(b"four", &t), None);
+        assert_eq!(find_token(b"", &t), None);
+        assert_eq!(find_token(b"one", &[]), None);
+    }
+
+    #[test]
+    fn glob_literal_matches_only_itself() {
+        assert!(glob_matches("gpt-4o", "gpt-4o"));
+        assert!(!glob_matches("gpt-4o", "gpt-4o-mini"));
+        assert!(!glob_matches("gpt-4o", "gpt-4"));
+        assert!(!glob_matches("GPT-4o", "gpt-4o"));
+        assert!(glob_matches("", ""));
+        assert!(!glob_matches("", "a"));
+    }
+
+    #[test]
+    fn glob_star_matches_any_run() {
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("*", "Qwen/Qwen3-8B"));
+        assert!(glob_matches("qwen*", "qwen"));
+        assert!(glob_matches("qwen*", "qwen3-coder"));
+        assert!(!glob_matches("qwen*", "Qwen3"));
+        assert!(glob_matches("*-mini", "gpt-4o-mini"));
+        assert!(!glob_matches("*-mini", "gpt-4o-mini2"));
+        assert!(glob_matches("a*b*c", "a-b-b-c"));
+        assert!(!glob_matches("a*b*c", "a-c-b"));
+        assert!(glob_matches("**x", "yyx"));
+        assert!(glob_matches("Qwen/*", "Qwen/Qwen3-8B"));
+    }
+
+    #[test]
+    fn glob_question_mark_matches_one_char() {
+        assert!(glob_matches("gpt-?", "gpt-4"));
+        assert!(!glob_matches("gpt-?", "gpt-"));
+        assert!(!glob_matches("gpt-?", "gpt-4o"));
+        assert!(glob_matches("?é?", "aéb"));
+    }
+
+    #[test]
+    fn glob_backtracking_stays_correct_on_repeats() {
+        assert!(glob_matches("*aab", "aaaaaab"));
+        assert!(!glob_matches("*aab", "aaaaaa"));
+        assert!(glob_matches("*a*a*a*b", &format!("{}b", "a".repeat(50))));
+        assert!(!glob_matches("*a*a*a*b", &"a".repeat(50)));
+    }
+
+    #[test]
+    fn scope_all_allows_everything_and_models_checks_every_name() {
+        assert!(Scope::All.allows(["x"].into_iter()));
+        let s = Scope::Models(vec!["chat".into(), "vision-*".into()]);
+        assert!(s.allows(["chat"].into_iter()));
+        assert!(s.allows(["vision-large"].into_iter()));
+        assert!(!s.allows(["embed"].into_iter()));
+        // A route is in scope when its name or any alias matches.
+        assert!(s.allows(["big-model", "chat"].into_iter()));
+        assert!(!s.allows(std::iter::empty()));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 mod addr;
 mod json;
+mod model_extras;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,12 +25,16 @@ use crate::secrets::{self, Secret, SecretEnv};
 
 pub use addr::{listen_host, parse_listen, parse_upstream_url};
 use json::Json;
+pub use tokens::TokenRules;
 
 /// A validated config with secrets expanded (or, for `--check`, left as written).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<Listen>,
+    /// Every bearer token: `authTokens` entries, then `api_key`, then `api_keys` values.
     pub auth_tokens: Vec<Secret>,
+    /// Each token's model scope and rate limit, at the same index as in `auth_tokens`.
+    pub token_rules: Vec<TokenRules>,
     /// 0 = no cap.
     pub max_body_bytes: u64,
     /// 0 = no cap.
@@ -136,6 +142,12 @@ pub struct Model {
     pub headers: Vec<(String, Secret)>,
     pub unlisted: bool,
     pub ca_file: Option<PathBuf>,
+    /// More names that route here (`aliases`), listed alongside the model.
+    pub aliases: Vec<String>,
+    /// Shown in `/v1/models` (nginx-llm-proxy's `description`).
+    pub description: Option<String>,
+    /// This model's body cap (`maxBodyBytes`, 0 = none); None = the global one.
+    pub max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -235,6 +247,8 @@ const TOP_KEYS: &[&str] = &[
     "models",
     "discover",
     "discoverInterval",
+    "api_key",
+    "api_keys",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "header",
@@ -244,7 +258,16 @@ const TIMEOUT_KEYS: &[&str] = &[
     "keepAlive",
     "shutdown",
 ];
-const MODEL_KEYS: &[&str] = &["url", "headers", "unlisted", "caFile"];
+const MODEL_KEYS: &[&str] = &[
+    "url",
+    "headers",
+    "unlisted",
+    "caFile",
+    "aliases",
+    "description",
+    "maxBodyBytes",
+    "backend",
+];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
 const DISCOVER_KEYS: &[&str] = &["url", "headers"];
 const TLS_KEYS: &[&str] = &["cert", "key"];
@@ -565,7 +588,7 @@ impl Cx<'_> {
     fn config(&mut self, root: &Json) -> Option<Config> {
         let f = self.fields("", root, TOP_KEYS)?;
         let listen = self.listen_all(&f);
-        let auth_tokens = self.auth_tokens(f.get("authTokens"));
+        let (auth_tokens, token_rules) = self.all_tokens(&f);
         let max_body_bytes = self.uint_in(
             "maxBodyBytes",
             f.get("maxBodyBytes"),
@@ -614,6 +637,7 @@ impl Cx<'_> {
         Some(Config {
             listen,
             auth_tokens,
+            token_rules,
             max_body_bytes,
             max_concurrent_requests,
             max_buffer_bytes,
@@ -852,47 +876,6 @@ impl Cx<'_> {
         }
     }
 
-    fn auth_tokens(&mut self, v: Option<&Json>) -> Vec<Secret> {
-        let Some(v) = v else { return Vec::new() };
-        let Json::Array(items) = v else {
-            self.wrong_type("authTokens", "a list of strings", v);
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let path = index("authTokens", i);
-            let Some(template) = self.str(&path, item) else {
-                continue;
-            };
-            if template.is_empty() {
-                self.problem(
-                    &path,
-                    "is empty (an empty bearer token would match nothing)",
-                );
-                continue;
-            }
-            let expanded = self.env.is_some() || !secrets::has_references(template);
-            let Some(token) = self.secret(&path, template) else {
-                continue;
-            };
-            if expanded {
-                if token.expose().is_empty() {
-                    self.problem(&path, "expands to an empty token");
-                    continue;
-                }
-                if token.expose().bytes().any(|b| b <= b' ' || b == 0x7f) {
-                    self.problem(
-                        &path,
-                        "contains whitespace or a control character, which a bearer token cannot",
-                    );
-                    continue;
-                }
-            }
-            out.push(token);
-        }
-        out
-    }
-
     fn timeouts(&mut self, v: Option<&Json>) -> Timeouts {
         let mut t = Timeouts::default();
         let Some(v) = v else { return t };
@@ -955,6 +938,7 @@ impl Cx<'_> {
                 out.insert(name.clone(), model);
             }
         }
+        self.check_aliases(&out);
         out
     }
 
@@ -962,6 +946,7 @@ impl Cx<'_> {
         let f = self.fields(path, v, MODEL_KEYS)?;
         let url_path = join(path, "url");
         let upstream = match f.get("url") {
+            None if f.get("backend").is_some() => self.backend(path, &f),
             None => {
                 self.problem(&url_path, "is required");
                 None
@@ -979,11 +964,18 @@ impl Cx<'_> {
         let headers = self.headers(&join(path, "headers"), f.get("headers"));
         let unlisted = self.bool(&join(path, "unlisted"), f.get("unlisted"), false);
         let ca_file = self.ca_file(&join(path, "caFile"), f.get("caFile"), upstream.as_ref());
+        if f.get("url").is_some() && f.get("backend").is_some() {
+            self.backend(path, &f); // reports the clash
+        }
+        let extras = self.model_extras(path, &f)?;
         Some(Model {
             upstream: upstream?,
             headers: headers?,
             unlisted,
             ca_file: ca_file?,
+            aliases: extras.aliases,
+            description: extras.description,
+            max_body_bytes: extras.max_body_bytes,
         })
     }
 

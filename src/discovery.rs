@@ -226,11 +226,18 @@ pub fn with_discovered(config: &Config, found: &Found) -> Config {
             continue;
         };
         for name in models {
+            // A static model's alias is a static name too.
+            if config.models.values().any(|m| m.aliases.contains(name)) {
+                continue;
+            }
             next.models.entry(name.clone()).or_insert_with(|| Model {
                 upstream: backend.upstream.clone(),
                 headers: backend.headers.clone(),
                 unlisted: false,
                 ca_file: None,
+                aliases: Vec::new(),
+                description: None,
+                max_body_bytes: None,
             });
         }
     }

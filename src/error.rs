@@ -29,6 +29,10 @@ pub enum ApiError {
     Forbidden(&'static str),
     /// Unknown model (404 `model_not_found`), naming it.
     ModelNotFound(String),
+    /// A scoped token used for a model outside its scope (403 `model_not_allowed`).
+    ModelNotAllowed(String),
+    /// The token's rate limit is spent (429 `rate_limited`, `Retry-After` in whole seconds).
+    RateLimited { retry_after_secs: u64 },
     /// A local path with nothing there (404 `not_found`).
     NotFound,
     /// 405 on a local endpoint with a wrong method.
@@ -100,12 +104,13 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::Scan(_) | ApiError::Multipart(_) => 400,
             ApiError::InvalidApiKey => 401,
-            ApiError::Forbidden(_) => 403,
+            ApiError::Forbidden(_) | ApiError::ModelNotAllowed(_) => 403,
             ApiError::ModelNotFound(_) | ApiError::NotFound => 404,
             ApiError::MethodNotAllowed => 405,
             ApiError::RequestTimeout => 408,
             ApiError::BodyTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
+            ApiError::RateLimited { .. } => 429,
             ApiError::HeadTooLarge => 431,
             ApiError::Internal(_) => 500,
             ApiError::NotImplemented(_) => 501,
@@ -125,6 +130,8 @@ impl ApiError {
             ApiError::InvalidApiKey => "invalid_api_key",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::ModelNotAllowed(_) => "model_not_allowed",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Scan(ScanError::InvalidJson { .. }) => "invalid_json",
@@ -149,6 +156,8 @@ impl ApiError {
         match self {
             ApiError::UpstreamUnavailable | ApiError::UpstreamTimeout => "upstream_error",
             ApiError::Overloaded | ApiError::Internal(_) => "server_error",
+            // OpenAI's type for its own 429s.
+            ApiError::RateLimited { .. } => "requests",
             _ => "invalid_request_error",
         }
     }
@@ -174,6 +183,12 @@ impl ApiError {
             ApiError::ModelNotFound(model) => format!(
                 "The model '{model}' does not exist. GET /v1/models lists the available models."
             ),
+            ApiError::ModelNotAllowed(model) => {
+                format!("This API key is not allowed to use the model '{model}'.")
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                format!("Rate limit reached for this API key; retry in {retry_after_secs} s.")
+            }
             ApiError::NotFound => "Not found".to_owned(),
             ApiError::MethodNotAllowed => "Method not allowed on this endpoint".to_owned(),
             ApiError::Scan(ScanError::InvalidJson { offset, reason }) => {
@@ -261,9 +276,14 @@ pub fn write_error_response_with_id(
     let body = err.body();
     let status = err.status();
     write_status_and_common(status, body.len(), out);
-    match status {
-        401 => out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
-        503 => out.extend_from_slice(b"Retry-After: 1\r\n"),
+    match (status, err) {
+        (401, _) => out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
+        (503, _) => out.extend_from_slice(b"Retry-After: 1\r\n"),
+        (_, ApiError::RateLimited { retry_after_secs }) => {
+            out.extend_from_slice(b"Retry-After: ");
+            push_u64(out, *retry_after_secs);
+            out.extend_from_slice(b"\r\n");
+        }
         _ => {}
     }
     if !request_id.is_empty() {
@@ -437,6 +457,10 @@ mod tests {
             ApiError::UpstreamUnavailable,
             ApiError::UpstreamTimeout,
             ApiError::Internal("reload failed".into()),
+            ApiError::ModelNotAllowed("gpt-x".into()),
+            ApiError::RateLimited {
+                retry_after_secs: 3,
+            },
         ]
     }
 
@@ -485,6 +509,8 @@ mod tests {
             (502, "upstream_unavailable"),
             (504, "upstream_timeout"),
             (500, "internal_error"),
+            (403, "model_not_allowed"),
+            (429, "rate_limited"),
         ];
         for (err, (status, code)) in all_errors().iter().zip(want) {
             assert_eq!((err.status(), err.code()), (status, code), "{err:?}");
@@ -531,6 +557,27 @@ mod tests {
         assert_eq!(status, 503);
         assert_eq!(header(&hs, "retry-after"), Some("1"));
         assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_retry() {
+        let (status, hs, v) = respond(&ApiError::RateLimited {
+            retry_after_secs: 42,
+        });
+        assert_eq!(status, 429);
+        assert_eq!(header(&hs, "retry-after"), Some("42"));
+        assert_eq!(v["error"]["code"], "rate_limited");
+    }
+
+    #[test]
+    fn model_not_allowed_is_403_naming_the_model() {
+        let (status, hs, v) = respond(&ApiError::ModelNotAllowed("vision".into()));
+        assert_eq!(status, 403);
+        assert_eq!(header(&hs, "retry-after"), None);
+        assert_eq!(v["error"]["code"], "model_not_allowed");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'vision'")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! modelgate: a tiny, fast, stateless HTTP router for OpenAI-compatible LLM inference.
 //!
 //! Layers (imports point downward only; `tests/layering.rs` enforces it):
-//! - L0 pure: `buf`, `timer`, `config`, `secrets`, `auth`, `scan`, `multipart`, `router`, `h1`, `error`
+//! - L0 pure: `buf`, `timer`, `config`, `secrets`, `auth`, `ratelimit`, `scan`, `multipart`, `router`, `h1`, `error`
 //! - L1 transport: `net`
 //! - L2 protocol: `conn`, `upstream`, `admin`
 //! - L3 runtime: `cli`, `server`, `worker` (and `main.rs`)
@@ -17,6 +17,7 @@ pub mod error;
 pub mod h1;
 pub mod metrics;
 pub mod multipart;
+pub mod ratelimit;
 pub mod router;
 pub mod scan;
 pub mod secrets;

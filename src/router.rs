@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::auth::Scope;
 use crate::config::{Config, Scheme, Timeouts, Upstream};
+use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelStats};
+use crate::ratelimit::{self, Bucket};
 use crate::secrets::Secret;
 
 /// Where one model's requests go.
@@ -35,6 +38,28 @@ pub struct Route {
     pub stats: Arc<ModelStats>,
     /// `scheme://authority` (or `unix:path`) for the access log.
     pub upstream_label: Box<str>,
+    /// Other names that route here; requests are counted under `name`.
+    pub aliases: Vec<String>,
+    /// Shown in `/v1/models`.
+    pub description: Option<Box<str>>,
+    /// The body cap once this route is known: the model's `maxBodyBytes`, else the global
+    /// one (0 = none).
+    pub max_body_bytes: u64,
+}
+
+impl Route {
+    /// The route's name and its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+}
+
+/// What one bearer token may do (index-aligned with `Routes::auth_tokens`).
+#[derive(Debug)]
+pub struct TokenPolicy {
+    pub scope: Scope,
+    /// The token's bucket, shared by every worker; None = unlimited.
+    pub bucket: Option<Bucket>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +79,18 @@ pub struct Routes {
     /// Listed model names in byte order (`/v1/models`).
     pub listed: Vec<String>,
     pub auth_tokens: Vec<Secret>,
+    /// Scope and rate limit of each token in `auth_tokens`.
+    pub token_policies: Vec<TokenPolicy>,
+    /// Alias → route (the route's own name is in `models`).
+    pub aliases: HashMap<String, Arc<Route>>,
+    /// Every name `/v1/models` may show (listed routes' names and aliases), in byte order.
+    pub catalog: Vec<(String, Arc<Route>)>,
+    /// The global `maxBodyBytes` (0 = none).
     pub max_body_bytes: u64,
+    /// How much body is read while the model is not yet known: the largest cap of any route
+    /// (0 = none), so a model allowed more than the global cap can still be read; the
+    /// route's own cap is applied once the model is known.
+    pub read_body_limit: u64,
     pub max_concurrent_requests: u64,
     pub timeouts: Timeouts,
     pub access_log: bool,
@@ -123,6 +159,9 @@ impl Routes {
                 _ => None,
             };
             let route = Route {
+                aliases: model.aliases.clone(),
+                description: model.description.as_deref().map(Box::from),
+                max_body_bytes: model.max_body_bytes.unwrap_or(config.max_body_bytes),
                 name: name.clone(),
                 upstream: up.clone(),
                 addrs,
@@ -137,6 +176,31 @@ impl Routes {
             models.insert(name.clone(), Arc::new(route));
         }
         listed.sort();
+        let mut aliases = HashMap::new();
+        let mut catalog = Vec::new();
+        for route in models.values() {
+            for alias in &route.aliases {
+                aliases.insert(alias.clone(), Arc::clone(route));
+            }
+            if !route.unlisted {
+                catalog.extend(route.names().map(|n| (n.to_owned(), Arc::clone(route))));
+            }
+        }
+        catalog.sort_by(|a, b| a.0.cmp(&b.0));
+        let caps = models.values().map(|r| r.max_body_bytes);
+        let read_body_limit = if caps.clone().any(|c| c == 0) || config.max_body_bytes == 0 {
+            0
+        } else {
+            caps.fold(config.max_body_bytes, u64::max)
+        };
+        let token_policies = config
+            .token_rules
+            .iter()
+            .map(|r| TokenPolicy {
+                scope: r.scope.clone(),
+                bucket: r.rate.map(Bucket::new),
+            })
+            .collect();
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -145,7 +209,11 @@ impl Routes {
             models,
             listed,
             auth_tokens: config.auth_tokens.clone(),
+            token_policies,
+            aliases,
+            catalog,
             max_body_bytes: config.max_body_bytes,
+            read_body_limit,
             max_concurrent_requests: config.max_concurrent_requests,
             timeouts: config.timeouts.clone(),
             access_log: config.access_log,
@@ -154,8 +222,31 @@ impl Routes {
         })
     }
 
+    /// The route for a model name or alias.
     pub fn get(&self, name: &str) -> Option<&Arc<Route>> {
-        self.models.get(name)
+        self.models.get(name).or_else(|| self.aliases.get(name))
+    }
+
+    /// True when the request's token (the index from `auth::find_token`; None when auth is
+    /// off) may use `route`: by any of the route's names.
+    pub fn token_allows(&self, token: Option<usize>, route: &Route) -> bool {
+        match token.and_then(|i| self.token_policies.get(i)) {
+            Some(policy) => policy.scope.allows(route.names()),
+            None => true,
+        }
+    }
+
+    /// Counts one request against the token's rate limit at `now`.
+    pub fn admit(&self, token: Option<usize>, now: Instant) -> Result<(), ApiError> {
+        let bucket = token
+            .and_then(|i| self.token_policies.get(i))
+            .and_then(|p| p.bucket.as_ref());
+        match bucket.map(|b| b.try_acquire(now)) {
+            Some(Err(wait)) => Err(ApiError::RateLimited {
+                retry_after_secs: ratelimit::retry_after_secs(wait),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Every upstream host name to keep resolved (`host:port`, without duplicates).
@@ -285,6 +376,83 @@ fn hex_value(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn routes_from(text: &str) -> Routes {
+        let env = crate::secrets::tests::FakeEnv::new();
+        let config = crate::config::from_str(text, Some(&env)).expect("valid config");
+        let no_tls = &mut |_: Option<&Path>| Err("no TLS in tests".into());
+        Routes::build(&config, &|_, _| vec![], no_tls, &Metrics::new()).expect("routes")
+    }
+
+    #[test]
+    fn aliases_reach_the_same_route_and_are_catalogued_unless_unlisted() {
+        let r = routes_from(
+            r#"{"models": {
+                "chat": {"url": "http://127.0.0.1:1", "aliases": ["gpt-4o", "gpt4"]},
+                "hidden": {"url": "http://127.0.0.1:2", "unlisted": true, "aliases": ["h2"]}
+            }}"#,
+        );
+        let chat = r.get("chat").expect("chat");
+        assert!(Arc::ptr_eq(chat, r.get("gpt-4o").expect("alias")));
+        assert!(Arc::ptr_eq(chat, r.get("gpt4").expect("alias")));
+        assert_eq!(r.get("h2").expect("unlisted alias routes").name, "hidden");
+        let names: Vec<&str> = r.catalog.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["chat", "gpt-4o", "gpt4"]);
+        // Counts stay per model.
+        assert_eq!((r.models.len(), r.listed.len()), (2, 1));
+    }
+
+    #[test]
+    fn read_body_limit_is_the_largest_cap() {
+        let caps = |global: &str, a: &str, b: &str| {
+            let r = routes_from(&format!(
+                r#"{{"maxBodyBytes": {global}, "models": {{
+                    "a": {{"url": "http://127.0.0.1:1"{a}}},
+                    "b": {{"url": "http://127.0.0.1:2"{b}}}
+                }}}}"#
+            ));
+            let ra = r.get("a").expect("a").max_body_bytes;
+            let rb = r.get("b").expect("b").max_body_bytes;
+            (r.read_body_limit, ra, rb)
+        };
+        assert_eq!(caps("100", "", ""), (100, 100, 100));
+        assert_eq!(
+            caps("100", r#","maxBodyBytes":5000"#, ""),
+            (5000, 5000, 100)
+        );
+        assert_eq!(caps("100", r#","maxBodyBytes":10"#, ""), (100, 10, 100));
+        assert_eq!(caps("100", r#","maxBodyBytes":0"#, ""), (0, 0, 100));
+        assert_eq!(caps("0", r#","maxBodyBytes":10"#, ""), (0, 10, 0));
+    }
+
+    #[test]
+    fn token_scope_and_rate_come_from_the_token_index() {
+        let r = routes_from(
+            r#"{"authTokens": ["all", {"token": "scoped", "models": ["gpt*"], "requestsPerMinute": 60, "burst": 1}],
+                "models": {
+                "chat": {"url": "http://127.0.0.1:1", "aliases": ["gpt-4o"]},
+                "embed": {"url": "http://127.0.0.1:2"}
+            }}"#,
+        );
+        let chat = r.get("chat").expect("chat");
+        let embed = r.get("embed").expect("embed");
+        assert!(r.token_allows(None, embed));
+        assert!(r.token_allows(Some(0), embed));
+        // Allowed by its alias: scope grants routes, by any of their names.
+        assert!(r.token_allows(Some(1), chat));
+        assert!(!r.token_allows(Some(1), embed));
+        let now = Instant::now();
+        assert!(r.admit(Some(0), now).is_ok());
+        assert!(r.admit(Some(0), now).is_ok());
+        assert!(r.admit(Some(1), now).is_ok());
+        assert_eq!(
+            r.admit(Some(1), now),
+            Err(ApiError::RateLimited {
+                retry_after_secs: 1
+            })
+        );
+        assert!(r.admit(None, now).is_ok());
+    }
 
     #[test]
     fn health_ignores_the_query() {

@@ -941,7 +941,7 @@ fn unset_token_variable_names_index() {
 fn auth_tokens_as_string_is_error() {
     assert_eq!(
         one(&with_top(r#""authTokens": "tok""#)),
-        "authTokens: expected a list of strings, found a string"
+        "authTokens: expected a list of tokens (strings or {\"token\": …} objects), found a string"
     );
 }
 
@@ -949,7 +949,7 @@ fn auth_tokens_as_string_is_error() {
 fn auth_token_not_a_string_is_error() {
     assert_eq!(
         one(&with_top(r#""authTokens": [1]"#)),
-        "authTokens[0]: expected a string, found a number"
+        "authTokens[0]: expected a string or {\"token\": …}, found a number"
     );
 }
 

@@ -221,6 +221,9 @@ pub struct Conn {
     pending_head: usize,
     /// The current request is HTTP/1.0: a persistent connection must be announced.
     http10: bool,
+    /// The current request's bearer token (its index in the routes the request started
+    /// with; None when auth is off): its model scope is checked once the model is known.
+    token: Option<usize>,
 }
 
 enum Flow {
@@ -256,6 +259,7 @@ impl Conn {
             close_outcome: Outcome::ClientAbort,
             pending_head: 0,
             http10: false,
+            token: None,
         }
     }
 
@@ -561,15 +565,20 @@ impl Conn {
         };
         let needs_auth =
             !routes.auth_tokens.is_empty() && !matches!(decision, Decision::Local(Local::Health));
+        self.token = None;
         if needs_auth {
             let presented = head
                 .authorization
                 .clone()
                 .and_then(|r| raw.get(r))
                 .and_then(auth::bearer_token);
-            let ok = presented.is_some_and(|t| auth::token_matches(t, &routes.auth_tokens));
-            if !ok {
+            self.token = presented.and_then(|t| auth::find_token(t, &routes.auth_tokens));
+            if self.token.is_none() {
                 return self.reject(ApiError::InvalidApiKey, close_on_error);
+            }
+            // Every authenticated request counts against the token's rate limit.
+            if let Err(err) = routes.admit(self.token, ctx.now) {
+                return self.reject(err, close_on_error);
             }
         }
         match decision {
@@ -581,8 +590,8 @@ impl Conn {
                 let json = "application/json";
                 let body = match local {
                     Local::Health => Ok((json, admin::health(&routes))),
-                    Local::List => Ok((json, admin::list_models(&routes))),
-                    Local::Get(id) => admin::get_model(&routes, &id).map(|b| (json, b)),
+                    Local::List => Ok((json, admin::list_models(&routes, self.token))),
+                    Local::Get(id) => admin::get_model(&routes, &id, self.token).map(|b| (json, b)),
                     Local::Metrics => {
                         let in_flight = ctx.in_flight.load(Ordering::Relaxed);
                         let text = ctx.obs.metrics.render(in_flight).into_bytes();
@@ -661,8 +670,11 @@ impl Conn {
             return self.reject(ApiError::ModelNotFound(model.to_owned()), close_on_error);
         };
         self.rec.route = Some(Arc::clone(&route));
+        if !routes.token_allows(self.token, &route) {
+            return self.reject(ApiError::ModelNotAllowed(model.to_owned()), close_on_error);
+        }
         if let RequestFraming::Length(n) = head.framing {
-            if routes.max_body_bytes > 0 && n > routes.max_body_bytes {
+            if route.max_body_bytes > 0 && n > route.max_body_bytes {
                 return self.reject(ApiError::BodyTooLarge, true);
             }
         }
@@ -701,13 +713,14 @@ impl Conn {
         self.consume_head(head.head_len);
         let mut to_upstream = Outbox::retaining(!streaming);
         to_upstream.push(head_chunk);
+        let max_body = route.max_body_bytes;
         self.phase = Phase::Proxy(Box::new(Exchange::new(
             route,
             &head,
             to_upstream,
             stream,
             resp_buf,
-            routes.max_body_bytes,
+            max_body,
             slot,
             ctx.now,
         )));
@@ -738,7 +751,9 @@ impl Conn {
                 };
                 return self.reject(err, !head.keep_alive);
             }
-            RequestFraming::Length(n) if routes.max_body_bytes > 0 && n > routes.max_body_bytes => {
+            RequestFraming::Length(n)
+                if routes.read_body_limit > 0 && n > routes.read_body_limit =>
+            {
                 return self.reject(ApiError::BodyTooLarge, true);
             }
             _ => {}
@@ -769,7 +784,7 @@ impl Conn {
             &mut body.tracker,
             &mut body.scanner,
             &mut body.payload,
-            body.routes.max_body_bytes,
+            body.routes.read_body_limit,
             bytes,
         );
         body.initial = consumed;
@@ -819,7 +834,7 @@ impl Conn {
                         &mut body.tracker,
                         &mut body.scanner,
                         &mut body.payload,
-                        body.routes.max_body_bytes,
+                        body.routes.read_body_limit,
                         &block.filled()[start..],
                     );
                     self.rec.bytes_in += consumed as u64;
@@ -858,7 +873,14 @@ impl Conn {
             Ok(model) => match body.routes.get(model) {
                 Some(route) => {
                     self.rec.route = Some(Arc::clone(route));
-                    Ok(Arc::clone(route))
+                    if !body.routes.token_allows(self.token, route) {
+                        Err(ApiError::ModelNotAllowed(model.to_owned()))
+                    } else if route.max_body_bytes > 0 && body.payload > route.max_body_bytes {
+                        // The body was read under the largest cap; this model's is smaller.
+                        Err(ApiError::BodyTooLarge)
+                    } else {
+                        Ok(Arc::clone(route))
+                    }
                 }
                 None => Err(ApiError::ModelNotFound(model.to_owned())),
             },

@@ -1,0 +1,207 @@
+//! Per-token request rate limits: a lock-free token bucket per token, per process.
+//!
+//! Owns: the bucket math. The bucket is GCRA (generic cell rate algorithm), the token bucket
+//! written as one number: the theoretical arrival time (TAT) of the next request, in
+//! nanoseconds since the bucket's epoch, kept in an `AtomicU64` and advanced with
+//! `compare_exchange`. Every worker thread of the process shares the same bucket, so the
+//! limit holds per process without a lock on the data path. modelgate stays stateless: the
+//! limit is per instance (N replicas allow N times the rate) and a reload starts every
+//! bucket full.
+//!
+//! The clock is passed in (`Instant`); the epoch is the first `Instant` the bucket sees.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const NANOS_PER_MINUTE: u64 = 60_000_000_000;
+
+/// A configured limit: `requestsPerMinute` sustained, `burst` at once from a full bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests_per_minute: u64,
+    pub burst: u64,
+}
+
+/// One token's bucket. Shared by every worker through the routing table.
+#[derive(Debug)]
+pub struct Bucket {
+    /// Nanoseconds between two requests at the sustained rate (at least 1).
+    interval: u64,
+    /// How far the TAT may run ahead of now and still admit a request: `(burst - 1)`
+    /// intervals, so a full bucket admits `burst` requests at once.
+    tolerance: u64,
+    /// The TAT in nanoseconds since `epoch`; 0 = full bucket.
+    tat: AtomicU64,
+    epoch: OnceLock<Instant>,
+}
+
+impl Bucket {
+    pub fn new(limit: RateLimit) -> Bucket {
+        let interval = (NANOS_PER_MINUTE / limit.requests_per_minute.max(1)).max(1);
+        let tolerance = interval.saturating_mul(limit.burst.max(1) - 1);
+        Bucket {
+            interval,
+            tolerance,
+            tat: AtomicU64::new(0),
+            epoch: OnceLock::new(),
+        }
+    }
+
+    /// Takes one request's worth from the bucket at `now`. `Err(wait)` when the bucket is
+    /// empty: `wait` is how long until the next request would be admitted (nothing is
+    /// taken then, so a client retrying too early does not push its own wait further out).
+    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        let epoch = *self.epoch.get_or_init(|| now);
+        // Another worker may have set the epoch from a slightly later `now`.
+        let now =
+            u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let start = tat.max(now);
+            if start - now > self.tolerance {
+                return Err(Duration::from_nanos(start - now - self.tolerance));
+            }
+            let next = start.saturating_add(self.interval);
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(current) => tat = current,
+            }
+        }
+    }
+}
+
+/// `Retry-After` in whole seconds: rounded up, and at least 1 (a 0 would invite a retry
+/// that is refused again).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(rpm: u64, burst: u64) -> Bucket {
+        Bucket::new(RateLimit {
+            requests_per_minute: rpm,
+            burst,
+        })
+    }
+
+    #[test]
+    fn a_full_bucket_admits_the_burst_then_refuses() {
+        let b = bucket(60, 3);
+        let t0 = Instant::now();
+        assert!(b.try_acquire(t0).is_ok());
+        assert!(b.try_acquire(t0).is_ok());
+        assert!(b.try_acquire(t0).is_ok());
+        let wait = b.try_acquire(t0).expect_err("bucket is empty");
+        // One request per second at 60/min: the next one is a second away.
+        assert_eq!(wait, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_sustained_rate() {
+        let b = bucket(60, 1);
+        let t0 = Instant::now();
+        assert!(b.try_acquire(t0).is_ok());
+        assert!(b.try_acquire(t0 + Duration::from_millis(500)).is_err());
+        assert!(b.try_acquire(t0 + Duration::from_millis(1000)).is_ok());
+        assert!(b.try_acquire(t0 + Duration::from_millis(1999)).is_err());
+        assert!(b.try_acquire(t0 + Duration::from_millis(2000)).is_ok());
+    }
+
+    #[test]
+    fn a_refused_request_takes_nothing() {
+        let b = bucket(60, 1);
+        let t0 = Instant::now();
+        assert!(b.try_acquire(t0).is_ok());
+        for ms in [100, 200, 300, 900] {
+            assert!(b.try_acquire(t0 + Duration::from_millis(ms)).is_err());
+        }
+        assert!(b.try_acquire(t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn idle_time_refills_up_to_the_burst_only() {
+        let b = bucket(60, 2);
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3600);
+        assert!(b.try_acquire(t0).is_ok());
+        assert!(b.try_acquire(later).is_ok());
+        assert!(b.try_acquire(later).is_ok());
+        assert!(b.try_acquire(later).is_err());
+    }
+
+    #[test]
+    fn wait_counts_down_as_time_passes() {
+        let b = bucket(6, 1); // one per 10 s
+        let t0 = Instant::now();
+        assert!(b.try_acquire(t0).is_ok());
+        assert_eq!(b.try_acquire(t0), Err(Duration::from_secs(10)));
+        assert_eq!(
+            b.try_acquire(t0 + Duration::from_millis(2500)),
+            Err(Duration::from_millis(7500))
+        );
+    }
+
+    #[test]
+    fn an_instant_before_the_epoch_counts_as_the_epoch() {
+        let b = bucket(60, 1);
+        let t0 = Instant::now() + Duration::from_secs(5);
+        assert!(b.try_acquire(t0).is_ok());
+        // A worker whose `now` was taken a moment earlier.
+        assert_eq!(
+            b.try_acquire(t0 - Duration::from_millis(10)),
+            Err(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn extreme_rates_do_not_overflow() {
+        let b = bucket(u64::MAX, u64::MAX);
+        let t0 = Instant::now();
+        for _ in 0..1000 {
+            assert!(b.try_acquire(t0).is_ok());
+        }
+        let slow = bucket(1, 1);
+        assert!(slow.try_acquire(t0).is_ok());
+        assert_eq!(slow.try_acquire(t0), Err(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn concurrent_takers_never_exceed_the_burst() {
+        let b = std::sync::Arc::new(bucket(1, 100));
+        let t0 = Instant::now();
+        let admitted = std::sync::Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (b, admitted) = (b.clone(), admitted.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        if b.try_acquire(t0).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(admitted.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
+    }
+}
