@@ -64,6 +64,20 @@ pub struct Entry<'a> {
     pub outcome: Outcome,
 }
 
+/// Adds `"key":n` to the line [`write_line`] just wrote at the end of `out` (extra fields
+/// after the SPEC ones, e.g. a replica failover's `retries`).
+pub fn append_field(out: &mut Vec<u8>, key: &str, n: u64) {
+    if !out.ends_with(b"}\n") {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
 /// Appends one JSON object and `\n` to `out`: keys in SPEC order `ts`, `request_id`, `client`,
 /// `method`, `path`, `model`, `upstream`, `status`, `bytes_in`, `bytes_out`, `ttfb_ms`,
 /// `duration_ms`, `outcome`; `ts` RFC 3339 UTC with milliseconds; durations in milliseconds

@@ -104,6 +104,7 @@ mod tests {
                     aliases: vec![],
                     description: None,
                     max_body_bytes: None,
+                    replicas: Default::default(),
                 },
             );
         }

@@ -13,6 +13,7 @@
 mod addr;
 mod json;
 mod model_extras;
+mod replicas;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use crate::secrets::{self, Secret, SecretEnv};
 
 pub use addr::{listen_host, parse_listen, parse_upstream_url};
 use json::Json;
+pub use replicas::{ReplicaSpec, Replicas};
 pub use tokens::TokenRules;
 
 /// A validated config with secrets expanded (or, for `--check`, left as written).
@@ -148,6 +150,8 @@ pub struct Model {
     pub description: Option<String>,
     /// This model's body cap (`maxBodyBytes`, 0 = none); None = the global one.
     pub max_body_bytes: Option<u64>,
+    /// Several backends (`urls`) and how to balance over them; empty list: `upstream` alone.
+    pub replicas: Replicas,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -267,6 +271,15 @@ const MODEL_KEYS: &[&str] = &[
     "description",
     "maxBodyBytes",
     "backend",
+    "urls",
+    "balance",
+    "retries",
+    "ejectOnStatus",
+    "ejectTime",
+    "ejectTimeMax",
+    "maxConcurrentRequests",
+    "queue",
+    "healthCheck",
 ];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
 const DISCOVER_KEYS: &[&str] = &["url", "headers"];
@@ -945,8 +958,10 @@ impl Cx<'_> {
     fn model(&mut self, path: &str, v: &Json) -> Option<Model> {
         let f = self.fields(path, v, MODEL_KEYS)?;
         let url_path = join(path, "url");
+        let has_urls = f.get("urls").is_some();
         let upstream = match f.get("url") {
             None if f.get("backend").is_some() => self.backend(path, &f),
+            None if has_urls => None,
             None => {
                 self.problem(&url_path, "is required");
                 None
@@ -968,14 +983,22 @@ impl Cx<'_> {
             self.backend(path, &f); // reports the clash
         }
         let extras = self.model_extras(path, &f)?;
+        let replicas = self.replicas(path, &f, upstream.as_ref(), ca_file.as_ref());
+        let replicas = replicas?;
+        let upstream = match upstream {
+            Some(up) => up,
+            None if f.get("url").is_none() => replicas.list.first()?.upstream.clone(),
+            None => return None,
+        };
         Some(Model {
-            upstream: upstream?,
+            upstream,
             headers: headers?,
             unlisted,
             ca_file: ca_file?,
             aliases: extras.aliases,
             description: extras.description,
             max_body_bytes: extras.max_body_bytes,
+            replicas,
         })
     }
 

@@ -238,6 +238,7 @@ pub fn with_discovered(config: &Config, found: &Found) -> Config {
                 aliases: Vec::new(),
                 description: None,
                 max_body_bytes: None,
+                replicas: Default::default(),
             });
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod accesslog;
 pub mod auth;
+pub mod balance;
 pub mod buf;
 pub mod config;
 pub mod discovery;

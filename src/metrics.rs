@@ -36,6 +36,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+mod replicas;
+pub use replicas::ReplicaStats;
+
 /// Status codes below this are counted exactly; the rest under `code="other"`.
 const CODES: usize = 600;
 
@@ -269,6 +272,8 @@ pub struct Metrics {
     models: Mutex<BTreeMap<String, Arc<ModelStats>>>,
     unrouted: Arc<ModelStats>,
     workers: Mutex<Vec<Arc<WorkerCounters>>>,
+    /// Replicas of models with several backends, by (model, replica label).
+    replicas: Mutex<BTreeMap<(String, String), Arc<ReplicaStats>>>,
 }
 
 /// A poisoned registry is still a valid registry (its values are only `Arc`s), so a panic
@@ -283,6 +288,7 @@ impl Metrics {
             models: Mutex::new(BTreeMap::new()),
             unrouted: Arc::new(ModelStats::new("")),
             workers: Mutex::new(Vec::new()),
+            replicas: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -297,6 +303,17 @@ impl Metrics {
         let stats = Arc::new(ModelStats::new(name));
         models.insert(name.to_owned(), Arc::clone(&stats));
         stats
+    }
+
+    /// The stats of one replica of a model with several backends, kept across reloads like
+    /// [`Metrics::model`]. Called when a routing table is built.
+    pub fn replica(&self, model: &str, replica: &str) -> Arc<ReplicaStats> {
+        let mut replicas = lock(&self.replicas);
+        Arc::clone(
+            replicas
+                .entry((model.to_owned(), replica.to_owned()))
+                .or_default(),
+        )
     }
 
     /// Requests that never reached a model (bad request, unknown model, auth...): the
@@ -485,6 +502,11 @@ impl Metrics {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        let replica_rows: Vec<(String, String, Arc<ReplicaStats>)> = lock(&self.replicas)
+            .iter()
+            .map(|((m, r), s)| (m.clone(), r.clone(), Arc::clone(s)))
+            .collect();
+        replicas::render(&replica_rows, &mut out);
         out
     }
 }

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::Scope;
+use crate::balance::{BalanceConfig, ReplicaLimits};
 use crate::config::{Config, Scheme, Timeouts, Upstream};
 use crate::error::ApiError;
-use crate::metrics::{Metrics, ModelStats};
+use crate::metrics::{Metrics, ModelStats, ReplicaStats};
 use crate::ratelimit::{self, Bucket};
 use crate::secrets::Secret;
 
@@ -20,24 +21,12 @@ use crate::secrets::Secret;
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
-    pub upstream: Upstream,
-    /// Addresses to try in order, as resolved when the table was built (TCP upstreams; empty
-    /// for unix). Workers prefer fresher answers from the resolver thread, keyed by
-    /// `resolve_key`.
-    pub addrs: Vec<SocketAddr>,
-    /// `host:port` for TCP upstreams whose host is a name (not an IP literal); else None.
-    pub resolve_key: Option<Arc<str>>,
-    pub headers: Vec<(String, Secret)>,
+    /// The model's replicas (one for a plain `url` model); see `balance`.
+    pub backends: Vec<Backend>,
+    pub balance: BalanceConfig,
     pub unlisted: bool,
-    /// Upstream connections are pooled per (scheme, authority or socket path, CA file).
-    pub pool_key: Arc<str>,
-    /// For `https://` upstreams: the client config (webpki roots or the model's CA file)
-    /// and the name verified and sent as SNI.
-    pub tls: Option<UpstreamTls>,
     /// Request counters and histograms, kept across reloads by model name.
     pub stats: Arc<ModelStats>,
-    /// `scheme://authority` (or `unix:path`) for the access log.
-    pub upstream_label: Box<str>,
     /// Other names that route here; requests are counted under `name`.
     pub aliases: Vec<String>,
     /// Shown in `/v1/models`.
@@ -51,6 +40,148 @@ impl Route {
     /// The route's name and its aliases.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// The balancer's view of the replicas (weights and limits), in backend order.
+    pub fn limits(&self) -> Vec<ReplicaLimits> {
+        self.backends
+            .iter()
+            .map(|b| ReplicaLimits {
+                weight: b.weight,
+                max_outstanding: b.max_concurrent,
+            })
+            .collect()
+    }
+}
+
+/// One upstream a model's requests may go to.
+#[derive(Debug)]
+pub struct Backend {
+    pub upstream: Upstream,
+    /// Addresses to try in order, as resolved when the table was built (TCP upstreams; empty
+    /// for unix). Workers prefer fresher answers from the resolver thread, keyed by
+    /// `resolve_key`.
+    pub addrs: Vec<SocketAddr>,
+    /// `host:port` for TCP upstreams whose host is a name (not an IP literal); else None.
+    pub resolve_key: Option<Arc<str>>,
+    /// The model's headers, then the replica's own.
+    pub headers: Vec<(String, Secret)>,
+    /// Upstream connections are pooled per (scheme, authority or socket path, CA file).
+    pub pool_key: Arc<str>,
+    /// For `https://` upstreams: the client config (webpki roots or the model's CA file)
+    /// and the name verified and sent as SNI.
+    pub tls: Option<UpstreamTls>,
+    /// `scheme://authority` (or `unix:path`) for the access log.
+    pub upstream_label: Box<str>,
+    pub weight: u32,
+    /// Outstanding requests per worker; 0: no limit.
+    pub max_concurrent: u32,
+    /// Per-replica counters (requests, failures, ejections), kept across reloads.
+    pub stats: Arc<ReplicaStats>,
+}
+
+/// What a backend is built from (a config replica, or code such as discovery).
+pub struct BackendSpec<'a> {
+    pub upstream: &'a Upstream,
+    pub model_headers: &'a [(String, Secret)],
+    pub headers: &'a [(String, Secret)],
+    pub ca_file: Option<&'a Path>,
+    pub weight: u32,
+    pub max_concurrent: u32,
+}
+
+/// Shared while one table is built: one lookup per host and one TLS config per CA file.
+pub struct BackendBuilder<'a, 'f> {
+    resolve: &'a dyn Fn(&str, u16) -> Vec<SocketAddr>,
+    tls: &'a mut TlsFactory<'f>,
+    tls_configs: HashMap<Option<std::path::PathBuf>, Arc<rustls::ClientConfig>>,
+    resolved: HashMap<(String, u16), Vec<SocketAddr>>,
+}
+
+impl<'a, 'f> BackendBuilder<'a, 'f> {
+    pub fn new(
+        resolve: &'a dyn Fn(&str, u16) -> Vec<SocketAddr>,
+        tls: &'a mut TlsFactory<'f>,
+    ) -> BackendBuilder<'a, 'f> {
+        BackendBuilder {
+            resolve,
+            tls,
+            tls_configs: HashMap::new(),
+            resolved: HashMap::new(),
+        }
+    }
+
+    /// One backend of model `name`; errors name the config key. With `metrics`, its
+    /// per-replica series are registered (else its counters go nowhere).
+    pub fn build(
+        &mut self,
+        name: &str,
+        spec: &BackendSpec<'_>,
+        metrics: Option<&Metrics>,
+    ) -> Result<Backend, String> {
+        let up = spec.upstream;
+        let addrs = match up.scheme {
+            Scheme::Unix => Vec::new(),
+            _ => {
+                let resolve = self.resolve;
+                self.resolved
+                    .entry((up.host.clone(), up.port))
+                    .or_insert_with(|| resolve(&up.host, up.port))
+                    .clone()
+            }
+        };
+        let resolve_key: Option<Arc<str>> = match up.scheme {
+            Scheme::Unix => None,
+            _ if up.host.parse::<std::net::IpAddr>().is_ok() => None,
+            _ => Some(format!("{}:{}", up.host, up.port).into()),
+        };
+        let pool_key: Arc<str> = match (&up.unix_path, spec.ca_file) {
+            (Some(path), _) => format!("unix:{}", path.display()).into(),
+            (None, Some(ca)) => {
+                format!("{:?}://{}#{}", up.scheme, up.authority, ca.display()).into()
+            }
+            (None, None) => format!("{:?}://{}", up.scheme, up.authority).into(),
+        };
+        let tls = match up.scheme {
+            Scheme::Https => {
+                let ca = spec.ca_file.map(Path::to_path_buf);
+                let client = match self.tls_configs.get(&ca) {
+                    Some(c) => Arc::clone(c),
+                    None => {
+                        let key = if ca.is_some() { ".caFile" } else { "" };
+                        let c = (self.tls)(ca.as_deref())
+                            .map_err(|e| format!("models.{name}{key}: {e}"))?;
+                        self.tls_configs.insert(ca, Arc::clone(&c));
+                        c
+                    }
+                };
+                let server_name = rustls::pki_types::ServerName::try_from(up.host.clone())
+                    .map_err(|_| format!("models.{name}.url: invalid TLS server name"))?;
+                Some(UpstreamTls {
+                    config: client,
+                    server_name,
+                })
+            }
+            _ => None,
+        };
+        let mut headers = spec.model_headers.to_vec();
+        for (k, v) in spec.headers {
+            headers.retain(|(h, _)| !h.eq_ignore_ascii_case(k));
+            headers.push((k.clone(), v.clone()));
+        }
+        let upstream_label: Box<str> = up.to_string().into_boxed_str();
+        Ok(Backend {
+            upstream: up.clone(),
+            addrs,
+            resolve_key,
+            headers,
+            pool_key,
+            tls,
+            stats: metrics.map_or_else(Default::default, |m| m.replica(name, &upstream_label)),
+            upstream_label,
+            weight: spec.weight.max(1),
+            max_concurrent: spec.max_concurrent,
+        })
     }
 }
 
@@ -109,69 +240,50 @@ impl Routes {
         tls: &mut TlsFactory<'_>,
         metrics: &Metrics,
     ) -> Result<Routes, String> {
-        let mut tls_configs: HashMap<Option<&Path>, Arc<rustls::ClientConfig>> = HashMap::new();
+        let mut builder = BackendBuilder::new(resolve, tls);
         let mut models = HashMap::with_capacity(config.models.len());
         let mut listed = Vec::new();
-        let mut resolved: HashMap<(String, u16), Vec<SocketAddr>> = HashMap::new();
         for (name, model) in &config.models {
-            let up = &model.upstream;
-            let addrs = match up.scheme {
-                Scheme::Unix => Vec::new(),
-                _ => resolved
-                    .entry((up.host.clone(), up.port))
-                    .or_insert_with(|| resolve(&up.host, up.port))
-                    .clone(),
-            };
-            let resolve_key: Option<Arc<str>> = match up.scheme {
-                Scheme::Unix => None,
-                _ if up.host.parse::<std::net::IpAddr>().is_ok() => None,
-                _ => Some(format!("{}:{}", up.host, up.port).into()),
-            };
-            let pool_key: Arc<str> = match (&up.unix_path, &model.ca_file) {
-                (Some(path), _) => format!("unix:{}", path.display()).into(),
-                (None, Some(ca)) => {
-                    format!("{:?}://{}#{}", up.scheme, up.authority, ca.display()).into()
+            let replicas = &model.replicas;
+            let backends = if replicas.list.is_empty() {
+                let spec = BackendSpec {
+                    upstream: &model.upstream,
+                    model_headers: &model.headers,
+                    headers: &[],
+                    ca_file: model.ca_file.as_deref(),
+                    weight: 1,
+                    max_concurrent: replicas.max_concurrent,
+                };
+                vec![builder.build(name, &spec, None)?]
+            } else {
+                let mut out = Vec::with_capacity(replicas.list.len());
+                for r in &replicas.list {
+                    let spec = BackendSpec {
+                        upstream: &r.upstream,
+                        model_headers: &model.headers,
+                        headers: &r.headers,
+                        ca_file: r.ca_file.as_deref(),
+                        weight: r.weight,
+                        max_concurrent: r.max_concurrent,
+                    };
+                    // Series per replica only where there is a choice to watch.
+                    let register = (replicas.list.len() > 1).then_some(metrics);
+                    out.push(builder.build(name, &spec, register)?);
                 }
-                (None, None) => format!("{:?}://{}", up.scheme, up.authority).into(),
+                out
             };
             if !model.unlisted {
                 listed.push(name.clone());
             }
-            let tls = match up.scheme {
-                Scheme::Https => {
-                    let ca = model.ca_file.as_deref();
-                    let client = match tls_configs.get(&ca) {
-                        Some(c) => Arc::clone(c),
-                        None => {
-                            let key = if ca.is_some() { ".caFile" } else { "" };
-                            let c = tls(ca).map_err(|e| format!("models.{name}{key}: {e}"))?;
-                            tls_configs.insert(ca, Arc::clone(&c));
-                            c
-                        }
-                    };
-                    let server_name = rustls::pki_types::ServerName::try_from(up.host.clone())
-                        .map_err(|_| format!("models.{name}.url: invalid TLS server name"))?;
-                    Some(UpstreamTls {
-                        config: client,
-                        server_name,
-                    })
-                }
-                _ => None,
-            };
             let route = Route {
                 aliases: model.aliases.clone(),
                 description: model.description.as_deref().map(Box::from),
                 max_body_bytes: model.max_body_bytes.unwrap_or(config.max_body_bytes),
                 name: name.clone(),
-                upstream: up.clone(),
-                addrs,
-                resolve_key,
-                headers: model.headers.clone(),
+                backends,
+                balance: replicas.balance.clone(),
                 unlisted: model.unlisted,
-                pool_key,
-                tls,
                 stats: metrics.model(name),
-                upstream_label: up.to_string().into_boxed_str(),
             };
             models.insert(name.clone(), Arc::new(route));
         }
@@ -254,7 +366,7 @@ impl Routes {
         let mut names: Vec<Arc<str>> = self
             .models
             .values()
-            .filter_map(|r| r.resolve_key.clone())
+            .flat_map(|r| r.backends.iter().filter_map(|b| b.resolve_key.clone()))
             .collect();
         names.sort();
         names.dedup();

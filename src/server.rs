@@ -39,7 +39,8 @@ fn resolved_names(routes: &Routes) -> HashMap<Arc<str>, Vec<SocketAddr>> {
     routes
         .models
         .values()
-        .filter_map(|r| r.resolve_key.clone().map(|k| (k, r.addrs.clone())))
+        .flat_map(|r| &r.backends)
+        .filter_map(|b| b.resolve_key.clone().map(|k| (k, b.addrs.clone())))
         .collect()
 }
 

@@ -16,7 +16,7 @@ use mio::{Events, Poll, Token, Waker};
 
 use crate::buf::{Budget, Pool};
 use crate::config::Scheme;
-use crate::conn::{Conn, Ctx, Obs, RequestIds, Want};
+use crate::conn::{Balancers, Conn, Ctx, Obs, RequestIds, Want};
 use crate::metrics::Metrics;
 use crate::net::{self, Accepted, Listener};
 use crate::resolver;
@@ -107,6 +107,7 @@ struct Env {
     ids: RequestIds,
     scratch: Vec<u8>,
     obs: Obs,
+    balancers: Balancers,
 }
 
 impl Env {
@@ -119,6 +120,7 @@ impl Env {
             ids: &mut self.ids,
             scratch: &mut self.scratch,
             obs: &mut self.obs,
+            balancers: &mut self.balancers,
         }
     }
 }
@@ -191,6 +193,7 @@ impl Worker {
                 routes,
                 in_flight: Arc::clone(&shared.in_flight),
                 ids: RequestIds::new(seed),
+                balancers: Balancers::new(seed.rotate_left(17)),
                 scratch: Vec::with_capacity(4096),
                 obs: Obs {
                     metrics: Arc::clone(&shared.metrics),
@@ -349,7 +352,10 @@ impl Worker {
     fn handle_control(&mut self, now: Instant) {
         while let Ok(msg) = self.control.try_recv() {
             match msg {
-                Control::Routes(routes) => self.env.routes = routes,
+                Control::Routes(routes) => {
+                    self.env.balancers.reload(&routes);
+                    self.env.routes = routes;
+                }
                 Control::Resolved { name, addrs } => {
                     self.resolved.insert(name, addrs);
                 }
@@ -541,19 +547,22 @@ impl Worker {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        let Some((route, attempt, fresh_only)) = conn.upstream_wanted() else {
+        let Some((route, replica, attempt, fresh_only)) = conn.upstream_wanted() else {
             return;
         };
         let route = Arc::clone(route);
-        let addr = route
+        let Some(backend) = route.backends.get(replica) else {
+            return;
+        };
+        let addr = backend
             .resolve_key
             .as_ref()
             .and_then(|name| self.resolved.get(name))
-            .map_or(&route.addrs[..], |fresh| &fresh[..])
+            .map_or(&backend.addrs[..], |fresh| &fresh[..])
             .get(attempt)
             .copied();
         if !fresh_only {
-            let (sock, expired) = self.upstreams.checkout(&route.pool_key, now);
+            let (sock, expired) = self.upstreams.checkout(&backend.pool_key, now);
             for old in expired {
                 self.close_sock(old);
             }
@@ -567,10 +576,10 @@ impl Worker {
                 return;
             }
         }
-        let unix = route.upstream.scheme == Scheme::Unix;
+        let unix = backend.upstream.scheme == Scheme::Unix;
         // A unix socket has one "address"; a TCP upstream has the resolved list.
         let exhausted = if unix { attempt > 0 } else { addr.is_none() };
-        let stream = match (&route.upstream.unix_path, addr, &route.tls) {
+        let stream = match (&backend.upstream.unix_path, addr, &backend.tls) {
             _ if exhausted => Err(net::FailKind::Other),
             (Some(path), _, _) => net::connect_unix(path),
             (None, Some(addr), None) => net::connect_tcp(addr),
@@ -598,7 +607,7 @@ impl Worker {
                 if exhausted || unix {
                     eprintln!(
                         "modelgate: cannot connect to upstream {} of model {} ({} address(es) tried)",
-                        route.upstream.authority, route.name, attempt
+                        backend.upstream.authority, route.name, attempt
                     );
                 }
                 let mut ctx = self.env.ctx(now);

@@ -1107,3 +1107,74 @@ fn edit_distance_counts_swaps_as_one() {
     assert_eq!(edit_distance("heders", "headers"), 1);
     assert_eq!(edit_distance("", "abc"), 3);
 }
+
+// ---- replicas (issue 9) ----
+
+#[test]
+fn urls_list_replicas_with_url_first_and_defaults() {
+    let c = ok(&with_model(
+        r#""url": "http://127.0.0.1:1", "urls": ["http://127.0.0.1:2", {"url": "http://127.0.0.1:3", "weight": 3, "maxConcurrentRequests": 4, "headers": {"X-R": "3"}}], "maxConcurrentRequests": 2"#,
+    ));
+    let m = &c.models["m"];
+    assert_eq!(m.upstream.port, 1);
+    let r = &m.replicas;
+    let ports: Vec<u16> = r.list.iter().map(|s| s.upstream.port).collect();
+    assert_eq!(ports, vec![1, 2, 3]);
+    assert_eq!(r.list[2].weight, 3);
+    assert_eq!(r.list[2].max_concurrent, 4);
+    assert_eq!(r.list[1].max_concurrent, 2);
+    assert_eq!(r.list[2].headers[0].0, "X-R");
+    assert_eq!(r.balance, crate::balance::BalanceConfig::default());
+}
+
+#[test]
+fn urls_alone_make_the_first_the_upstream() {
+    let c = ok(&with_model(
+        r#""urls": ["http://127.0.0.1:7", "http://127.0.0.1:8"]"#,
+    ));
+    assert_eq!(c.models["m"].upstream.port, 7);
+    assert_eq!(c.models["m"].replicas.list.len(), 2);
+}
+
+#[test]
+fn a_plain_url_model_has_no_replica_list() {
+    let c = ok(MIN);
+    assert!(c.models["chat"].replicas.list.is_empty());
+}
+
+#[test]
+fn balancing_keys_are_read() {
+    let c = ok(&with_model(
+        r#""urls": ["http://127.0.0.1:7"], "balance": "round-robin", "retries": 1, "ejectOnStatus": [503], "ejectTime": 0.5, "ejectTimeMax": 4, "queue": {"size": 10, "timeout": 2}, "healthCheck": {"path": "/ready", "interval": 1}"#,
+    ));
+    let b = &c.models["m"].replicas.balance;
+    assert_eq!(b.policy, crate::balance::Policy::RoundRobin);
+    assert_eq!(b.retries, 1);
+    assert_eq!(b.eject_on_status, vec![503]);
+    assert_eq!(b.eject_time, Duration::from_millis(500));
+    assert_eq!(b.eject_time_max, Duration::from_secs(4));
+    assert_eq!(b.queue_size, 10);
+    assert_eq!(b.queue_timeout, Duration::from_secs(2));
+    let h = b.health_check.as_ref().expect("health check");
+    assert_eq!(h.path, "/ready");
+    assert_eq!(h.interval, Duration::from_secs(1));
+}
+
+#[test]
+fn replica_problems_are_named_by_path() {
+    let p = problems(&with_model(
+        r#""urls": ["ftp://x", {"weight": 0}, 5], "balance": "random", "queue": {"sise": 1}"#,
+    ));
+    let text = p.join("\n");
+    for needle in [
+        "models.m.urls[0]",
+        "models.m.urls[1].url: is required",
+        "models.m.urls[1].weight: must be at least 1",
+        "models.m.urls[2]: expected a URL string",
+        "models.m.balance: must be",
+        "models.m.queue.sise: unknown key",
+    ] {
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
+    assert!(one(&with_model(r#""urls": []"#)).contains("models.m.urls: must list at least one"));
+}

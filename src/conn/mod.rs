@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod ids;
 mod outbox;
 mod record;
+mod replicas;
 mod scanner;
 
 use ids::RequestId;
@@ -28,11 +29,14 @@ use outbox::{copy_chunk, Chunk, Flush, Outbox};
 
 pub use record::Obs;
 use record::{outcome_of, Record};
+pub use replicas::{needs_balancer, Balancers};
+use replicas::{Hold, Resend};
 use scanner::BodyScanner;
 
 use crate::accesslog::Outcome;
 use crate::admin;
 use crate::auth;
+use crate::balance::Pick;
 use crate::buf::{Block, Pool};
 use crate::config::Timeouts;
 use crate::error::{self, ApiError};
@@ -41,7 +45,7 @@ use crate::h1::{
     UpstreamRequest, MAX_HEAD_BYTES,
 };
 use crate::net::{Io, Peer};
-use crate::router::{self, Route, Routes, Target};
+use crate::router::{self, Backend, Route, Routes, Target};
 use crate::upstream::Sock;
 
 /// Iterations of one connection's loop per turn before yielding to the others (PITFALLS 1).
@@ -86,6 +90,8 @@ pub struct Ctx<'a> {
     pub scratch: &'a mut Vec<u8>,
     /// Metrics and the access log.
     pub obs: &'a mut Obs,
+    /// This worker's replica balancers.
+    pub balancers: &'a mut Balancers,
 }
 
 /// The phases of a client connection.
@@ -180,6 +186,14 @@ struct Exchange {
     addr_attempt: usize,
     connect_started: Instant,
     request_sent: Option<Instant>,
+    /// The replica in use (outstanding until the exchange ends).
+    hold: Hold,
+    /// Replicas this request already failed on (bit i = backend i).
+    tried: u64,
+    /// The request head for another replica, when the route has several.
+    resend: Option<Resend>,
+    /// Failovers so far (bounded by the route's `retries`).
+    rec_failovers: u32,
     _slot: InFlight,
 }
 
@@ -305,12 +319,12 @@ impl Conn {
         self.drive(ctx)
     }
 
-    /// The route, attempt and whether a pooled connection may be used, when the connection
+    /// The route, backend index, attempt and whether a pooled connection may be used, when the connection
     /// waits for an upstream socket.
-    pub fn upstream_wanted(&self) -> Option<(&Arc<Route>, usize, bool)> {
+    pub fn upstream_wanted(&self) -> Option<(&Arc<Route>, usize, usize, bool)> {
         match &self.phase {
             Phase::Proxy(ex) if self.upstream.is_none() => {
-                Some((&ex.route, ex.addr_attempt, ex.fresh_only))
+                Some((&ex.route, ex.hold.index, ex.addr_attempt, ex.fresh_only))
             }
             _ => None,
         }
@@ -694,17 +708,32 @@ impl Conn {
         } else {
             None
         };
+        let hold = match choose_replica(&route, ctx) {
+            Ok(hold) => hold,
+            Err(err) => return self.reject(err, close_on_error),
+        };
         let Some(buf) = self.inbuf.as_ref() else {
             return Flow::Close;
         };
+        let Some(backend) = hold.backend(&route) else {
+            return self.reject(ApiError::UpstreamUnavailable, close_on_error);
+        };
+        self.rec.replica = hold.index;
+        let strip = !routes.auth_tokens.is_empty();
+        let resend = (route.backends.len() > 1 && !streaming).then(|| Resend {
+            raw: copy_chunk(buf.filled().get(..head.head_len).unwrap_or(&[]), ctx.pool),
+            head: head.clone(),
+            target: Some(path.to_vec()),
+            strip_authorization: strip,
+        });
         let head_chunk = build_upstream_head(
             buf.filled(),
             &head,
-            &route,
+            backend,
             path,
             (self.peer, self.secure),
             self.rec.request_id.get(),
-            !routes.auth_tokens.is_empty(),
+            strip,
             ctx,
         );
         if head.expect_continue {
@@ -714,7 +743,7 @@ impl Conn {
         let mut to_upstream = Outbox::retaining(!streaming);
         to_upstream.push(head_chunk);
         let max_body = route.max_body_bytes;
-        self.phase = Phase::Proxy(Box::new(Exchange::new(
+        let mut ex = Exchange::new(
             route,
             &head,
             to_upstream,
@@ -723,7 +752,10 @@ impl Conn {
             max_body,
             slot,
             ctx.now,
-        )));
+        );
+        ex.hold = hold;
+        ex.resend = resend;
+        self.phase = Phase::Proxy(Box::new(ex));
         Flow::Upstream
     }
 
@@ -891,22 +923,32 @@ impl Conn {
                 .ok_or(ApiError::Overloaded)?;
             // The response block is reserved before anything reaches the upstream.
             let resp_buf = ctx.pool.take().ok_or(ApiError::Overloaded)?;
-            Ok((route, slot, resp_buf))
+            let hold = choose_replica(&route, ctx)?;
+            Ok((route, slot, resp_buf, hold))
         });
-        let prepared = slot.map(|(route, slot, resp_buf)| {
+        let prepared = slot.and_then(|(route, slot, resp_buf, hold)| {
             let raw = body.head_block.filled();
             let target = raw.get(body.head.target.clone()).unwrap_or(b"/");
+            let backend = hold.backend(&route).ok_or(ApiError::UpstreamUnavailable)?;
+            self.rec.replica = hold.index;
+            let strip = !body.routes.auth_tokens.is_empty();
+            let resend = (route.backends.len() > 1).then(|| Resend {
+                raw: copy_chunk(raw.get(..body.head.head_len).unwrap_or(&[]), ctx.pool),
+                head: body.head.clone(),
+                target: None,
+                strip_authorization: strip,
+            });
             let head_chunk = build_upstream_head(
                 raw,
                 &body.head,
-                &route,
+                backend,
                 target,
                 (self.peer, self.secure),
                 self.rec.request_id.get(),
-                !body.routes.auth_tokens.is_empty(),
+                strip,
                 ctx,
             );
-            (route, slot, resp_buf, head_chunk)
+            Ok((route, slot, resp_buf, head_chunk, hold, resend))
         });
         // What follows the body is the next request: it becomes the read buffer again.
         let mut first = body.head_block;
@@ -931,14 +973,14 @@ impl Conn {
         body.head.keep_alive = keep_alive;
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
-            Ok((route, slot, resp_buf, head_chunk)) => {
+            Ok((route, slot, resp_buf, head_chunk, hold, resend)) => {
                 let mut to_upstream = Outbox::retaining(true);
                 to_upstream.push(head_chunk);
                 to_upstream.push(Chunk::Block(first));
                 for block in body.body.drain(..) {
                     to_upstream.push(Chunk::Block(block));
                 }
-                self.phase = Phase::Proxy(Box::new(Exchange::new(
+                let mut ex = Exchange::new(
                     route,
                     &body.head,
                     to_upstream,
@@ -947,7 +989,10 @@ impl Conn {
                     body.routes.max_body_bytes,
                     slot,
                     ctx.now,
-                )));
+                );
+                ex.hold = hold;
+                ex.resend = resend;
+                self.phase = Phase::Proxy(Box::new(ex));
                 Flow::Upstream
             }
         }
@@ -1242,6 +1287,11 @@ impl Conn {
             self.announce_keep_alive(ex.client_close, ctx.scratch);
             self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
             ex.head_sent = true;
+            if ex.route.balance.eject_on_status.contains(&head.status) {
+                self.rec.ejections += u32::from(ex.hold.failed(ctx.now));
+            } else {
+                ex.hold.succeeded();
+            }
             self.rec.status = head.status;
             self.rec.head_at = Some(ctx.now);
             buf.consume(head.head_len);
@@ -1277,6 +1327,7 @@ impl Conn {
         if let Some(up) = self.upstream.take() {
             self.dead.push(up);
         }
+        let was_connecting = ex.connecting;
         ex.connecting = false;
         if ex.head_sent {
             ex.truncated = true;
@@ -1285,7 +1336,10 @@ impl Conn {
         }
         if failure == Failure::Connect || failure == Failure::NoAddress {
             // The name may have moved: ask for a fresh lookup.
-            self.refresh_name = ex.route.resolve_key.clone();
+            self.refresh_name = ex
+                .hold
+                .backend(&ex.route)
+                .and_then(|b| b.resolve_key.clone());
         }
         // One count per failed attempt: an address that refused, or a name with no address
         // at all (running out after failed attempts was already counted).
@@ -1308,6 +1362,19 @@ impl Conn {
                 ex.request_sent = None;
                 return Flow::Upstream;
             }
+            // This replica failed the request before answering: note it (passive health),
+            // then send the request to another one while nothing has reached the client.
+            let replica_failed = match failure {
+                Failure::NoAddress | Failure::Broken => true,
+                Failure::Timeout => was_connecting,
+                Failure::Connect | Failure::BadResponse => false,
+            };
+            if replica_failed {
+                self.rec.ejections += u32::from(ex.hold.failed(ctx.now));
+                if self.fail_over(ex, ctx) {
+                    return Flow::Upstream;
+                }
+            }
         }
         let err = match failure {
             Failure::Timeout => ApiError::UpstreamTimeout,
@@ -1320,6 +1387,57 @@ impl Conn {
         self.reject(err, close)
     }
 
+    /// Moves the request to a replica it has not tried yet (rebuilding its head for that
+    /// backend); false when none is left, retries are spent, or the body is not buffered.
+    fn fail_over(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> bool {
+        let Some(resend) = ex.resend.as_ref() else {
+            return false;
+        };
+        if !ex.to_upstream.is_retaining() || ex.rec_failovers >= ex.route.balance.retries {
+            return false;
+        }
+        let Some(balancer) = ctx.balancers.get(&ex.route) else {
+            return false;
+        };
+        let tried = ex.tried | replica_bit(ex.hold.index);
+        let Ok(next) = Hold::take(&ex.route, &balancer, ctx.now, tried) else {
+            return false;
+        };
+        let Some(backend) = next.backend(&ex.route) else {
+            return false;
+        };
+        let raw = resend.raw.bytes();
+        let target = match &resend.target {
+            Some(t) => &t[..],
+            None => raw.get(resend.head.target.clone()).unwrap_or(b"/"),
+        };
+        let head_chunk = build_upstream_head(
+            raw,
+            &resend.head,
+            backend,
+            target,
+            (self.peer, self.secure),
+            self.rec.request_id.get(),
+            resend.strip_authorization,
+            ctx,
+        );
+        ex.hold.failed_over();
+        ex.route.stats.retry();
+        ex.to_upstream.replace_first(head_chunk);
+        ex.to_upstream.rewind();
+        ex.tried = tried;
+        ex.rec_failovers += 1;
+        self.rec.retries += 1;
+        self.rec.replica = next.index;
+        ex.hold = next;
+        ex.addr_attempt = 0;
+        ex.reused = false;
+        ex.retried = false;
+        ex.fresh_only = false;
+        ex.request_sent = None;
+        true
+    }
+
     /// Response complete and flushed: park or close the upstream, then the next request.
     fn finish_exchange(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
         self.end_request(Outcome::Ok, ctx);
@@ -1330,8 +1448,9 @@ impl Conn {
                 .is_some_and(|up| ex.to_upstream.drained(up, ex.req_buf.as_ref()))
             && ex.req_body.is_none();
         if let Some(up) = self.upstream.take() {
-            if reusable {
-                self.released = Some((Arc::clone(&ex.route.pool_key), up));
+            let pool_key = ex.hold.backend(&ex.route).map(|b| Arc::clone(&b.pool_key));
+            if let (true, Some(pool_key)) = (reusable, pool_key) {
+                self.released = Some((pool_key, up));
             } else {
                 self.dead.push(up);
             }
@@ -1477,6 +1596,10 @@ impl Exchange {
             addr_attempt: 0,
             connect_started: now,
             request_sent: None,
+            hold: Hold::only(),
+            tried: 0,
+            resend: None,
+            rec_failovers: 0,
             _slot: slot,
         }
     }
@@ -1538,7 +1661,7 @@ fn observe_body(
 fn build_upstream_head(
     raw: &[u8],
     head: &RequestHead,
-    route: &Route,
+    backend: &Backend,
     target: &[u8],
     (peer, secure): (Peer, bool),
     request_id: &[u8],
@@ -1546,9 +1669,9 @@ fn build_upstream_head(
     ctx: &mut Ctx<'_>,
 ) -> Chunk {
     let request = UpstreamRequest {
-        authority: &route.upstream.authority,
-        base_path: &route.upstream.base_path,
-        base_query: route.upstream.query.as_deref(),
+        authority: &backend.upstream.authority,
+        base_path: &backend.upstream.base_path,
+        base_query: backend.upstream.query.as_deref(),
         target,
         client_ip: match peer {
             Peer::Tcp(addr) => Some(addr.ip()),
@@ -1557,9 +1680,29 @@ fn build_upstream_head(
         proto: if secure { "https" } else { "http" },
         strip_authorization,
         request_id,
-        extra_headers: &route.headers,
+        extra_headers: &backend.headers,
     };
     ctx.scratch.clear();
     h1::write_upstream_request_head(raw, head, &request, ctx.scratch);
     copy_chunk(ctx.scratch, ctx.pool)
+}
+
+/// Bit `i` of a replica mask (none past the mask's width).
+fn replica_bit(i: usize) -> u64 {
+    u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(0)
+}
+
+/// The replica a new request of `route` goes to: backend 0 for plain models, else a lease
+/// from this worker's balancer.
+fn choose_replica(route: &Arc<Route>, ctx: &mut Ctx<'_>) -> Result<Hold, ApiError> {
+    let Some(balancer) = ctx.balancers.get(route) else {
+        return Ok(Hold::only());
+    };
+    Hold::take(route, &balancer, ctx.now, 0).map_err(|pick| match pick {
+        Pick::Full => ApiError::Overloaded,
+        Pick::Exhausted | Pick::Replica(_) => ApiError::UpstreamUnavailable,
+    })
 }

@@ -74,6 +74,14 @@ impl Outbox {
         self.off = 0;
     }
 
+    /// Swaps the first chunk (the request head) for a resend to another replica; only
+    /// meaningful while retaining and rewound.
+    pub(super) fn replace_first(&mut self, chunk: Chunk) {
+        if let Some(first) = self.chunks.first_mut() {
+            *first = chunk;
+        }
+    }
+
     /// Stops keeping written chunks (a response byte arrived: no retry any more).
     pub(super) fn release_written(&mut self) {
         self.retain = false;

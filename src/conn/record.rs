@@ -43,6 +43,12 @@ pub(super) struct Record {
     /// When the response head came from the upstream.
     pub head_at: Option<Instant>,
     pub usage: UsageScanner,
+    /// The backend of `route` the request went to (last one after a failover).
+    pub replica: usize,
+    /// Failovers to another replica.
+    pub retries: u32,
+    /// Replicas this request ejected.
+    pub ejections: u32,
 }
 
 impl Record {
@@ -61,6 +67,9 @@ impl Record {
             bytes_out: 0,
             head_at: None,
             usage: UsageScanner::new(),
+            replica: 0,
+            retries: 0,
+            ejections: 0,
         }
     }
 
@@ -99,6 +108,9 @@ impl Record {
         self.bytes_out = 0;
         self.head_at = None;
         self.usage = UsageScanner::new();
+        self.replica = 0;
+        self.retries = 0;
+        self.ejections = 0;
     }
 
     /// The request is over: one access log line (when enabled) and its metrics.
@@ -142,7 +154,11 @@ impl Record {
                 method: &self.method[..self.method_len],
                 path: &self.path,
                 model: self.route.as_ref().map(|r| r.name.as_str()),
-                upstream: self.route.as_ref().map(|r| &*r.upstream_label),
+                upstream: self
+                    .route
+                    .as_ref()
+                    .and_then(|r| r.backends.get(self.replica))
+                    .map(|b| &*b.upstream_label),
                 status: self.status,
                 bytes_in: self.bytes_in,
                 bytes_out: self.bytes_out,
@@ -151,6 +167,12 @@ impl Record {
                 outcome,
             };
             accesslog::write_line(&entry, &mut obs.log);
+            // Replica fields only when something happened (plain lines stay as they were).
+            for (key, n) in [("retries", self.retries), ("ejections", self.ejections)] {
+                if n > 0 {
+                    accesslog::append_field(&mut obs.log, key, u64::from(n));
+                }
+            }
         }
         self.route = None;
     }

@@ -1,0 +1,299 @@
+//! Several backends per model (issue 9): balancing, failover before the first byte, passive
+//! ejection and readmission, per-replica limits and the wait queue, active health, metrics.
+//! Replicas are scripted upstreams on loopback; a dead replica is a closed port.
+
+mod common;
+use common::*;
+
+use std::net::{SocketAddr, TcpListener};
+use std::thread;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A replica answering every request on the connection after `delay`, naming itself.
+fn replica(name: &'static str, delay: Duration) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while c.read_request().is_some() {
+            thread::sleep(delay);
+            let body = format!(r#"{{"replica":"{name}"}}"#);
+            if c.respond(200, &[&format!("X-Replica: {name}")], body.as_bytes())
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// A free loopback port with nothing listening on it (connects are refused).
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+/// A one-worker modelgate with model `m` over `urls` plus `extra` model keys.
+fn gate(urls: &[String], extra: serde_json::Value) -> Modelgate {
+    let mut model = serde_json::json!({ "urls": urls });
+    if let (Some(m), Some(e)) = (model.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": { "m": model },
+    });
+    Modelgate::start(&cfg.to_string())
+}
+
+fn chat(gw: &Modelgate) -> Response {
+    post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false))
+}
+
+/// The value of one metric sample line starting with `prefix` (labels included).
+fn metric(gw: &Modelgate, prefix: &str) -> f64 {
+    let text = get(gw.addr(), "/metrics").text().to_string();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+fn replica_metric(gw: &Modelgate, family: &str, url: &str) -> f64 {
+    metric(gw, &format!("{family}{{model=\"m\",replica=\"{url}\"}}"))
+}
+
+#[test]
+fn a_slow_replica_receives_fewer_requests_under_concurrent_load() {
+    let fast_a = replica("a", Duration::from_millis(5));
+    let fast_b = replica("b", Duration::from_millis(5));
+    let slow = replica("slow", Duration::from_millis(250));
+    let gw = gate(
+        &[fast_a.url(), fast_b.url(), slow.url()],
+        serde_json::json!({}),
+    );
+    let addr = gw.addr();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            thread::spawn(move || {
+                for _ in 0..20 {
+                    let r = post_json(addr, "/v1/chat/completions", &chat_body("m", false));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let (a, b, s) = (
+        fast_a.request_count(),
+        fast_b.request_count(),
+        slow.request_count(),
+    );
+    assert_eq!(a + b + s, 120);
+    // Round-robin would give each 40; least-outstanding starves the slow one.
+    assert!(s * 3 < a.min(b), "a={a} b={b} slow={s}");
+    let total: f64 = [&fast_a, &fast_b, &slow]
+        .iter()
+        .map(|r| replica_metric(&gw, "modelgate_replica_requests_total", &r.url()))
+        .sum();
+    assert_eq!(total, 120.0);
+}
+
+#[test]
+fn weights_are_respected() {
+    let light = replica("light", Duration::ZERO);
+    let heavy = replica("heavy", Duration::ZERO);
+    let urls = [light.url(), heavy.url()];
+    let weighted = serde_json::json!([{"url": urls[0]}, {"url": urls[1], "weight": 3}]);
+    // Round-robin: exactly by weight.
+    let gw = gate(
+        &[],
+        serde_json::json!({"urls": weighted, "balance": "round-robin"}),
+    );
+    for _ in 0..40 {
+        assert_eq!(chat(&gw).status, 200);
+    }
+    assert_eq!((light.request_count(), heavy.request_count()), (10, 30));
+    drop(gw);
+    // Least-outstanding with idle replicas: the weighted draw decides.
+    let gw = gate(&[], serde_json::json!({ "urls": weighted }));
+    for _ in 0..200 {
+        assert_eq!(chat(&gw).status, 200);
+    }
+    let (l, h) = (light.request_count() - 10, heavy.request_count() - 30);
+    assert_eq!(l + h, 200);
+    assert!((120..=185).contains(&h), "light={l} heavy={h}");
+}
+
+#[test]
+fn a_dead_replica_costs_no_client_error_is_ejected_then_readmitted() {
+    let alive = replica("alive", Duration::ZERO);
+    let dead = closed_port();
+    let dead_url = format!("http://{dead}");
+    let gw = gate(
+        &[alive.url(), dead_url.clone()],
+        serde_json::json!({"ejectTime": 0.3, "ejectTimeMax": 0.3}),
+    );
+    for _ in 0..30 {
+        let r = chat(&gw);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-replica"), Some("alive"));
+    }
+    assert_eq!(alive.request_count(), 30);
+    assert!(replica_metric(&gw, "modelgate_replica_ejections_total", &dead_url) >= 1.0);
+    assert!(replica_metric(&gw, "modelgate_replica_failovers_total", &dead_url) >= 1.0);
+    let failed_over = gw
+        .json_lines()
+        .into_iter()
+        .any(|l| l["retries"] == 1 && l["upstream"] == alive.url().as_str());
+    assert!(failed_over, "an access log line with retries=1");
+    // The replica comes back on the same port: a trial request readmits it.
+    let back = ScriptedUpstream::start_on(&dead.to_string(), |c| {
+        while c.read_request().is_some() {
+            if c.respond(200, &["X-Replica: back"], b"{}").is_err() {
+                return;
+            }
+        }
+    });
+    let readmitted = wait_until(LONG, || {
+        let r = chat(&gw);
+        assert_eq!(r.status, 200);
+        back.request_count() >= 3
+    });
+    assert!(readmitted, "the replica that came back gets traffic again");
+    assert!(replica_metric(&gw, "modelgate_replica_readmissions_total", &dead_url) >= 1.0);
+}
+
+#[test]
+fn a_reset_before_the_head_fails_over_once() {
+    let resets = ScriptedUpstream::start(|c| {
+        if c.read_request().is_some() {
+            c.reset();
+        }
+    });
+    let good = replica("good", Duration::ZERO);
+    // Round-robin with equal weights starts with the first replica.
+    let gw = gate(
+        &[resets.url(), good.url()],
+        serde_json::json!({"balance": "round-robin"}),
+    );
+    let r = chat(&gw);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-replica"), Some("good"));
+    assert_eq!(resets.request_count(), 1);
+    assert_eq!(good.request_count(), 1);
+    // The exact body reached the second replica.
+    assert_eq!(good.requests()[0].json()["model"], "m");
+}
+
+#[test]
+fn a_reset_after_the_head_truncates_and_is_never_sent_twice() {
+    let cut = ScriptedUpstream::start(|c| {
+        if c.read_request().is_some() {
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n12\r\ndata: {\"n\":1}\n\n\r\n",
+            );
+            thread::sleep(Duration::from_millis(50));
+            c.reset();
+        }
+    });
+    let other = replica("other", Duration::ZERO);
+    let gw = gate(
+        &[cut.url(), other.url()],
+        serde_json::json!({"balance": "round-robin"}),
+    );
+    let mut client = Client::connect(gw.addr());
+    client.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        chat_body("m", true).as_bytes(),
+    ));
+    let head = client.try_read_head().expect("the head is forwarded");
+    assert_eq!(head.status, 200);
+    let (rest, _) = client.read_to_eof_with_timeout(LONG);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("data: {\"n\":1}"), "{text}");
+    assert!(
+        !text.contains("0\r\n\r\n"),
+        "the framing is never completed: {text}"
+    );
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(other.request_count(), 0, "no duplicate generation");
+}
+
+#[test]
+fn an_ejecting_status_is_passed_through_and_ejects() {
+    let overloaded = ScriptedUpstream::start(|c| {
+        while c.read_request().is_some() {
+            if c.respond(503, &["Retry-After: 7", "X-Replica: busy"], b"{}")
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let good = replica("good", Duration::ZERO);
+    let gw = gate(
+        &[overloaded.url(), good.url()],
+        serde_json::json!({"balance": "round-robin", "ejectTime": 60}),
+    );
+    let first = chat(&gw);
+    assert_eq!(first.status, 503);
+    assert_eq!(first.header("retry-after"), Some("7"));
+    assert_eq!(good.request_count(), 0, "a status is not retried");
+    for _ in 0..10 {
+        assert_eq!(chat(&gw).header("x-replica"), Some("good"));
+    }
+    assert_eq!(overloaded.request_count(), 1);
+    let url = overloaded.url();
+    assert_eq!(
+        replica_metric(&gw, "modelgate_replica_ejections_total", &url),
+        1.0
+    );
+    assert_eq!(
+        replica_metric(&gw, "modelgate_replica_failures_total", &url),
+        1.0
+    );
+}
+
+#[test]
+fn a_429_is_passed_through_without_ejecting() {
+    let limited = ScriptedUpstream::start(|c| {
+        while c.read_request().is_some() {
+            if c.respond(429, &["Retry-After: 3"], b"{}").is_err() {
+                return;
+            }
+        }
+    });
+    let good = replica("good", Duration::ZERO);
+    let gw = gate(
+        &[limited.url(), good.url()],
+        serde_json::json!({"balance": "round-robin"}),
+    );
+    let statuses: Vec<u16> = (0..4).map(|_| chat(&gw).status).collect();
+    assert_eq!(statuses, vec![429, 200, 429, 200]);
+    assert_eq!(
+        replica_metric(&gw, "modelgate_replica_ejections_total", &limited.url()),
+        0.0
+    );
+}
+
+#[test]
+fn a_plain_url_model_has_no_replica_series() {
+    let up = replica("only", Duration::ZERO);
+    let gw = Modelgate::start(&config_json(&[("m", &up.url())]));
+    assert_eq!(chat(&gw).status, 200);
+    let text = get(gw.addr(), "/metrics").text().to_string();
+    assert!(!text.contains("modelgate_replica_"), "{text}");
+    let line = gw.json_lines().into_iter().find(|l| l["model"] == "m");
+    let line = line.expect("an access log line");
+    assert!(line.get("retries").is_none() && line.get("ejections").is_none());
+}
