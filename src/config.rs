@@ -278,8 +278,6 @@ const MODEL_KEYS: &[&str] = &[
     "ejectTime",
     "ejectTimeMax",
     "maxConcurrentRequests",
-    "queue",
-    "healthCheck",
 ];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
 const DISCOVER_KEYS: &[&str] = &["url", "headers"];
