@@ -149,10 +149,11 @@ fn a_dead_replica_costs_no_client_error_is_ejected_then_readmitted() {
     assert_eq!(alive.request_count(), 30);
     assert!(replica_metric(&gw, "modelgate_replica_ejections_total", &dead_url) >= 1.0);
     assert!(replica_metric(&gw, "modelgate_replica_failovers_total", &dead_url) >= 1.0);
-    let failed_over = gw
-        .json_lines()
-        .into_iter()
-        .any(|l| l["retries"] == 1 && l["upstream"] == alive.url().as_str());
+    let failed_over = wait_until(LONG, || {
+        gw.json_lines()
+            .into_iter()
+            .any(|l| l["retries"] == 1 && l["upstream"] == alive.url().as_str())
+    });
     assert!(failed_over, "an access log line with retries=1");
     // The replica comes back on the same port: a trial request readmits it.
     let back = ScriptedUpstream::start_on(&dead.to_string(), |c| {
@@ -293,7 +294,11 @@ fn a_plain_url_model_has_no_replica_series() {
     assert_eq!(chat(&gw).status, 200);
     let text = get(gw.addr(), "/metrics").text().to_string();
     assert!(!text.contains("modelgate_replica_"), "{text}");
-    let line = gw.json_lines().into_iter().find(|l| l["model"] == "m");
+    let mut line = None;
+    wait_until(LONG, || {
+        line = gw.json_lines().into_iter().find(|l| l["model"] == "m");
+        line.is_some()
+    });
     let line = line.expect("an access log line");
     assert!(line.get("retries").is_none() && line.get("ejections").is_none());
 }
