@@ -424,6 +424,11 @@ impl Balancer {
         self.waiters.retain(|&w| w != (key, generation));
     }
 
+    /// Keeps only the waiters `keep` says are still waiting.
+    pub fn retain_waiters(&mut self, mut keep: impl FnMut(usize, u64) -> bool) {
+        self.waiters.retain(|&(k, g)| keep(k, g));
+    }
+
     pub fn has_waiters(&self) -> bool {
         !self.waiters.is_empty()
     }

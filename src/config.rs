@@ -278,6 +278,7 @@ const MODEL_KEYS: &[&str] = &[
     "ejectTime",
     "ejectTimeMax",
     "maxConcurrentRequests",
+    "queue",
 ];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
 const DISCOVER_KEYS: &[&str] = &["url", "headers"];

@@ -265,6 +265,7 @@ impl Worker {
                 self.drive(key, now);
             }
             self.run_timers(now);
+            self.dispatch_waiters(now);
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
                 for sock in self.upstreams.expire(now) {
@@ -481,6 +482,10 @@ impl Worker {
                 self.attach_upstream(key, now);
                 false
             }
+            Want::Queue => {
+                self.enqueue(key, now);
+                true
+            }
             Want::Reload => {
                 let generation = self.conns.get(key).map_or(0, |c| c.generation);
                 let sent = self.reload.as_ref().is_some_and(|tx| {
@@ -613,6 +618,82 @@ impl Worker {
                 let mut ctx = self.env.ctx(now);
                 let want = conn.connect_failed(exhausted || unix, &mut ctx);
                 self.after_drive(key, want, now);
+            }
+        }
+    }
+
+    /// Puts a connection whose replicas are all full in its model's FIFO; a full queue is
+    /// 503 at once. Entries of connections that left or timed out are dropped first.
+    fn enqueue(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let generation = conn.generation;
+        let Some(route) = conn.queued_route().cloned() else {
+            return;
+        };
+        let queued = match self.env.balancers.get(&route) {
+            Some(balancer) => {
+                let conns = &self.conns;
+                let mut b = match balancer.try_borrow_mut() {
+                    Ok(b) => b,
+                    Err(_) => return,
+                };
+                b.retain_waiters(|k, g| {
+                    conns
+                        .get(k)
+                        .is_some_and(|c| c.generation == g && c.queued_route().is_some())
+                });
+                b.enqueue(key, generation)
+            }
+            None => false,
+        };
+        if queued {
+            self.arm_timer(key);
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            let mut ctx = self.env.ctx(now);
+            let want = conn.queue_refused(&mut ctx);
+            self.after_drive(key, want, now);
+        }
+    }
+
+    /// Hands freed replica slots to waiting requests, oldest first, per model.
+    fn dispatch_waiters(&mut self, now: Instant) {
+        let waiting: Vec<_> = self
+            .env
+            .balancers
+            .iter()
+            .filter(|(_, b)| b.try_borrow().is_ok_and(|b| b.has_waiters()))
+            .map(|(_, b)| std::rc::Rc::clone(b))
+            .collect();
+        for balancer in waiting {
+            loop {
+                let first = balancer.try_borrow().ok().and_then(|b| b.first_waiter());
+                let Some((key, generation)) = first else {
+                    break;
+                };
+                let Some(conn) = self
+                    .conns
+                    .get_mut(key)
+                    .filter(|c| c.generation == generation && c.queued_route().is_some())
+                else {
+                    if let Ok(mut b) = balancer.try_borrow_mut() {
+                        b.pop_waiter();
+                    }
+                    continue;
+                };
+                let mut ctx = self.env.ctx(now);
+                let Some(want) = conn.try_dequeue(&mut ctx) else {
+                    break;
+                };
+                if let Ok(mut b) = balancer.try_borrow_mut() {
+                    b.pop_waiter();
+                }
+                if !self.after_drive(key, want, now) {
+                    self.drive(key, now);
+                }
             }
         }
     }

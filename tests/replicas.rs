@@ -6,6 +6,8 @@ mod common;
 use common::*;
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -301,4 +303,116 @@ fn a_plain_url_model_has_no_replica_series() {
     });
     let line = line.expect("an access log line");
     assert!(line.get("retries").is_none() && line.get("ejections").is_none());
+}
+
+/// A replica that holds every answer until `open` is set.
+fn gated_replica(name: &'static str, open: Arc<AtomicBool>) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while c.read_request().is_some() {
+            while !open.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if c.respond(200, &[&format!("X-Replica: {name}")], b"{}")
+                .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
+/// Sends `body` on its own thread; the response arrives on the channel.
+fn send_async(addr: SocketAddr, body: String, tx: &mpsc::Sender<Response>) {
+    let tx = tx.clone();
+    thread::spawn(move || {
+        let _ = tx.send(post_json(addr, "/v1/chat/completions", &body));
+    });
+}
+
+fn assert_overloaded(r: &Response) {
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code().as_deref(), Some("overloaded"));
+    assert!(r.header("retry-after").is_some(), "Retry-After on 503");
+}
+
+#[test]
+fn full_replicas_queue_then_refuse_and_a_freed_slot_serves_the_waiter() {
+    let open = Arc::new(AtomicBool::new(false));
+    let a = gated_replica("a", open.clone());
+    let b = gated_replica("b", open.clone());
+    let gw = gate(
+        &[a.url(), b.url()],
+        serde_json::json!({"maxConcurrentRequests": 1, "queue": {"size": 1, "timeout": 30}}),
+    );
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..2 {
+        send_async(gw.addr(), chat_body("m", false), &tx);
+    }
+    assert!(wait_until(LONG, || a.request_count() + b.request_count() == 2));
+    assert_eq!((a.request_count(), b.request_count()), (1, 1), "one each");
+    // Both replicas are full: one request waits, the next finds the queue full.
+    send_async(gw.addr(), chat_body("m", false), &tx);
+    send_async(gw.addr(), chat_body("m", false), &tx);
+    let refused = rx.recv_timeout(LONG).expect("an answer");
+    assert_overloaded(&refused);
+    assert_eq!(
+        a.request_count() + b.request_count(),
+        2,
+        "the waiter still waits"
+    );
+    open.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let r = rx.recv_timeout(LONG).expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(a.request_count() + b.request_count(), 3);
+}
+
+#[test]
+fn a_waiter_gets_503_after_the_queue_timeout_even_on_a_plain_url_model() {
+    let open = Arc::new(AtomicBool::new(false));
+    let only = gated_replica("only", open.clone());
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"m": {"url": only.url(), "maxConcurrentRequests": 1,
+                         "queue": {"size": 4, "timeout": 0.3}}},
+    });
+    let gw = Modelgate::start(&cfg.to_string());
+    let (tx, rx) = mpsc::channel();
+    send_async(gw.addr(), chat_body("m", false), &tx);
+    assert!(wait_until(LONG, || only.request_count() == 1));
+    send_async(gw.addr(), chat_body("m", false), &tx);
+    assert_overloaded(&rx.recv_timeout(LONG).expect("the waiter's answer"));
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(rx.recv_timeout(LONG).expect("an answer").status, 200);
+    assert_eq!(only.request_count(), 1);
+}
+
+#[test]
+fn waiters_are_served_in_arrival_order() {
+    let open = Arc::new(AtomicBool::new(false));
+    let only = gated_replica("only", open.clone());
+    let gw = gate(
+        &[only.url()],
+        serde_json::json!({"maxConcurrentRequests": 1, "queue": {"size": 10, "timeout": 30}}),
+    );
+    let (tx, rx) = mpsc::channel();
+    send_async(gw.addr(), r#"{"model":"m","n":0}"#.to_string(), &tx);
+    assert!(wait_until(LONG, || only.request_count() == 1));
+    for n in 1..5 {
+        send_async(gw.addr(), format!(r#"{{"model":"m","n":{n}}}"#), &tx);
+        // Spaced out so they reach modelgate in this order.
+        thread::sleep(Duration::from_millis(150));
+    }
+    open.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(rx.recv_timeout(LONG).expect("an answer").status, 200);
+    }
+    let order: Vec<i64> = only
+        .requests()
+        .iter()
+        .map(|r| r.json()["n"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4]);
 }

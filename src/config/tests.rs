@@ -1153,6 +1153,16 @@ fn balancing_keys_are_read() {
     assert_eq!(b.eject_on_status, vec![503]);
     assert_eq!(b.eject_time, Duration::from_millis(500));
     assert_eq!(b.eject_time_max, Duration::from_secs(4));
+    let q = ok(&with_model(
+        r#""url": "http://127.0.0.1:7", "queue": {"size": 10, "timeout": 2}"#,
+    ));
+    let b = &q.models["m"].replicas.balance;
+    assert_eq!(b.queue_size, 10);
+    assert_eq!(b.queue_timeout, Duration::from_secs(2));
+    assert!(one(&with_model(
+        r#""url": "http://127.0.0.1:7", "queue": {"sise": 1}"#
+    ))
+    .starts_with("models.m.queue.sise: unknown key"));
 }
 
 #[test]

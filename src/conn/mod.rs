@@ -74,6 +74,9 @@ pub enum Want {
     Upstream,
     /// Ask the server thread for a config reload; [`Conn::reload_done`] brings the answer.
     Reload,
+    /// Every replica is at its limit: put the connection in its model's wait queue
+    /// ([`Conn::queued_route`]); [`Conn::try_dequeue`] takes it out.
+    Queue,
     /// Close the connection (and any upstream it holds).
     Close,
 }
@@ -194,6 +197,8 @@ struct Exchange {
     resend: Option<Resend>,
     /// Failovers so far (bounded by the route's `retries`).
     rec_failovers: u32,
+    /// Waiting in the model's queue since then (every replica at its limit).
+    queued: Option<Instant>,
     _slot: InFlight,
 }
 
@@ -246,6 +251,7 @@ enum Flow {
     Yield,
     Upstream,
     Reload,
+    Queue,
     Close,
 }
 
@@ -330,6 +336,80 @@ impl Conn {
         }
     }
 
+    /// The route whose queue this connection waits in.
+    pub fn queued_route(&self) -> Option<&Arc<Route>> {
+        match &self.phase {
+            Phase::Proxy(ex) if ex.queued.is_some() => Some(&ex.route),
+            _ => None,
+        }
+    }
+
+    /// A waiting request tries for a replica again: None while every replica is still
+    /// full, else what to do next (connect, or the 503 answer).
+    pub fn try_dequeue(&mut self, ctx: &mut Ctx<'_>) -> Option<Want> {
+        let Phase::Proxy(ex) = &self.phase else {
+            return Some(Want::Wait);
+        };
+        ex.queued?;
+        let route = Arc::clone(&ex.route);
+        let balancer = ctx.balancers.get(&route)?;
+        let hold = match Hold::take(&route, &balancer, ctx.now, 0) {
+            Ok(hold) => hold,
+            Err(Pick::Full) => return None,
+            Err(_) => {
+                let flow = self.with_exchange(|conn, ex| {
+                    let close = ex.req_body.is_some() || !ex.client_keep_alive;
+                    conn.reject(ApiError::UpstreamUnavailable, close)
+                });
+                return Some(self.finish_turn(flow, ctx));
+            }
+        };
+        let flow = self.with_exchange(|conn, ex| conn.dequeued(ex, hold, ctx));
+        Some(self.finish_turn(flow, ctx))
+    }
+
+    /// The model's queue is full: 503 `overloaded` with `Retry-After`.
+    pub fn queue_refused(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        let flow = self.with_exchange(|conn, ex| {
+            let close = ex.req_body.is_some() || !ex.client_keep_alive;
+            conn.to_client = Outbox::default();
+            conn.reject(ApiError::Overloaded, close)
+        });
+        match flow {
+            Flow::Again => self.drive(ctx),
+            other => self.finish_turn(other, ctx),
+        }
+    }
+
+    /// Out of the queue with a replica: build the request head for it and connect.
+    fn dequeued(&mut self, ex: &mut Exchange, hold: Hold, ctx: &mut Ctx<'_>) -> Flow {
+        let (Some(resend), Some(backend)) = (ex.resend.as_ref(), hold.backend(&ex.route)) else {
+            let close = ex.req_body.is_some() || !ex.client_keep_alive;
+            return self.reject(ApiError::UpstreamUnavailable, close);
+        };
+        let raw = resend.raw.bytes();
+        let target = match &resend.target {
+            Some(t) => &t[..],
+            None => raw.get(resend.head.target.clone()).unwrap_or(b"/"),
+        };
+        let head_chunk = build_upstream_head(
+            raw,
+            &resend.head,
+            backend,
+            target,
+            (self.peer, self.secure),
+            self.rec.request_id.get(),
+            resend.strip_authorization,
+            ctx,
+        );
+        ex.to_upstream.prepend(head_chunk);
+        self.rec.replica = hold.index;
+        ex.hold = hold;
+        ex.queued = None;
+        ex.connect_started = ctx.now;
+        Flow::Upstream
+    }
+
     /// Hands the connection its upstream socket (`reused` from the pool, else connecting).
     /// (`TCP_NODELAY` was set when the pooled connection was first connected.)
     pub fn attach_upstream(&mut self, sock: Sock, reused: bool, now: Instant) {
@@ -391,7 +471,12 @@ impl Conn {
             }
             Phase::Body(_) => self.reject(ApiError::RequestTimeout, true),
             Phase::Proxy(_) => self.with_exchange(|conn, ex| {
-                if ex.head_sent {
+                if ex.queued.is_some() {
+                    // Waited the model's queue timeout for a free replica.
+                    let close = ex.req_body.is_some() || !ex.client_keep_alive || conn.draining;
+                    conn.to_client = Outbox::default();
+                    conn.reject(ApiError::Overloaded, close)
+                } else if ex.head_sent {
                     // Idle mid-stream: the only honest signal left is a close.
                     Flow::Close
                 } else {
@@ -414,6 +499,10 @@ impl Conn {
                 self.last_activity + t.idle
             }
             Phase::Linger { until, .. } => *until,
+            Phase::Proxy(ex) if ex.queued.is_some() => {
+                let since = ex.queued.unwrap_or(self.last_activity);
+                since + ex.route.balance.queue_timeout
+            }
             Phase::Proxy(ex) => {
                 let handshaking = self
                     .upstream
@@ -438,6 +527,7 @@ impl Conn {
             Flow::Wait => Want::Wait,
             Flow::Upstream => Want::Upstream,
             Flow::Reload => Want::Reload,
+            Flow::Queue => Want::Queue,
             Flow::Close => {
                 // A request cut short still gets its log line.
                 self.end_request(self.close_outcome, ctx);
@@ -708,6 +798,7 @@ impl Conn {
         } else {
             None
         };
+        // None: every replica is at its limit and the request waits in the queue.
         let hold = match choose_replica(&route, ctx) {
             Ok(hold) => hold,
             Err(err) => return self.reject(err, close_on_error),
@@ -715,33 +806,39 @@ impl Conn {
         let Some(buf) = self.inbuf.as_ref() else {
             return Flow::Close;
         };
-        let Some(backend) = hold.backend(&route) else {
-            return self.reject(ApiError::UpstreamUnavailable, close_on_error);
-        };
-        self.rec.replica = hold.index;
         let strip = !routes.auth_tokens.is_empty();
-        let resend = (route.backends.len() > 1 && !streaming).then(|| Resend {
+        let keep_head = hold.is_none() || (route.backends.len() > 1 && !streaming);
+        let resend = keep_head.then(|| Resend {
             raw: copy_chunk(buf.filled().get(..head.head_len).unwrap_or(&[]), ctx.pool),
             head: head.clone(),
             target: Some(path.to_vec()),
             strip_authorization: strip,
         });
-        let head_chunk = build_upstream_head(
-            buf.filled(),
-            &head,
-            backend,
-            path,
-            (self.peer, self.secure),
-            self.rec.request_id.get(),
-            strip,
-            ctx,
-        );
+        let head_chunk = match &hold {
+            None => None,
+            Some(hold) => {
+                let Some(backend) = hold.backend(&route) else {
+                    return self.reject(ApiError::UpstreamUnavailable, close_on_error);
+                };
+                self.rec.replica = hold.index;
+                Some(build_upstream_head(
+                    buf.filled(),
+                    &head,
+                    backend,
+                    path,
+                    (self.peer, self.secure),
+                    self.rec.request_id.get(),
+                    strip,
+                    ctx,
+                ))
+            }
+        };
         if head.expect_continue {
             self.to_client.push(Chunk::Static(CONTINUE));
         }
         self.consume_head(head.head_len);
         let mut to_upstream = Outbox::retaining(!streaming);
-        to_upstream.push(head_chunk);
+        to_upstream.extend(head_chunk);
         let max_body = route.max_body_bytes;
         let mut ex = Exchange::new(
             route,
@@ -753,10 +850,19 @@ impl Conn {
             slot,
             ctx.now,
         );
-        ex.hold = hold;
         ex.resend = resend;
+        let flow = match hold {
+            Some(hold) => {
+                ex.hold = hold;
+                Flow::Upstream
+            }
+            None => {
+                ex.queued = Some(ctx.now);
+                Flow::Queue
+            }
+        };
         self.phase = Phase::Proxy(Box::new(ex));
-        Flow::Upstream
+        flow
     }
 
     /// Routed by body: check what can be checked from the head, then read the body.
@@ -929,25 +1035,30 @@ impl Conn {
         let prepared = slot.and_then(|(route, slot, resp_buf, hold)| {
             let raw = body.head_block.filled();
             let target = raw.get(body.head.target.clone()).unwrap_or(b"/");
-            let backend = hold.backend(&route).ok_or(ApiError::UpstreamUnavailable)?;
-            self.rec.replica = hold.index;
             let strip = !body.routes.auth_tokens.is_empty();
-            let resend = (route.backends.len() > 1).then(|| Resend {
+            let resend = (hold.is_none() || route.backends.len() > 1).then(|| Resend {
                 raw: copy_chunk(raw.get(..body.head.head_len).unwrap_or(&[]), ctx.pool),
                 head: body.head.clone(),
                 target: None,
                 strip_authorization: strip,
             });
-            let head_chunk = build_upstream_head(
-                raw,
-                &body.head,
-                backend,
-                target,
-                (self.peer, self.secure),
-                self.rec.request_id.get(),
-                strip,
-                ctx,
-            );
+            let head_chunk = match &hold {
+                None => None,
+                Some(hold) => {
+                    let backend = hold.backend(&route).ok_or(ApiError::UpstreamUnavailable)?;
+                    self.rec.replica = hold.index;
+                    Some(build_upstream_head(
+                        raw,
+                        &body.head,
+                        backend,
+                        target,
+                        (self.peer, self.secure),
+                        self.rec.request_id.get(),
+                        strip,
+                        ctx,
+                    ))
+                }
+            };
             Ok((route, slot, resp_buf, head_chunk, hold, resend))
         });
         // What follows the body is the next request: it becomes the read buffer again.
@@ -975,7 +1086,7 @@ impl Conn {
             Err(err) => self.reject(err, !keep_alive),
             Ok((route, slot, resp_buf, head_chunk, hold, resend)) => {
                 let mut to_upstream = Outbox::retaining(true);
-                to_upstream.push(head_chunk);
+                to_upstream.extend(head_chunk);
                 to_upstream.push(Chunk::Block(first));
                 for block in body.body.drain(..) {
                     to_upstream.push(Chunk::Block(block));
@@ -990,10 +1101,19 @@ impl Conn {
                     slot,
                     ctx.now,
                 );
-                ex.hold = hold;
                 ex.resend = resend;
+                let flow = match hold {
+                    Some(hold) => {
+                        ex.hold = hold;
+                        Flow::Upstream
+                    }
+                    None => {
+                        ex.queued = Some(ctx.now);
+                        Flow::Queue
+                    }
+                };
                 self.phase = Phase::Proxy(Box::new(ex));
-                Flow::Upstream
+                flow
             }
         }
     }
@@ -1002,6 +1122,10 @@ impl Conn {
 
     /// Moves bytes both ways until nothing is ready.
     fn pump(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
+        if ex.queued.is_some() {
+            // Nothing moves until a replica has room (or the queue timeout answers 503).
+            return Flow::Wait;
+        }
         for _ in 0..STEPS_PER_TURN {
             let mut progress = false;
             let Some(up) = self.upstream.as_mut() else {
@@ -1600,6 +1724,7 @@ impl Exchange {
             tried: 0,
             resend: None,
             rec_failovers: 0,
+            queued: None,
             _slot: slot,
         }
     }
@@ -1697,12 +1822,20 @@ fn replica_bit(i: usize) -> u64 {
 
 /// The replica a new request of `route` goes to: backend 0 for plain models, else a lease
 /// from this worker's balancer.
-fn choose_replica(route: &Arc<Route>, ctx: &mut Ctx<'_>) -> Result<Hold, ApiError> {
+/// None: every replica is at its limit and the model has a wait queue (or others already
+/// wait there: FIFO, a newcomer never overtakes them).
+fn choose_replica(route: &Arc<Route>, ctx: &mut Ctx<'_>) -> Result<Option<Hold>, ApiError> {
     let Some(balancer) = ctx.balancers.get(route) else {
-        return Ok(Hold::only());
+        return Ok(Some(Hold::only()));
     };
-    Hold::take(route, &balancer, ctx.now, 0).map_err(|pick| match pick {
-        Pick::Full => ApiError::Overloaded,
-        Pick::Exhausted | Pick::Replica(_) => ApiError::UpstreamUnavailable,
-    })
+    let queue = route.balance.queue_size > 0;
+    if queue && balancer.try_borrow().is_ok_and(|b| b.has_waiters()) {
+        return Ok(None);
+    }
+    match Hold::take(route, &balancer, ctx.now, 0) {
+        Ok(hold) => Ok(Some(hold)),
+        Err(Pick::Full) if queue => Ok(None),
+        Err(Pick::Full) => Err(ApiError::Overloaded),
+        Err(Pick::Exhausted | Pick::Replica(_)) => Err(ApiError::UpstreamUnavailable),
+    }
 }

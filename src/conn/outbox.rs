@@ -74,6 +74,21 @@ impl Outbox {
         self.off = 0;
     }
 
+    /// Queues `chunk` before everything else (the request head of a request that waited for
+    /// a replica; nothing has been written yet).
+    pub(super) fn prepend(&mut self, chunk: Chunk) {
+        if !chunk.bytes().is_empty() && self.idx == 0 && self.off == 0 {
+            self.chunks.insert(0, chunk);
+        }
+    }
+
+    /// Adds a chunk when there is one.
+    pub(super) fn extend(&mut self, chunk: Option<Chunk>) {
+        if let Some(chunk) = chunk {
+            self.push(chunk);
+        }
+    }
+
     /// Swaps the first chunk (the request head) for a resend to another replica; only
     /// meaningful while retaining and rewound.
     pub(super) fn replace_first(&mut self, chunk: Chunk) {

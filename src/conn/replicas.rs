@@ -51,7 +51,20 @@ impl Balancers {
         if let Some((_, b)) = self.map.get(&key) {
             return Some(std::rc::Rc::clone(b));
         }
-        let b = self.make(route);
+        // A request still on the previous table shares the balancer of its model when the
+        // replicas kept their shape, so limits hold across a reload.
+        let limits = route.limits();
+        let same = self
+            .map
+            .values()
+            .find(|(r, b)| {
+                r.name == route.name && b.try_borrow().is_ok_and(|b| b.same_shape(&limits))
+            })
+            .map(|(_, b)| std::rc::Rc::clone(b));
+        let b = match same {
+            Some(b) => b,
+            None => self.make(route),
+        };
         self.map
             .insert(key, (Arc::clone(route), std::rc::Rc::clone(&b)));
         Some(b)
