@@ -83,33 +83,38 @@ pub fn find_token(presented: &[u8], tokens: &[Secret]) -> Option<usize> {
 /// included), `?` exactly one character, everything else itself (case-sensitive, like model
 /// routing). No escapes: model names with a literal `*` are matched by `*` or `?`.
 pub fn glob_matches(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
+    // Byte offsets into both; characters are decoded in place (no allocation per request).
     let (mut pi, mut ni) = (0, 0);
-    // The last `*` seen and the name position it currently swallows up to.
+    // The last `*` seen (pattern offset after it) and the name offset it swallows up to.
     let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
+    while let Some(c) = name.get(ni..).and_then(|rest| rest.chars().next()) {
+        match pattern.get(pi..).and_then(|rest| rest.chars().next()) {
             Some('*') => {
+                pi += 1;
                 star = Some((pi, ni));
-                pi += 1;
             }
-            Some(&c) if c == '?' || c == n[ni] => {
-                pi += 1;
-                ni += 1;
+            Some(p) if p == '?' || p == c => {
+                pi += p.len_utf8();
+                ni += c.len_utf8();
             }
             _ => match star {
                 // Let the last `*` swallow one more character and retry after it.
-                Some((sp, sn)) => {
-                    star = Some((sp, sn + 1));
-                    pi = sp + 1;
-                    ni = sn + 1;
+                Some((after_star, swallowed)) => {
+                    let next = name
+                        .get(swallowed..)
+                        .and_then(|rest| rest.chars().next())
+                        .map_or(1, char::len_utf8);
+                    star = Some((after_star, swallowed + next));
+                    pi = after_star;
+                    ni = swallowed + next;
                 }
                 None => return false,
             },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    pattern
+        .get(pi..)
+        .is_some_and(|rest| rest.bytes().all(|b| b == b'*'))
 }
 
 /// Which models a token may use: every model (a plain string entry), or those whose name
@@ -256,6 +261,9 @@ mod tests {
         assert!(!glob_matches("gpt-?", "gpt-"));
         assert!(!glob_matches("gpt-?", "gpt-4o"));
         assert!(glob_matches("?é?", "aéb"));
+        assert!(glob_matches("*é", "ééé"));
+        assert!(glob_matches("日本*", "日本語"));
+        assert!(!glob_matches("日?", "日本語"));
     }
 
     #[test]

@@ -274,6 +274,8 @@ pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerCounters>>>,
     /// Replicas of models with several backends, by (model, replica label).
     replicas: Mutex<BTreeMap<(String, String), Arc<ReplicaStats>>>,
+    /// Per-token rate-limit buckets, kept across reloads like the model stats.
+    rate_buckets: crate::ratelimit::Buckets,
 }
 
 /// A poisoned registry is still a valid registry (its values are only `Arc`s), so a panic
@@ -289,6 +291,7 @@ impl Metrics {
             unrouted: Arc::new(ModelStats::new("")),
             workers: Mutex::new(Vec::new()),
             replicas: Mutex::new(BTreeMap::new()),
+            rate_buckets: crate::ratelimit::Buckets::default(),
         })
     }
 
@@ -314,6 +317,11 @@ impl Metrics {
                 .entry((model.to_owned(), replica.to_owned()))
                 .or_default(),
         )
+    }
+
+    /// The rate-limit buckets that survive reloads (see `ratelimit::Buckets`).
+    pub fn rate_buckets(&self) -> &crate::ratelimit::Buckets {
+        &self.rate_buckets
     }
 
     /// Requests that never reached a model (bad request, unknown model, auth...): the

@@ -5,19 +5,22 @@
 //! nanoseconds since the bucket's epoch, kept in an `AtomicU64` and advanced with
 //! `compare_exchange`. Every worker thread of the process shares the same bucket, so the
 //! limit holds per process without a lock on the data path. modelgate stays stateless: the
-//! limit is per instance (N replicas allow N times the rate) and a reload starts every
-//! bucket full.
+//! limit is per instance (N replicas allow N times the rate). [`Buckets`] keeps a token's
+//! bucket across routing tables (reloads, discovery swaps) while its token and limit stay.
 //!
 //! The clock is passed in (`Instant`); the epoch is the first `Instant` the bucket sees.
 
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 const NANOS_PER_MINUTE: u64 = 60_000_000_000;
 
 /// A configured limit: `requestsPerMinute` sustained, `burst` at once from a full bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RateLimit {
     pub requests_per_minute: u64,
     pub burst: u64,
@@ -71,6 +74,36 @@ impl Bucket {
                 Err(current) => tat = current,
             }
         }
+    }
+}
+
+/// The buckets of the tokens in use, kept across routing tables: a reload or a discovery
+/// swap builds a new table, and a token whose value and limit did not change must keep its
+/// bucket (else every reload would refill it). Used when a table is built, never on the
+/// data path. Entries are keyed by a hash of the token under a per-process random key, so
+/// no token value is stored here.
+#[derive(Debug, Default)]
+pub struct Buckets {
+    hasher: RandomState,
+    map: Mutex<HashMap<(u64, RateLimit), Arc<Bucket>>>,
+}
+
+impl Buckets {
+    /// The bucket of `token` under `limit`: the one a previous table used, or a full one.
+    pub fn get(&self, token: &[u8], limit: RateLimit) -> Arc<Bucket> {
+        let key = (self.hasher.hash_one(token), limit);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            map.entry(key)
+                .or_insert_with(|| Arc::new(Bucket::new(limit))),
+        )
+    }
+
+    /// Forgets the buckets no table built since `keep` was taken uses (tables still
+    /// serving requests hold their own `Arc`s).
+    pub fn retain(&self, keep: &[Arc<Bucket>]) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, b| keep.iter().any(|k| Arc::ptr_eq(k, b)));
     }
 }
 
@@ -194,6 +227,34 @@ mod tests {
             t.join().expect("thread");
         }
         assert_eq!(admitted.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn buckets_outlive_a_table_while_token_and_limit_stay() {
+        let reg = Buckets::default();
+        let limit = RateLimit {
+            requests_per_minute: 60,
+            burst: 1,
+        };
+        let a = reg.get(b"tok", limit);
+        let t0 = Instant::now();
+        assert!(a.try_acquire(t0).is_ok());
+        // The next table gets the same, already drained bucket.
+        let again = reg.get(b"tok", limit);
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(again.try_acquire(t0).is_err());
+        // Another token, or a changed limit: a fresh bucket.
+        assert!(!Arc::ptr_eq(&a, &reg.get(b"other", limit)));
+        let faster = RateLimit {
+            requests_per_minute: 120,
+            burst: 1,
+        };
+        let changed = reg.get(b"tok", faster);
+        assert!(!Arc::ptr_eq(&a, &changed));
+        // Only what the latest table uses is kept.
+        reg.retain(std::slice::from_ref(&changed));
+        assert!(!Arc::ptr_eq(&a, &reg.get(b"tok", limit)));
+        assert!(Arc::ptr_eq(&changed, &reg.get(b"tok", faster)));
     }
 
     #[test]

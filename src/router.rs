@@ -189,8 +189,9 @@ impl<'a, 'f> BackendBuilder<'a, 'f> {
 #[derive(Debug)]
 pub struct TokenPolicy {
     pub scope: Scope,
-    /// The token's bucket, shared by every worker; None = unlimited.
-    pub bucket: Option<Bucket>,
+    /// The token's bucket, shared by every worker (and by later tables while the token and
+    /// its limit stay); None = unlimited.
+    pub bucket: Option<Arc<Bucket>>,
 }
 
 #[derive(Debug, Clone)]
@@ -305,14 +306,22 @@ impl Routes {
         } else {
             caps.fold(config.max_body_bytes, u64::max)
         };
-        let token_policies = config
+        let token_policies: Vec<TokenPolicy> = config
             .token_rules
             .iter()
-            .map(|r| TokenPolicy {
+            .zip(&config.auth_tokens)
+            .map(|(r, token)| TokenPolicy {
                 scope: r.scope.clone(),
-                bucket: r.rate.map(Bucket::new),
+                bucket: r
+                    .rate
+                    .map(|limit| metrics.rate_buckets().get(token.expose().as_bytes(), limit)),
             })
             .collect();
+        let in_use: Vec<Arc<Bucket>> = token_policies
+            .iter()
+            .filter_map(|p| p.bucket.clone())
+            .collect();
+        metrics.rate_buckets().retain(&in_use);
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

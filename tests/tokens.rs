@@ -532,3 +532,45 @@ fn nginx_llm_proxy_empty_api_key_means_open_and_api_keys_map_works() {
     assert_eq!(chat(mg.addr(), Some("sk-cli"), "m").status, 200);
     assert_error(&chat(mg.addr(), None, "m"), 401, "invalid_api_key");
 }
+
+#[test]
+fn a_reload_keeps_a_drained_bucket_unless_the_limit_changes() {
+    let up = echo_upstream("m");
+    let config = |limit: u64, models: &[&str]| {
+        let mut m = serde_json::Map::new();
+        for name in models {
+            m.insert(name.to_string(), json!({"url": up.url()}));
+        }
+        cfg(
+            Value::Object(m),
+            json!({"authTokens": [
+                {"token": "limited", "requestsPerMinute": limit, "burst": 1},
+                "probe",
+            ]}),
+        )
+    };
+    let mg = Modelgate::start(&config(1, &["m"]));
+    let a = mg.addr();
+    assert_eq!(chat(a, Some("limited"), "m").status, 200);
+    assert_error(&chat(a, Some("limited"), "m"), 429, "rate_limited");
+    // Same token, same limit: the new table keeps the drained bucket.
+    mg.rewrite_config(&config(1, &["m", "m2"]));
+    mg.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || chat(a, Some("probe"), "m2")
+            .status
+            == 200),
+        "the reload did not take"
+    );
+    assert_error(&chat(a, Some("limited"), "m"), 429, "rate_limited");
+    // A changed limit starts a fresh bucket.
+    mg.rewrite_config(&config(2, &["m", "m2", "m3"]));
+    mg.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || chat(a, Some("probe"), "m3")
+            .status
+            == 200),
+        "the second reload did not take"
+    );
+    assert_eq!(chat(a, Some("limited"), "m").status, 200);
+}
