@@ -453,7 +453,9 @@ impl Cx<'_> {
                 continue;
             }
             let mut message = "unknown key".to_string();
-            if let Some(s) = suggest(key, known) {
+            if let Some(hint) = model_extras::nginx_llm_proxy_hint(key) {
+                message.push_str(&format!(" ({hint})"));
+            } else if let Some(s) = suggest(key, known) {
                 message.push_str(&format!(" (did you mean \"{s}\"?)"));
             } else if known == MODEL_KEYS && looks_like_api_key(key) {
                 message.push_str(

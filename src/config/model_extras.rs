@@ -100,6 +100,24 @@ impl Cx<'_> {
     }
 }
 
+/// Why a key of nginx-llm-proxy's later config format is not accepted, and what to do.
+pub(super) fn nginx_llm_proxy_hint(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "admin_password" => {
+            "nginx-llm-proxy's admin UI password; modelgate has no admin UI (POST /admin/reload is served to local clients only): remove it"
+        }
+        "health_check_interval" | "sticky_ttl" | "default_max_concurrent" => {
+            "an nginx-llm-proxy backend-pool setting modelgate does not have: remove it"
+        }
+        "backends" => {
+            "nginx-llm-proxy's multi-backend form is not supported: give one \"backend\" or \"url\""
+        }
+        "backend_model" => "nginx-llm-proxy's upstream model rename is not supported",
+        "strip_v1" => "nginx-llm-proxy's /v1 stripping is not supported",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{from_str, Config, Scheme};
@@ -172,6 +190,19 @@ mod tests {
                 "models.a.maxBodyBytes: must not be negative",
             ]
         );
+    }
+
+    #[test]
+    fn later_nginx_llm_proxy_keys_say_why_they_are_refused() {
+        let p = load(
+            r#"{"admin_password": "x", "sticky_ttl": 600, "models": {"m": {"backends": [], "backend_model": "q", "url": "http://h:1"}}}"#,
+        )
+        .expect_err("unsupported keys");
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p[0].starts_with("admin_password: unknown key (nginx-llm-proxy's admin UI"));
+        assert!(p[1].starts_with("sticky_ttl: unknown key (an nginx-llm-proxy backend-pool"));
+        assert!(p[2].starts_with("models.m.backends: unknown key (nginx-llm-proxy's multi-backend"));
+        assert!(p[3].starts_with("models.m.backend_model: unknown key (nginx-llm-proxy's upstream"));
     }
 
     #[test]
