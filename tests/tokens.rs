@@ -574,3 +574,22 @@ fn a_reload_keeps_a_drained_bucket_unless_the_limit_changes() {
     );
     assert_eq!(chat(a, Some("limited"), "m").status, 200);
 }
+
+#[test]
+fn an_alias_of_a_model_with_several_backends_uses_them_all() {
+    let one = echo_upstream("one");
+    let two = echo_upstream("two");
+    let mg = Modelgate::start(&cfg(
+        json!({"pool": {"urls": [one.url(), two.url()], "aliases": ["p"]}}),
+        json!({"authTokens": [{"token": "t", "models": ["p"]}]}),
+    ));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let r = chat(mg.addr(), Some("t"), "p");
+        assert_eq!(r.status, 200, "{}", r.text());
+        seen.insert(r.json()["upstream"].as_str().expect("upstream").to_owned());
+    }
+    assert_eq!(seen.len(), 2, "both replicas serve the alias: {seen:?}");
+    // Scoped by the alias only: the model's own name is the same route, so it is in scope.
+    assert_eq!(chat(mg.addr(), Some("t"), "pool").status, 200);
+}
