@@ -4,7 +4,7 @@
 //! actually arrive and handed back by `Drop`, so no path can leak one, and idle keep-alive
 //! connections hold none. When the budget is spent, `take` says no and the caller answers 503.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use std::sync::Arc;
 /// Size of an ordinary block: one socket read, one SSE burst, a typical request head.
 pub const BLOCK_SIZE: usize = 16 * 1024;
 
-/// Free blocks a worker keeps for reuse (1 MiB); beyond this they go back to the allocator.
-const MAX_FREE_BLOCKS: usize = 64;
+/// Blocks a worker keeps (in use plus free) however quiet it is: 1 MiB.
+const MIN_KEPT_BLOCKS: usize = 64;
 
 /// The process-wide byte budget shared by every worker's pool.
 #[derive(Debug)]
@@ -59,9 +59,25 @@ impl Budget {
     }
 }
 
+/// Freed blocks are kept for reuse up to the most this worker had checked out at once in the
+/// current and the previous trim window (at least `MIN_KEPT_BLOCKS`): a stream of 10 MiB
+/// bodies then reuses warm blocks instead of paying the allocator to zero (and the kernel to
+/// fault in) 640 fresh ones per request, and a burst's memory goes back within two windows.
+/// The budget bounds blocks in use, so what is kept never exceeds it either.
 struct PoolInner {
     free: RefCell<Vec<Box<[u8]>>>,
     budget: Arc<Budget>,
+    in_use: Cell<usize>,
+    peak: Cell<usize>,
+    previous_peak: Cell<usize>,
+}
+
+impl PoolInner {
+    fn kept(&self) -> usize {
+        MIN_KEPT_BLOCKS
+            .max(self.peak.get())
+            .max(self.previous_peak.get())
+    }
 }
 
 /// A worker's block pool. Cheap to clone (one `Rc`); not `Send`, like everything a worker owns.
@@ -76,6 +92,9 @@ impl Pool {
             inner: Rc::new(PoolInner {
                 free: RefCell::new(Vec::new()),
                 budget,
+                in_use: Cell::new(0),
+                peak: Cell::new(0),
+                previous_peak: Cell::new(0),
             }),
         }
     }
@@ -84,6 +103,11 @@ impl Pool {
     pub fn take(&self) -> Option<Block> {
         if !self.inner.budget.reserve(BLOCK_SIZE) {
             return None;
+        }
+        let in_use = self.inner.in_use.get() + 1;
+        self.inner.in_use.set(in_use);
+        if in_use > self.inner.peak.get() {
+            self.inner.peak.set(in_use);
         }
         let data = self
             .inner
@@ -102,6 +126,18 @@ impl Pool {
     /// Blocks waiting for reuse in this worker.
     pub fn free_blocks(&self) -> usize {
         self.inner.free.borrow().len()
+    }
+
+    /// Ends a trim window (the worker calls this every few seconds): free blocks beyond what
+    /// this and the previous window needed go back to the allocator.
+    pub fn trim(&self) {
+        let inner = &self.inner;
+        inner.previous_peak.set(inner.peak.get());
+        inner.peak.set(inner.in_use.get());
+        let keep_free = inner.kept().saturating_sub(inner.in_use.get());
+        let mut free = inner.free.borrow_mut();
+        free.truncate(keep_free);
+        free.shrink_to(keep_free.max(MIN_KEPT_BLOCKS));
     }
 }
 
@@ -130,6 +166,11 @@ impl Block {
 
     pub fn capacity(&self) -> usize {
         self.data.len()
+    }
+
+    /// Whether `spare()` would be non-empty.
+    pub fn has_room(&self) -> bool {
+        self.end < self.data.len() || self.start > 0
     }
 
     /// Free room after the filled bytes (compacts first when that makes room).
@@ -205,10 +246,13 @@ impl Block {
 impl Drop for Block {
     fn drop(&mut self) {
         let size = self.data.len();
-        self.pool.budget.release(size);
+        let pool = &self.pool;
+        pool.budget.release(size);
+        let in_use = pool.in_use.get().saturating_sub(1);
+        pool.in_use.set(in_use);
         if size == BLOCK_SIZE {
-            let mut free = self.pool.free.borrow_mut();
-            if free.len() < MAX_FREE_BLOCKS {
+            let mut free = pool.free.borrow_mut();
+            if in_use + free.len() < pool.kept() {
                 free.push(std::mem::take(&mut self.data));
             }
         }
@@ -282,6 +326,47 @@ mod tests {
         drop(block);
         assert_eq!(budget.used(), 0);
         assert_eq!(pool.free_blocks(), 0, "grown blocks are not pooled");
+    }
+
+    #[test]
+    fn freed_blocks_are_kept_up_to_the_recent_peak_then_trimmed() {
+        let pool = Pool::new(Budget::new(usize::MAX));
+        let burst: Vec<Block> = (0..200).filter_map(|_| pool.take()).collect();
+        assert_eq!(burst.len(), 200);
+        drop(burst);
+        assert_eq!(
+            pool.free_blocks(),
+            200,
+            "the burst's blocks are reused, not re-zeroed"
+        );
+        let again: Vec<Block> = (0..200).filter_map(|_| pool.take()).collect();
+        assert_eq!(pool.free_blocks(), 0);
+        drop(again);
+        pool.trim();
+        assert_eq!(
+            pool.free_blocks(),
+            200,
+            "the previous window still needed them"
+        );
+        pool.trim();
+        assert_eq!(
+            pool.free_blocks(),
+            MIN_KEPT_BLOCKS,
+            "two quiet windows give them back"
+        );
+    }
+
+    #[test]
+    fn a_quiet_pool_keeps_at_most_the_minimum() {
+        let pool = Pool::new(Budget::new(usize::MAX));
+        for _ in 0..3 {
+            let one = pool.take();
+            drop(one);
+        }
+        assert_eq!(pool.free_blocks(), 1);
+        pool.trim();
+        pool.trim();
+        assert_eq!(pool.free_blocks(), 1);
     }
 
     #[test]

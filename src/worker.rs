@@ -30,6 +30,8 @@ const LISTENER_BASE: usize = 1;
 const SOCKET_BASE: usize = 1 << 20;
 /// How often idle pooled upstream connections are swept.
 const SWEEP: Duration = Duration::from_secs(1);
+/// The buffer pool's trim window: blocks freed after a burst are kept this long (up to twice).
+const POOL_TRIM: Duration = Duration::from_secs(5);
 /// Back-off after running out of file descriptors (PITFALLS 3).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -216,6 +218,7 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut dirty: Vec<usize> = Vec::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
+        let mut next_trim = Instant::now() + POOL_TRIM;
         loop {
             let now = Instant::now();
             let mut wake = next_sweep;
@@ -270,6 +273,10 @@ impl Worker {
                 next_sweep = now + SWEEP;
                 for sock in self.upstreams.expire(now) {
                     self.close_sock(sock);
+                }
+                if now >= next_trim {
+                    next_trim = now + POOL_TRIM;
+                    self.env.pool.trim();
                 }
             }
             for key in self.to_free.drain(..) {
