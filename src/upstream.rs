@@ -51,6 +51,19 @@ impl Sock {
     pub fn read(&mut self, buf: &mut [u8]) -> Io {
         let room = buf.len();
         let outcome = self.stream.read(buf);
+        self.note_read(room, outcome)
+    }
+
+    /// `read` into several buffers at once (see `Stream::read_vectored`).
+    pub fn read_vectored(&mut self, bufs: &mut [std::io::IoSliceMut<'_>]) -> Io {
+        let room = bufs.iter().map(|b| b.len()).sum();
+        let outcome = self.stream.read_vectored(bufs);
+        self.note_read(room, outcome)
+    }
+
+    /// A short read of a plain socket whose peer has not sent FIN drained the kernel buffer:
+    /// the next arrival is a new edge, so the socket is not readable until then.
+    fn note_read(&mut self, room: usize, outcome: Io) -> Io {
         match outcome {
             Io::WouldBlock => self.readable = false,
             Io::Done(n) if n < room && !self.read_closed && !self.stream.is_tls() => {

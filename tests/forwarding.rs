@@ -1594,6 +1594,34 @@ fn large_request_body_arrives_intact() {
     assert!(only_request(&up).raw_body == body.as_bytes());
 }
 
+#[test]
+fn pipelined_big_bodies_arrive_intact_and_in_order() {
+    // Big bodies are read several blocks per syscall: the second request begins inside a read
+    // that also holds the end of the first.
+    let a = echo_upstream("a");
+    let b = echo_upstream("b");
+    let mg = start(&[("ma", &a.url()), ("mb", &b.url())]);
+    let body = |model: &str, n: usize| {
+        let filler: String = pattern(n).iter().map(|b| (b'a' + b % 26) as char).collect();
+        format!(r#"{{"messages":[{{"content":"{filler}"}}],"model":"{model}"}}"#)
+    };
+    let first = body("ma", 1_000_003);
+    let second = body("mb", 1_500_007);
+    let mut bytes = request_bytes("POST", "/v1/chat/completions", &[], first.as_bytes());
+    bytes.extend(request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Connection: close"],
+        second.as_bytes(),
+    ));
+    let (resps, eof) = exchange(mg.addr(), &bytes);
+    let who: Vec<_> = resps.iter().map(|r| r.header("x-upstream")).collect();
+    assert_eq!(who, [Some("a"), Some("b")]);
+    assert!(eof);
+    assert!(only_request(&a).raw_body == first.as_bytes());
+    assert!(only_request(&b).raw_body == second.as_bytes());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Unix sockets (SPEC §2, §5).
 

@@ -13,6 +13,7 @@
 //! [`Want::Upstream`] and the worker attaches one; sockets it is done with are left in
 //! `released` (reusable) or `dead` (to close) for the worker to collect.
 
+use std::io::IoSliceMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use crate::accesslog::Outcome;
 use crate::admin;
 use crate::auth;
 use crate::balance::Pick;
-use crate::buf::{Block, Pool};
+use crate::buf::{Block, Pool, BLOCK_SIZE};
 use crate::config::Timeouts;
 use crate::error::{self, ApiError};
 use crate::h1::{
@@ -130,7 +131,12 @@ struct BodyRead {
     scanner: BodyScanner,
     payload: u64,
     routes: Arc<Routes>,
+    /// Blocks offered to the next read (1 up to `READ_AHEAD`).
+    read_ahead: usize,
 }
+
+/// The most blocks one body read fills: 256 KiB per syscall, as much as one `writev` sends on.
+const READ_AHEAD: usize = 16;
 
 /// Where the response is.
 enum Resp {
@@ -913,6 +919,7 @@ impl Conn {
             scanner,
             payload: 0,
             routes,
+            read_ahead: 1,
         });
         // Body bytes that came with the head stay where they are (usually the whole body):
         // the head block itself becomes the first body chunk when the request goes upstream.
@@ -953,42 +960,86 @@ impl Conn {
             if !self.client.readable {
                 return Flow::Wait;
             }
-            if body.body.last_mut().is_none_or(|b| b.spare().is_empty()) {
+            // Room for one read: what is left of the last block, then fresh blocks while
+            // reads keep filling all they are offered, so a big body costs one syscall per
+            // READ_AHEAD blocks. A sized body is never read past its end (the next request
+            // must stay in the socket); a chunked one, whose end shows only when seen, is read
+            // a block at a time.
+            let (mut limit, ahead) = match body.head.framing {
+                RequestFraming::Length(n) => (
+                    usize::try_from(n.saturating_sub(body.payload)).unwrap_or(usize::MAX),
+                    body.read_ahead,
+                ),
+                _ => (usize::MAX, 1),
+            };
+            let open = body
+                .body
+                .iter()
+                .position(Block::has_room)
+                .unwrap_or(body.body.len());
+            while body.body.len() < open + ahead
+                && body.body.len() - open < limit.div_ceil(BLOCK_SIZE)
+            {
                 match ctx.pool.take() {
                     Some(block) => body.body.push(block),
+                    None if body.body.len() > open => break,
                     None => return self.reject(ApiError::Overloaded, true),
                 }
             }
-            let Some(block) = body.body.last_mut() else {
-                return Flow::Close;
-            };
-            match self.client.read(block.spare()) {
+            let mut room = body.body.get_mut(open..).unwrap_or_default().iter_mut();
+            let mut bufs: [IoSliceMut<'_>; READ_AHEAD] = std::array::from_fn(|_| {
+                let spare = room.next().map_or(&mut [][..], Block::spare);
+                let len = spare.len().min(limit);
+                limit -= len;
+                IoSliceMut::new(&mut spare[..len])
+            });
+            let offered: usize = bufs.iter().map(|b| b.len()).sum();
+            match self.client.read_vectored(&mut bufs) {
                 Io::Done(n) => {
                     self.last_activity = ctx.now;
                     ctx.obs.counters.add_received(n as u64);
-                    block.commit(n);
-                    let start = block.len() - n;
-                    let (consumed, result) = observe_body(
-                        &mut body.tracker,
-                        &mut body.scanner,
-                        &mut body.payload,
-                        body.routes.read_body_limit,
-                        &block.filled()[start..],
-                    );
-                    self.rec.bytes_in += consumed as u64;
-                    match result {
-                        // Invalid JSON in a body that ended here: answer like any other
-                        // routing error, keeping the connection when the framing allows.
-                        Err(ApiError::Scan(_) | ApiError::Multipart(_))
-                            if body.tracker.is_done() => {}
-                        Err(err) => return self.reject(err, true),
-                        Ok(()) => {}
-                    }
-                    if consumed < n {
-                        // The next pipelined request began in this read.
-                        let overshoot = block.filled()[start + consumed..].to_vec();
-                        block.truncate(start + consumed);
-                        return self.finish_body(&overshoot, ctx);
+                    body.read_ahead = if n == offered {
+                        (body.read_ahead * 2).min(READ_AHEAD)
+                    } else {
+                        1
+                    };
+                    let mut left = n;
+                    let mut index = open;
+                    while left > 0 {
+                        let Some(block) = body.body.get_mut(index) else {
+                            return Flow::Close;
+                        };
+                        let start = block.len();
+                        let got = left.min(block.spare().len());
+                        block.commit(got);
+                        left -= got;
+                        index += 1;
+                        let (consumed, result) = observe_body(
+                            &mut body.tracker,
+                            &mut body.scanner,
+                            &mut body.payload,
+                            body.routes.read_body_limit,
+                            &block.filled()[start..],
+                        );
+                        self.rec.bytes_in += consumed as u64;
+                        match result {
+                            // Invalid JSON in a body that ended here: answer like any other
+                            // routing error, keeping the connection when the framing allows.
+                            Err(ApiError::Scan(_) | ApiError::Multipart(_))
+                                if body.tracker.is_done() => {}
+                            Err(err) => return self.reject(err, true),
+                            Ok(()) => {}
+                        }
+                        if consumed < got {
+                            // The next pipelined request began in this read.
+                            let mut overshoot = block.filled()[start + consumed..].to_vec();
+                            block.truncate(start + consumed);
+                            for later in body.body.get(index..).unwrap_or_default() {
+                                overshoot.extend_from_slice(later.filled());
+                            }
+                            body.body.truncate(index);
+                            return self.finish_body(&overshoot, ctx);
+                        }
                     }
                 }
                 Io::WouldBlock => {
@@ -1006,6 +1057,9 @@ impl Conn {
         let Phase::Body(mut body) = std::mem::replace(&mut self.phase, Phase::Closed) else {
             return Flow::Close;
         };
+        // Blocks offered to a read that ended the body early go back before anything else
+        // is reserved.
+        body.body.retain(|block| !block.is_empty());
         let keep_alive = body.head.keep_alive;
         let routed = match body.scanner.finish() {
             Ok(model) => match body.routes.get(model) {

@@ -1,7 +1,7 @@
 //! Transport: sockets as the event loop sees them. This is the only module that looks at
 //! `io::ErrorKind`; above it, I/O outcomes are the [`Io`] enum (DESIGN.md rule 2).
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -75,6 +75,32 @@ impl Stream {
                 Stream::Tcp(s) => s.read(buf),
                 Stream::Unix(s) => s.read(buf),
                 Stream::Tls(s) => return s.read(buf),
+            };
+            return match result {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Done(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => classify(&e),
+            };
+        }
+    }
+
+    /// Reads once into several buffers in order (`readv`): a big body fills a few blocks per
+    /// syscall. TLS plaintext goes into the first non-empty buffer only.
+    pub fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Io {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Io::Done(0);
+        }
+        loop {
+            let result = match self {
+                Stream::Tcp(s) => s.read_vectored(bufs),
+                Stream::Unix(s) => s.read_vectored(bufs),
+                Stream::Tls(s) => {
+                    return match bufs.iter_mut().find(|b| !b.is_empty()) {
+                        Some(first) => s.read(first),
+                        None => Io::Done(0),
+                    }
+                }
             };
             return match result {
                 Ok(0) => Io::Eof,
