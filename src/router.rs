@@ -463,6 +463,20 @@ pub fn classify(target: &[u8]) -> Target<'_> {
     Target::ByBody
 }
 
+/// The percent-decoded value of the first query parameter `name` in a request target
+/// (`/v1/realtime?model=x`): None when absent, `Some(None)` when it does not decode to UTF-8.
+/// `+` is kept as is (model names are not form-encoded text).
+pub fn query_param(target: &[u8], name: &[u8]) -> Option<Option<String>> {
+    let query = target.get(memchr::memchr(b'?', target)? + 1..)?;
+    query.split(|&b| b == b'&').find_map(|pair| {
+        let (key, value) = match memchr::memchr(b'=', pair) {
+            Some(i) => (pair.get(..i)?, pair.get(i + 1..)?),
+            None => (pair, &b""[..]),
+        };
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
 /// Decodes `%XX` escapes; None when an escape is malformed or the result is not UTF-8.
 pub fn percent_decode(input: &[u8]) -> Option<String> {
     if !input.contains(&b'%') {
@@ -638,6 +652,20 @@ mod tests {
         assert_eq!(classify(b"/v1/chat/completions"), Target::ByBody);
         assert_eq!(classify(b"/api/chat"), Target::ByBody);
         assert_eq!(classify(b"/healthz"), Target::ByBody);
+    }
+
+    #[test]
+    fn query_parameters_are_found_and_decoded() {
+        let t = b"/v1/realtime?intent=x&model=gpt%2Frt&model=second";
+        assert_eq!(query_param(t, b"model"), Some(Some("gpt/rt".into())));
+        assert_eq!(query_param(t, b"intent"), Some(Some("x".into())));
+        assert_eq!(query_param(b"/v1/realtime?models=x", b"model"), None);
+        assert_eq!(query_param(b"/v1/realtime", b"model"), None);
+        assert_eq!(
+            query_param(b"/x?model", b"model"),
+            Some(Some(String::new()))
+        );
+        assert_eq!(query_param(b"/x?model=%ff", b"model"), Some(None));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!                         ├─ /route/{model}/… ─────────────────────▶ Proxy (body streamed)
 //!                         └─ routed by body ──▶ Body (read + scan) ──▶ Proxy (body buffered)
 //!   Proxy ──response complete──▶ Idle (keep-alive; pipelined bytes parsed at once) | Linger
+//!   Proxy (WebSocket upgrade) ──101──▶ Tunnel (raw bytes both ways) ──both FINs / idle──▶ closed
 //! ```
 //!
 //! A connection moves bytes and drives the pure core (`h1`, `scan`, `router`, `admin`,
@@ -23,6 +24,7 @@ mod outbox;
 mod record;
 mod replicas;
 mod scanner;
+mod tunnel;
 
 use ids::RequestId;
 pub use ids::{InFlight, RequestIds};
@@ -33,6 +35,7 @@ use record::{outcome_of, Record};
 pub use replicas::{needs_balancer, Balancers};
 use replicas::{Hold, Resend};
 use scanner::BodyScanner;
+use tunnel::Tunnel;
 
 use crate::accesslog::Outcome;
 use crate::admin;
@@ -108,6 +111,8 @@ enum Phase {
     Body(Box<BodyRead>),
     /// Exchanging with an upstream.
     Proxy(Box<Exchange>),
+    /// After a `101` to a WebSocket upgrade: raw bytes both ways (`conn/tunnel.rs`).
+    Tunnel(Box<Tunnel>),
     /// Writing a locally made response; then the next request, or close.
     Respond { close: bool },
     /// Waiting for the server thread to finish an `/admin/reload`.
@@ -148,6 +153,8 @@ enum Resp {
     Done {
         keep_alive: bool,
     },
+    /// A `101` to an upgrade was forwarded: the exchange becomes a tunnel.
+    Switched,
 }
 
 /// Why the upstream side failed.
@@ -205,6 +212,9 @@ struct Exchange {
     rec_failovers: u32,
     /// Waiting in the model's queue since then (every replica at its limit).
     queued: Option<Instant>,
+    /// For a WebSocket upgrade: the client→upstream block of the tunnel a `101` opens,
+    /// reserved with the exchange's other block.
+    upgrade: Option<Block>,
     _slot: InFlight,
 }
 
@@ -446,6 +456,7 @@ impl Conn {
                 Phase::Idle | Phase::Head { .. } => self.read_head(ctx),
                 Phase::Body(_) => self.read_body(ctx),
                 Phase::Proxy(_) => self.with_exchange(|conn, ex| conn.pump(ex, ctx)),
+                Phase::Tunnel(_) => self.with_tunnel(ctx),
                 Phase::Respond { close } => self.respond(close, ctx),
                 Phase::Reloading { .. } => Flow::Wait,
                 Phase::Linger { .. } => self.linger(ctx),
@@ -467,7 +478,9 @@ impl Conn {
             | Phase::Linger { .. }
             | Phase::Closed
             | Phase::Respond { .. }
-            | Phase::Reloading { .. } => Flow::Close,
+            | Phase::Reloading { .. }
+            // An idle tunnel: no byte moved either way for `timeouts.idle`.
+            | Phase::Tunnel(_) => Flow::Close,
             Phase::Head { .. } => {
                 if self.inbuf.as_ref().is_some_and(|b| !b.is_empty()) {
                     self.reject(ApiError::RequestTimeout, true)
@@ -509,6 +522,7 @@ impl Conn {
                 let since = ex.queued.unwrap_or(self.last_activity);
                 since + ex.route.balance.queue_timeout
             }
+            Phase::Tunnel(_) => self.last_activity + t.idle,
             Phase::Proxy(ex) => {
                 let handshaking = self
                     .upstream
@@ -581,7 +595,25 @@ impl Conn {
         };
         let flow = f(self, &mut ex);
         if matches!(self.phase, Phase::Closed) && !matches!(flow, Flow::Close) {
-            self.phase = Phase::Proxy(ex);
+            self.phase = match (&ex.resp, ex.upgrade.take()) {
+                (Resp::Switched, Some(up_buf)) => Phase::Tunnel(Tunnel::from_exchange(ex, up_buf)),
+                (_, upgrade) => {
+                    ex.upgrade = upgrade;
+                    Phase::Proxy(ex)
+                }
+            };
+        }
+        flow
+    }
+
+    /// Runs the tunnel pump with the tunnel taken out of the phase.
+    fn with_tunnel(&mut self, ctx: &mut Ctx<'_>) -> Flow {
+        let Phase::Tunnel(mut t) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+            return Flow::Close;
+        };
+        let flow = self.pump_tunnel(&mut t, ctx);
+        if matches!(self.phase, Phase::Closed) && !matches!(flow, Flow::Close) {
+            self.phase = Phase::Tunnel(t);
         }
         flow
     }
@@ -734,6 +766,7 @@ impl Conn {
             Decision::ByPath(model, path) => {
                 self.start_path_route(head, &model, &path, routes, ctx)
             }
+            Decision::ByBody if head.upgrade => self.start_upgrade(head, routes, ctx),
             Decision::ByBody => self.start_body(head, routes),
             Decision::AdminReload => {
                 if head.method != Method::Post {
@@ -788,8 +821,28 @@ impl Conn {
                 return self.reject(ApiError::BodyTooLarge, true);
             }
         }
+        if head.upgrade
+            && !matches!(
+                head.framing,
+                RequestFraming::Empty | RequestFraming::Length(0)
+            )
+        {
+            return self.reject(
+                ApiError::BadRequest("a WebSocket upgrade has no body"),
+                true,
+            );
+        }
         let Some(slot) = InFlight::acquire(ctx.in_flight, routes.max_concurrent_requests) else {
             return self.reject(ApiError::Overloaded, close_on_error);
+        };
+        // A tunnel's client→upstream block is reserved with the response block.
+        let upgrade = if head.upgrade {
+            match ctx.pool.take() {
+                Some(block) => Some(block),
+                None => return self.reject(ApiError::Overloaded, close_on_error),
+            }
+        } else {
+            None
         };
         // One block per direction, reserved before anything reaches the upstream.
         let streaming = head.framing != RequestFraming::Empty;
@@ -857,6 +910,7 @@ impl Conn {
             ctx.now,
         );
         ex.resend = resend;
+        ex.upgrade = upgrade;
         let flow = match hold {
             Some(hold) => {
                 ex.hold = hold;
@@ -1237,6 +1291,10 @@ impl Conn {
                     Ok(moved) => progress |= moved,
                     Err(flow) => return flow,
                 }
+                if matches!(ex.resp, Resp::Switched) {
+                    // `with_exchange` turns the exchange into a tunnel.
+                    return Flow::Again;
+                }
             }
             let relaying = !matches!(ex.resp, Resp::Head);
             if !self
@@ -1402,7 +1460,7 @@ impl Conn {
                         }
                         Ok(true)
                     }
-                    Resp::Done { .. } => Ok(false),
+                    Resp::Done { .. } | Resp::Switched => Ok(false),
                 }
             }
             Io::WouldBlock => {
@@ -1447,7 +1505,26 @@ impl Conn {
                 continue;
             }
             if head.status == 101 {
-                return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
+                if ex.upgrade.is_none() {
+                    return Err(self.upstream_failed(ex, Failure::BadResponse, ctx));
+                }
+                // The upgrade was accepted: the head goes to the client as is (with its
+                // upgrade headers), and what follows it is tunnel bytes.
+                ctx.scratch.clear();
+                h1::write_client_response_head(
+                    buf.filled(),
+                    &head,
+                    self.rec.request_id.get(),
+                    false,
+                    ctx.scratch,
+                );
+                self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
+                ex.head_sent = true;
+                self.rec.status = 101;
+                self.rec.head_at = Some(ctx.now);
+                buf.consume(head.head_len);
+                ex.resp = Resp::Switched;
+                return Ok(());
             }
             ex.client_close = ex.client_close
                 || !ex.client_keep_alive
@@ -1779,6 +1856,7 @@ impl Exchange {
             resend: None,
             rec_failovers: 0,
             queued: None,
+            upgrade: None,
             _slot: slot,
         }
     }

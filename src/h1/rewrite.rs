@@ -17,6 +17,8 @@
 //!   chunked bodies), `X-Forwarded-For` (the client IP; none on unix listeners),
 //!   `X-Forwarded-Proto`, `X-Forwarded-Host` (the client's `Host`), `X-Request-Id`, and the
 //!   per-model extra headers last.
+//! - a WebSocket upgrade (`RequestHead::upgrade`) keeps `Upgrade` and sends
+//!   `Connection: Upgrade`; `Sec-WebSocket-*` headers pass like any end-to-end header;
 //! - extra headers never set framing or hop-by-hop fields (`Content-Length`,
 //!   `Transfer-Encoding`, `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
 //!   `Upgrade`, `Expect`): config validation should refuse them; here they are skipped, as is
@@ -75,6 +77,10 @@ pub fn write_upstream_request_head(
         // HTTP/1.0 upstream requests close by default; ask to keep the pooled connection.
         put_header(out, b"Connection", b"keep-alive");
     }
+    if head.upgrade {
+        // A WebSocket handshake: the upgrade is asked of the upstream, hop by hop.
+        put_header(out, b"Connection", b"Upgrade");
+    }
 
     let connection_names = |name: &str| {
         fields
@@ -104,6 +110,10 @@ pub fn write_upstream_request_head(
                 put_header(out, b"TE", b"trailers");
                 wrote_te = true;
             }
+            continue;
+        }
+        if head.upgrade && is("upgrade") {
+            put_header(out, name.as_bytes(), h.value);
             continue;
         }
         let drop = REQUEST_DROPPED.iter().any(|d| is(d))
@@ -299,12 +309,16 @@ pub fn write_client_response_head(
             .filter(|h| h.name.eq_ignore_ascii_case("connection"))
             .any(|h| has_token(h.value, name.as_bytes()))
     };
+    // A `101` to a WebSocket handshake keeps its `Connection`/`Upgrade` headers: the client
+    // switches protocols on the same connection.
+    let switching = head.status == 101;
     let mut upstream_id = false;
     for h in fields {
         let name = h.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
         let framing = is("content-length") || is("transfer-encoding");
-        let drop = !framing && (RESPONSE_DROPPED.iter().any(|d| is(d)) || connection_names(name));
+        let kept = framing || (switching && (is("connection") || is("upgrade")));
+        let drop = !kept && (RESPONSE_DROPPED.iter().any(|d| is(d)) || connection_names(name));
         if !drop {
             upstream_id |= is("x-request-id");
             put_header(out, name.as_bytes(), h.value);
@@ -313,7 +327,7 @@ pub fn write_client_response_head(
     if !upstream_id && !request_id.is_empty() {
         put_header(out, b"X-Request-Id", request_id);
     }
-    if close {
+    if close && !switching {
         put_header(out, b"Connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
@@ -344,6 +358,50 @@ mod tests {
     use crate::h1::{parse_request, parse_response, Method, Parse};
     use crate::secrets::Secret;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn a_websocket_upgrade_keeps_its_upgrade_headers() {
+        let raw =
+            b"GET /v1/realtime?model=m HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\
+            Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\nKeep-Alive: 5\r\n\r\n";
+        let extra = [];
+        let r = rewrite_with(raw, &base_req(b"/v1/realtime?model=m", &extra));
+        assert_eq!(r.one("connection"), Some(&b"Upgrade"[..]));
+        assert_eq!(r.one("upgrade"), Some(&b"websocket"[..]));
+        assert_eq!(
+            r.one("sec-websocket-key"),
+            Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
+        );
+        assert_eq!(r.one("sec-websocket-version"), Some(&b"13"[..]));
+        assert_eq!(r.one("keep-alive"), None);
+        // Without `Connection: upgrade` it is an ordinary request: both are hop-by-hop.
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n";
+        let r = rewrite_with(raw, &base_req(b"/x", &extra));
+        assert_eq!(r.one("upgrade"), None);
+        assert_eq!(r.one("connection"), None);
+    }
+
+    #[test]
+    fn a_101_keeps_connection_and_upgrade_for_the_client() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let head = match parse_response(raw, Method::Get) {
+            Ok(Parse::Complete(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        let mut out = Vec::new();
+        write_client_response_head(raw, &head, b"id", true, &mut out);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nUpgrade: websocket\r\n"), "{text}");
+        assert!(text.contains("\r\nConnection: Upgrade\r\n"), "{text}");
+        assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(!text.contains("close"), "{text}");
+    }
 
     fn request_head(raw: &[u8]) -> RequestHead {
         match parse_request(raw) {

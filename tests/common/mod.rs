@@ -19,6 +19,7 @@ pub mod server;
 pub mod client;
 pub mod process;
 pub mod upstream;
+pub mod websocket;
 
 pub use client::{
     chat_body, get, parse_responses, post_json, raw_exchange, raw_exchange_timeout, request,
