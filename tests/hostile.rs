@@ -950,15 +950,16 @@ fn half_close_mid_route_body_never_completes_the_upstream_request() {
 
 #[test]
 fn upstream_101_switching_protocols_is_not_tunnelled() {
-    // PITFALLS 10: modelgate strips Upgrade and never tunnels; an unexpected 101 must not
-    // turn the client connection into a raw pipe to the upstream; the bytes after the 101
-    // never reach the client.
+    // PITFALLS 10: a request that did not ask to upgrade (here `Upgrade` without
+    // `Connection: upgrade`: hop-by-hop, stripped) is never tunnelled; an unexpected 101 must
+    // not turn the client connection into a raw pipe to the upstream; the bytes after the 101
+    // never reach the client. (Real WebSocket handshakes are tunnelled: tests/websocket.rs.)
     let up = raw_upstream(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW-TUNNEL-BYTES".to_vec(),
     );
     let mg = start(&up, json!({}));
     let mut c = client(mg.addr());
-    c.send(b"GET /route/m/ws HTTP/1.1\r\nHost: mg.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+    c.send(b"GET /route/m/ws HTTP/1.1\r\nHost: mg.test\r\nUpgrade: websocket\r\n\r\n");
     // Pinned: a 502 on a connection that stays framed (the 101 never reaches the client).
     let r = c.read_response();
     assert_error(&r, 502, "upstream_unavailable");

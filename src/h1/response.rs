@@ -74,7 +74,8 @@ pub fn parse_response(
 }
 
 /// Response framing, RFC 9112 §6.3 in hyper's `Client::decoder` order:
-/// 1. `101 Switching Protocols` → until close (we refuse upgrades: the engine closes).
+/// 1. `101 Switching Protocols` → until close (the engine tunnels it after a WebSocket handshake
+///    and refuses it otherwise; the framing is not used either way).
 /// 2. Any other 1xx → no body; `Transfer-Encoding` on a 1xx is invalid (nginx#1427) → error.
 /// 3. `204`, `304`, and any answer to `HEAD` → no body, whatever the headers say.
 /// 4. `Transfer-Encoding` and `Content-Length` together → error (nginx answers 502 too): an
