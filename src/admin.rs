@@ -105,6 +105,8 @@ mod tests {
                     description: None,
                     max_body_bytes: None,
                     replicas: Default::default(),
+                    profile: Default::default(),
+                    route_media: None,
                 },
             );
         }

@@ -13,6 +13,7 @@
 mod addr;
 mod json;
 mod model_extras;
+mod profile;
 mod replicas;
 mod tokens;
 
@@ -152,6 +153,10 @@ pub struct Model {
     pub max_body_bytes: Option<u64>,
     /// Several backends (`urls`) and how to balance over them; empty list: `upstream` alone.
     pub replicas: Replicas,
+    /// Virtual model: the upstream's name and the parameter profile (empty = byte-for-byte).
+    pub profile: crate::profile::Profile,
+    /// Requests with image, audio or file parts go to this model instead (key `routeMedia`).
+    pub route_media: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -279,6 +284,11 @@ const MODEL_KEYS: &[&str] = &[
     "ejectTimeMax",
     "maxConcurrentRequests",
     "queue",
+    "model",
+    "defaults",
+    "clamp",
+    "deny",
+    "routeMedia",
 ];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
 const DISCOVER_KEYS: &[&str] = &["url", "headers"];
@@ -953,6 +963,7 @@ impl Cx<'_> {
             }
         }
         self.check_aliases(&out);
+        self.media_routes(&out);
         out
     }
 
@@ -980,6 +991,8 @@ impl Cx<'_> {
         let headers = self.headers(&join(path, "headers"), f.get("headers"));
         let unlisted = self.bool(&join(path, "unlisted"), f.get("unlisted"), false);
         let ca_file = self.ca_file(&join(path, "caFile"), f.get("caFile"), upstream.as_ref());
+        let profile = self.profile(path, &f);
+        let route_media = self.route_media(path, f.get("routeMedia"));
         if f.get("url").is_some() && f.get("backend").is_some() {
             self.backend(path, &f); // reports the clash
         }
@@ -1000,6 +1013,8 @@ impl Cx<'_> {
             description: extras.description,
             max_body_bytes: extras.max_body_bytes,
             replicas,
+            profile: profile?,
+            route_media,
         })
     }
 

@@ -239,6 +239,8 @@ pub fn with_discovered(config: &Config, found: &Found) -> Config {
                 description: None,
                 max_body_bytes: None,
                 replicas: Default::default(),
+                profile: Default::default(),
+                route_media: None,
             });
         }
     }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod h1;
 pub mod metrics;
 pub mod multipart;
+pub mod profile;
 pub mod ratelimit;
 pub mod router;
 pub mod scan;

@@ -14,6 +14,7 @@ use crate::balance::{BalanceConfig, ReplicaLimits};
 use crate::config::{Config, Scheme, Timeouts, Upstream};
 use crate::error::ApiError;
 use crate::metrics::{Metrics, ModelStats, ReplicaStats};
+use crate::profile::Profile;
 use crate::ratelimit::{self, Bucket};
 use crate::secrets::Secret;
 
@@ -27,6 +28,10 @@ pub struct Route {
     pub unlisted: bool,
     /// Request counters and histograms, kept across reloads by model name.
     pub stats: Arc<ModelStats>,
+    /// The body rewrite of a virtual model (`crate::profile`); empty = byte-for-byte.
+    pub profile: Profile,
+    /// The model that requests with image, audio or file parts go to (`routeMedia`).
+    pub route_media: Option<String>,
     /// Other names that route here; requests are counted under `name`.
     pub aliases: Vec<String>,
     /// Shown in `/v1/models`.
@@ -230,6 +235,8 @@ pub struct Routes {
     pub created: u64,
     /// Stats of requests that never reached a model.
     pub unrouted: Arc<ModelStats>,
+    /// Some model has `routeMedia`: the body scanner also looks for media parts.
+    pub media_routing: bool,
 }
 
 impl Routes {
@@ -285,6 +292,8 @@ impl Routes {
                 balance: replicas.balance.clone(),
                 unlisted: model.unlisted,
                 stats: metrics.model(name),
+                profile: model.profile.clone(),
+                route_media: model.route_media.clone(),
             };
             models.insert(name.clone(), Arc::new(route));
         }
@@ -340,6 +349,7 @@ impl Routes {
             access_log: config.access_log,
             created,
             unrouted: metrics.unrouted(),
+            media_routing: config.models.values().any(|m| m.route_media.is_some()),
         })
     }
 

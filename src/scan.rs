@@ -150,6 +150,8 @@ enum Role {
     Key,
     /// The first top-level `model` value: store it.
     Model,
+    /// A key or value on the media path (`messages[].content[].type`): captured.
+    Probe,
 }
 
 /// The first top-level `model` value, as far as its first byte (and length) tell.
@@ -310,6 +312,109 @@ fn invalid(offset: u64, reason: &'static str) -> ScanError {
     ScanError::InvalidJson { offset, reason }
 }
 
+/// Longest key or `type` value the media probe keeps; longer ones match nothing.
+const PROBE_BYTES: usize = 16;
+
+/// Top-level keys whose arrays hold messages with content parts (Chat Completions, Responses).
+const MESSAGE_LISTS: &[&[u8]] = &[b"messages", b"input"];
+
+/// `type` values of content parts that carry an image, audio, video or file (OpenAI Chat
+/// Completions and Responses, vLLM's `video_url`/`audio_url`, Anthropic's `image`/`document`).
+pub const MEDIA_PART_TYPES: &[&str] = &[
+    "image_url",
+    "input_image",
+    "image",
+    "input_audio",
+    "audio_url",
+    "video_url",
+    "file",
+    "input_file",
+    "document",
+];
+
+/// Opt-in detection of media content parts (`messages[].content[].type`, also under the
+/// top-level `input`), found in the same pass. Off, it costs one branch per key and value.
+#[derive(Debug, Default)]
+struct Media {
+    on: bool,
+    found: bool,
+    /// How much of the path the open containers match: 1 = the messages array is open (at
+    /// depth 2), 2 = a message object (depth 3), 3 = its content array (depth 4), 4 = a part
+    /// object (depth 5). Level L is always the container at depth L + 1 or below.
+    level: u32,
+    /// The key just read continues the path: the value decides.
+    next: bool,
+    /// The current string is captured into `probe`.
+    capturing: bool,
+    /// The captured string is a part's `type` value.
+    type_value: bool,
+    probe: [u8; PROBE_BYTES],
+    /// Bytes in `probe`; more than `PROBE_BYTES` means too long to match.
+    probe_len: usize,
+}
+
+impl Media {
+    fn capture(&mut self, bytes: &[u8]) {
+        let end = self.probe_len + bytes.len();
+        if let Some(dst) = self.probe.get_mut(self.probe_len..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.probe_len = end;
+    }
+
+    fn probed(&self) -> &[u8] {
+        self.probe.get(..self.probe_len).unwrap_or(&[])
+    }
+
+    /// A key at `depth` was opened: capture it when it could continue the path.
+    fn begin_key(&mut self, depth: u32) {
+        self.next = false;
+        self.capturing = depth == self.level + 1 && matches!(depth, 1 | 3 | 5);
+        self.probe_len = 0;
+    }
+
+    /// A key ended: does it continue the path?
+    fn end_key(&mut self, depth: u32) {
+        if self.capturing {
+            let key = self.probed();
+            self.next = match depth {
+                1 => MESSAGE_LISTS.contains(&key),
+                3 => key == b"content",
+                _ => key == b"type",
+            };
+            self.capturing = false;
+        }
+    }
+
+    /// A value starting with `b` begins in the container at `depth`. Returns true when it is
+    /// a part's `type` string, to be captured.
+    fn begin_value(&mut self, b: u8, depth: u32) -> bool {
+        let after_key = std::mem::take(&mut self.next);
+        let on_path = depth == self.level + 1;
+        match (b, self.level) {
+            (b'[', 0 | 2) if after_key => self.level += 1,
+            (b'{', 1 | 3) if on_path => self.level += 1,
+            (b'"', 4) if after_key => {
+                self.capturing = true;
+                self.type_value = true;
+                self.probe_len = 0;
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn end_value(&mut self) {
+        if self.type_value {
+            let t = self.probed();
+            self.found |= MEDIA_PART_TYPES.iter().any(|m| m.as_bytes() == t);
+            self.type_value = false;
+            self.capturing = false;
+        }
+    }
+}
+
 /// Push scanner: feed the body block by block, then `finish`.
 #[derive(Debug)]
 pub struct ModelScanner {
@@ -347,6 +452,8 @@ pub struct ModelScanner {
     /// Used instead of `name_inline` once the name outgrows it.
     name_heap: Vec<u8>,
     name_spilled: bool,
+
+    media: Media,
 }
 
 impl Default for ModelScanner {
@@ -380,7 +487,22 @@ impl ModelScanner {
             name_inline: [0; INLINE_NAME_BYTES],
             name_heap: Vec::new(),
             name_spilled: false,
+            media: Media::default(),
         }
+    }
+
+    /// A scanner that also notes whether the body has a media content part: a
+    /// `messages[].content[]` (or `input[].content[]`) object whose `type` is one of
+    /// [`MEDIA_PART_TYPES`]. Answered by [`ModelScanner::saw_media`].
+    pub fn with_media() -> ModelScanner {
+        let mut s = ModelScanner::new();
+        s.media.on = true;
+        s
+    }
+
+    /// A media content part was seen so far (always false without [`ModelScanner::with_media`]).
+    pub fn saw_media(&self) -> bool {
+        self.media.found
     }
 
     /// Feeds the next bytes of the body. An error is final (later calls repeat it). Only
@@ -584,6 +706,9 @@ impl ModelScanner {
             return Err(invalid(pos, "mismatched closing bracket"));
         }
         self.depth -= 1;
+        if self.media.on {
+            self.media.level = self.media.level.min(self.depth.saturating_sub(1));
+        }
         self.state = if self.depth == 0 {
             State::Trailing
         } else {
@@ -601,10 +726,19 @@ impl ModelScanner {
         } else {
             self.role = Role::Skip;
         }
+        if self.media.on {
+            self.media.begin_key(self.depth);
+            if self.media.capturing && self.depth > 1 {
+                self.role = Role::Probe;
+            }
+        }
     }
 
     fn begin_value(&mut self, b: u8, pos: u64) -> Result<(), ScanError> {
         self.role = Role::Skip;
+        if self.media.on && self.media.begin_value(b, self.depth) {
+            self.role = Role::Probe;
+        }
         if self.model_pending {
             // The first byte decides the kind; if the value turns out malformed, the
             // InvalidJson error wins anyway.
@@ -668,8 +802,14 @@ impl ModelScanner {
                 self.model_keys = self.model_keys.saturating_add(1);
                 self.model_pending = self.model_keys == 1;
             }
+            if self.media.on {
+                self.media.end_key(self.depth);
+            }
             self.state = State::Colon;
         } else {
+            if self.media.on {
+                self.media.end_value();
+            }
             self.state = State::AfterValue;
         }
         self.role = Role::Skip;
@@ -896,8 +1036,14 @@ impl ModelScanner {
     fn push_role(&mut self, bytes: &[u8]) {
         match self.role {
             Role::Skip => {}
-            Role::Key => self.push_key(bytes),
+            Role::Key => {
+                self.push_key(bytes);
+                if self.media.capturing {
+                    self.media.capture(bytes);
+                }
+            }
             Role::Model => self.push_name(bytes),
+            Role::Probe => self.media.capture(bytes),
         }
     }
 
@@ -941,6 +1087,54 @@ impl ModelScanner {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    /// serde_json's default verdict on a document. The crate enables `arbitrary_precision`
+    /// (for the profile rewrite), under which `Value` keeps numbers as text and no longer
+    /// rejects ones that overflow `f64`; a default build does. So every number token of an
+    /// accepted document (values of duplicate keys too, which `Value` drops) is also read as an
+    /// `f64`, which still goes through serde_json's default algorithm.
+    fn serde_value(doc: &[u8]) -> Result<Value, String> {
+        let v = serde_json::from_slice::<Value>(doc).map_err(|e| e.to_string())?;
+        if number_tokens(doc)
+            .iter()
+            .all(|n| serde_json::from_str::<f64>(n).is_ok())
+        {
+            Ok(v)
+        } else {
+            Err("number out of range".into())
+        }
+    }
+
+    /// The number tokens of a valid JSON document: runs of number characters outside strings
+    /// that start with `-` or a digit (the `e` of `true` starts no run).
+    fn number_tokens(doc: &[u8]) -> Vec<&str> {
+        let is_num = |b: u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+        let mut out = Vec::new();
+        let (mut i, mut in_str) = (0, false);
+        while i < doc.len() {
+            let b = doc[i];
+            if in_str {
+                match b {
+                    b'\\' => i += 1,
+                    b'"' => in_str = false,
+                    _ => {}
+                }
+                i += 1;
+            } else if b == b'"' {
+                in_str = true;
+                i += 1;
+            } else if b == b'-' || b.is_ascii_digit() {
+                let start = i;
+                while i < doc.len() && is_num(doc[i]) {
+                    i += 1;
+                }
+                out.extend(std::str::from_utf8(&doc[start..i]));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
 
     const CHAT: &[u8] = include_bytes!("../tests/data/chat-request-model-last.json");
 
@@ -1357,15 +1551,11 @@ mod tests {
             ("18446744073709551616", true),
         ] {
             let body = format!(r#"{{"a":{n}}}"#);
-            assert_eq!(
-                serde_json::from_str::<Value>(&body).is_ok(),
-                ok,
-                "serde on {n}"
-            );
+            assert_eq!(serde_value(body.as_bytes()).is_ok(), ok, "serde on {n}");
             assert_eq!(!is_invalid(&scan(body.as_bytes())), ok, "{n}");
         }
         let huge = format!(r#"{{"a":1{}}}"#, "0".repeat(400));
-        assert!(serde_json::from_str::<Value>(&huge).is_err());
+        assert!(serde_value(huge.as_bytes()).is_err());
         assert_eq!(invalid_at(huge.as_bytes()), (5, "number out of range"));
     }
 
@@ -1395,10 +1585,10 @@ mod tests {
             s
         };
         let ok = nest(MAX_DEPTH as usize);
-        assert!(serde_json::from_str::<Value>(&ok).is_ok());
+        assert!(serde_value(ok.as_bytes()).is_ok());
         assert_eq!(scan(ok.as_bytes()), Err(ScanError::MissingModel));
         let deep = nest(MAX_DEPTH as usize + 1);
-        assert!(serde_json::from_str::<Value>(&deep).is_err());
+        assert!(serde_value(deep.as_bytes()).is_err());
         assert_eq!(invalid_at(deep.as_bytes()), (5 + 126, "nesting too deep"));
     }
 
@@ -1650,7 +1840,7 @@ mod tests {
     /// serde_json's verdict: None when it rejects the body or the root is not an object; else
     /// whether the key is there, and the model of its (last) value.
     fn oracle(doc: &[u8]) -> Option<(bool, Result<String, ScanError>)> {
-        match serde_json::from_slice::<Value>(doc) {
+        match serde_value(doc) {
             Ok(Value::Object(map)) => Some((
                 map.contains_key("model"),
                 match map.get("model") {
@@ -1733,5 +1923,99 @@ mod tests {
         }
         // The mutations must exercise both sides.
         assert!(invalid_seen > 1000 && invalid_seen < 5900, "{invalid_seen}");
+    }
+
+    // ---- media content parts ----
+
+    fn media_in(body: &[u8], block: usize) -> (bool, Result<String, ScanError>) {
+        let mut s = ModelScanner::with_media();
+        for piece in body.chunks(block.max(1)) {
+            if s.feed(piece).is_err() {
+                break;
+            }
+        }
+        let seen = s.saw_media();
+        (seen, s.finish().map(str::to_owned))
+    }
+
+    /// The verdict for a body, checked to be the same whole and byte by byte.
+    fn media(body: &str) -> bool {
+        let whole = media_in(body.as_bytes(), usize::MAX);
+        assert_eq!(media_in(body.as_bytes(), 1), whole, "{body}");
+        assert_eq!(
+            whole.1,
+            scan(body.as_bytes()),
+            "the model verdict is unchanged"
+        );
+        whole.0
+    }
+
+    #[test]
+    fn media_parts_are_found() {
+        for t in MEDIA_PART_TYPES {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"hi"}},{{"type":"{t}","x":{{}}}}]}}]}}"#
+            );
+            assert!(media(&body), "{t}");
+        }
+        // The Responses API: `input[].content[]`; `type` before or after other keys, escaped.
+        assert!(media(
+            r#"{"input":[{"role":"user","content":[{"image_url":"data:...","type":"input_image"}]}],"model":"m"}"#
+        ));
+        assert!(media(
+            r#"{"messages":[{"content":"a"},{"content":[{"type":"image\u005furl"}]}],"model":"m"}"#
+        ));
+    }
+
+    #[test]
+    fn text_only_and_lookalikes_are_not_media() {
+        for body in [
+            r#"{"model":"m","messages":[{"role":"user","content":"an image_url"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"image_url"}]}]}"#,
+            // `type` elsewhere: a tool, the response format, a message's own type, nested deeper.
+            r#"{"model":"m","tools":[{"type":"file"}],"messages":[]}"#,
+            r#"{"model":"m","response_format":{"type":"image"},"messages":[]}"#,
+            r#"{"model":"m","messages":[{"type":"image_url","content":[]}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"x":{"type":"image_url"}}]}]}"#,
+            r#"{"model":"m","messages":[{"content":[[{"type":"image_url"}]]}]}"#,
+            r#"{"model":"m","messages":[{"tool_calls":[{"type":"file"}]}]}"#,
+            r#"{"model":"m","other":[{"content":[{"type":"image_url"}]}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"type":"image_url_x"}]}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"type":["image_url"]}]}]}"#,
+            r#"{"model":"m","messages":[{"content":[{"kind":"image_url"}]}]}"#,
+        ] {
+            assert!(!media(body), "{body}");
+        }
+    }
+
+    #[test]
+    fn media_path_is_left_when_containers_close() {
+        // After the messages array closes, a later top-level array is not on the path.
+        assert!(!media(
+            r#"{"messages":[{"content":[]}],"x":[{"content":[{"type":"file"}]}],"model":"m"}"#
+        ));
+        assert!(media(
+            r#"{"messages":[{"content":[{"type":"text"}]},{"role":"u","content":[{"a":[1,{"b":2}],"type":"file"}]}],"model":"m"}"#
+        ));
+    }
+
+    #[test]
+    fn media_off_by_default() {
+        let body = br#"{"model":"m","messages":[{"content":[{"type":"image_url"}]}]}"#;
+        let mut s = ModelScanner::new();
+        s.feed(body).unwrap();
+        assert!(!s.saw_media());
+        assert_eq!(s.finish(), Ok("m"));
+    }
+
+    #[test]
+    fn media_scan_agrees_on_generated_documents() {
+        // The media flag never changes the model verdict and is split-invariant.
+        for body in split_cases() {
+            let whole = media_in(&body, usize::MAX);
+            assert_eq!(whole.1, scan(&body), "{}", lossy(&body));
+            assert_eq!(media_in(&body, 1), whole, "{}", lossy(&body));
+            assert_eq!(media_in(&body, 7), whole, "{}", lossy(&body));
+        }
     }
 }

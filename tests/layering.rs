@@ -8,7 +8,7 @@ fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "buf" | "balance" | "slab" | "timer" | "config" | "secrets" | "auth" | "scan"
         | "router" | "h1" | "error" | "usage" | "metrics" | "accesslog" | "discovery"
-        | "multipart" | "ratelimit" => 0,
+        | "multipart" | "ratelimit" | "profile" => 0,
         "net" => 1,
         "conn" | "upstream" | "admin" => 2,
         "cli" | "server" | "worker" | "resolver" | "prober" | "main" => 3,

@@ -3,7 +3,8 @@
 //! 1. split invariance: the verdict (model, error kind, error offset) is the same whatever
 //!    block boundaries the body arrives in (the first input bytes choose the splits);
 //! 2. the serde_json oracle: the body is rejected as InvalidJson exactly when
-//!    `serde_json::from_slice::<Value>` rejects it (or its root is not an object); otherwise
+//!    `serde_json::from_slice::<Value>` of a default build rejects it (or its root is not an
+//!    object; see `numbers_in_range` for `arbitrary_precision`); otherwise
 //!    the model, DuplicateModel, InvalidModel and MissingModel match what serde_json sees
 //!    (duplicate top-level `model` keys counted with a visitor, since serde_json's Map keeps
 //!    only the last).
@@ -55,8 +56,46 @@ impl<'de> Deserialize<'de> for TopLevelModels {
     }
 }
 
+/// modelgate enables serde_json's `arbitrary_precision` (profile rewrites keep numbers as
+/// written), under which `Value` no longer rejects numbers that overflow `f64`; a default
+/// build does. Every number token is therefore also read as an `f64` (serde_json's default
+/// algorithm still runs for that).
+fn numbers_in_range(doc: &[u8]) -> bool {
+    let is_num = |b: u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    let (mut i, mut in_str) = (0, false);
+    while i < doc.len() {
+        let b = doc[i];
+        if in_str {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            i += 1;
+        } else if b == b'"' {
+            in_str = true;
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < doc.len() && is_num(doc[i]) {
+                i += 1;
+            }
+            let token = std::str::from_utf8(&doc[start..i]).unwrap_or("x");
+            if serde_json::from_str::<f64>(token).is_err() {
+                return false;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 fn expected(body: &[u8]) -> Option<Result<String, ScanError>> {
     let top = serde_json::from_slice::<TopLevelModels>(body).ok()?;
+    if !numbers_in_range(body) {
+        return None;
+    }
     Some(match top.0.as_slice() {
         [] | [Value::Null] => Err(ScanError::MissingModel),
         [Value::String(s)] if s.len() > MAX_MODEL_NAME_BYTES => Err(ScanError::InvalidModel),

@@ -23,6 +23,7 @@ mod ids;
 mod outbox;
 mod record;
 mod replicas;
+mod rewrite;
 mod scanner;
 mod tunnel;
 
@@ -50,6 +51,7 @@ use crate::h1::{
 };
 use crate::net::{Io, Peer};
 use crate::router::{self, Backend, Route, Routes, Target};
+use crate::scan::ScanError;
 use crate::upstream::Sock;
 
 /// Iterations of one connection's loop per turn before yielding to the others (PITFALLS 1).
@@ -138,6 +140,9 @@ struct BodyRead {
     routes: Arc<Routes>,
     /// Blocks offered to the next read (1 up to `READ_AHEAD`).
     read_ahead: usize,
+    /// A `/route/{model}/…` request to a model whose profile rewrites bodies: its route and
+    /// the target to forward (the body is read whole to be rewritten).
+    path_route: Option<(Arc<Route>, Vec<u8>)>,
 }
 
 /// The most blocks one body read fills: 256 KiB per syscall, as much as one `writev` sends on.
@@ -832,6 +837,14 @@ impl Conn {
                 true,
             );
         }
+        if route.profile.rewrites() && head.framing != RequestFraming::Empty {
+            // The profile rewrites the body: read it whole first, as for a body-routed request.
+            let flow = self.start_body(head, routes);
+            if let Phase::Body(body) = &mut self.phase {
+                body.path_route = Some((route, path.to_vec()));
+            }
+            return flow;
+        }
         let Some(slot) = InFlight::acquire(ctx.in_flight, routes.max_concurrent_requests) else {
             return self.reject(ApiError::Overloaded, close_on_error);
         };
@@ -970,10 +983,15 @@ impl Conn {
             head_block,
             initial: 0,
             body: Vec::new(),
-            scanner,
+            scanner: if routes.media_routing {
+                scanner.with_media()
+            } else {
+                scanner
+            },
             payload: 0,
             routes,
             read_ahead: 1,
+            path_route: None,
         });
         // Body bytes that came with the head stay where they are (usually the whole body):
         // the head block itself becomes the first body chunk when the request goes upstream.
@@ -1115,22 +1133,46 @@ impl Conn {
         // is reserved.
         body.body.retain(|block| !block.is_empty());
         let keep_alive = body.head.keep_alive;
-        let routed = match body.scanner.finish() {
-            Ok(model) => match body.routes.get(model) {
+        let saw_media = body.scanner.saw_media();
+        let path_route = body.path_route.take();
+        let routed = match (&path_route, body.scanner.finish()) {
+            // The path named the route (scope already checked): the body only has to be one
+            // JSON object, within the route's cap.
+            (
+                Some((route, _)),
+                Ok(_)
+                | Err(ApiError::Scan(
+                    ScanError::MissingModel | ScanError::InvalidModel | ScanError::DuplicateModel,
+                )),
+            ) => {
+                if route.max_body_bytes > 0 && body.payload > route.max_body_bytes {
+                    Err(ApiError::BodyTooLarge)
+                } else {
+                    Ok(Arc::clone(route))
+                }
+            }
+            (_, Ok(model)) => match body.routes.get(model) {
                 Some(route) => {
+                    // The token's scope is checked on the name the client asked for; a
+                    // media detour then picks the route that serves it, and its body cap.
                     self.rec.route = Some(Arc::clone(route));
                     if !body.routes.token_allows(self.token, route) {
                         Err(ApiError::ModelNotAllowed(model.to_owned()))
-                    } else if route.max_body_bytes > 0 && body.payload > route.max_body_bytes {
-                        // The body was read under the largest cap; this model's is smaller.
-                        Err(ApiError::BodyTooLarge)
                     } else {
-                        Ok(Arc::clone(route))
+                        let route =
+                            rewrite::media_detour(&body.routes, Arc::clone(route), saw_media);
+                        self.rec.route = Some(Arc::clone(&route));
+                        if route.max_body_bytes > 0 && body.payload > route.max_body_bytes {
+                            // The body was read under the largest cap; this model's is smaller.
+                            Err(ApiError::BodyTooLarge)
+                        } else {
+                            Ok(route)
+                        }
                     }
                 }
                 None => Err(ApiError::ModelNotFound(model.to_owned())),
             },
-            Err(e) => Err(e),
+            (_, Err(e)) => Err(e),
         };
         let slot = routed.and_then(|route| {
             let slot = InFlight::acquire(ctx.in_flight, body.routes.max_concurrent_requests)
@@ -1142,12 +1184,29 @@ impl Conn {
         });
         let prepared = slot.and_then(|(route, slot, resp_buf, hold)| {
             let raw = body.head_block.filled();
-            let target = raw.get(body.head.target.clone()).unwrap_or(b"/");
+            // A virtual model with a profile: the whole body is here; re-encode it.
+            let rewritten = if route.profile.rewrites() {
+                let start = body.head.head_len;
+                let first = raw.get(start..start + body.initial).unwrap_or(&[]);
+                Some(rewrite::rewrite_body(
+                    &route.profile,
+                    &body.head,
+                    first,
+                    &body.body,
+                )?)
+            } else {
+                None
+            };
+            let head = rewritten.as_ref().map_or(&body.head, |(_, h)| h);
+            let target = match &path_route {
+                Some((_, path)) => path.as_slice(),
+                None => raw.get(body.head.target.clone()).unwrap_or(b"/"),
+            };
             let strip = !body.routes.auth_tokens.is_empty();
             let resend = (hold.is_none() || route.backends.len() > 1).then(|| Resend {
                 raw: copy_chunk(raw.get(..body.head.head_len).unwrap_or(&[]), ctx.pool),
-                head: body.head.clone(),
-                target: None,
+                head: head.clone(),
+                target: path_route.as_ref().map(|(_, path)| path.clone()),
                 strip_authorization: strip,
             });
             let head_chunk = match &hold {
@@ -1157,7 +1216,7 @@ impl Conn {
                     self.rec.replica = hold.index;
                     Some(build_upstream_head(
                         raw,
-                        &body.head,
+                        head,
                         backend,
                         target,
                         (self.peer, self.secure),
@@ -1167,7 +1226,8 @@ impl Conn {
                     ))
                 }
             };
-            Ok((route, slot, resp_buf, head_chunk, hold, resend))
+            let body_out = rewritten.map(|(b, _)| b);
+            Ok((route, slot, resp_buf, head_chunk, hold, resend, body_out))
         });
         // What follows the body is the next request: it becomes the read buffer again.
         let mut first = body.head_block;
@@ -1192,12 +1252,17 @@ impl Conn {
         body.head.keep_alive = keep_alive;
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
-            Ok((route, slot, resp_buf, head_chunk, hold, resend)) => {
+            Ok((route, slot, resp_buf, head_chunk, hold, resend, rewritten)) => {
                 let mut to_upstream = Outbox::retaining(true);
                 to_upstream.extend(head_chunk);
-                to_upstream.push(Chunk::Block(first));
-                for block in body.body.drain(..) {
-                    to_upstream.push(Chunk::Block(block));
+                if let Some(new_body) = rewritten {
+                    // The raw blocks go back to the pool when `first` and `body` drop.
+                    to_upstream.push(Chunk::Owned(new_body));
+                } else {
+                    to_upstream.push(Chunk::Block(first));
+                    for block in body.body.drain(..) {
+                        to_upstream.push(Chunk::Block(block));
+                    }
                 }
                 let mut ex = Exchange::new(
                     route,

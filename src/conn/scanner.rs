@@ -23,6 +23,19 @@ impl BodyScanner {
         }
     }
 
+    /// Also notes media content parts of a JSON body (`routeMedia`); call before feeding.
+    pub(super) fn with_media(self) -> BodyScanner {
+        match self {
+            BodyScanner::Json(_) => BodyScanner::Json(ModelScanner::with_media()),
+            other => other,
+        }
+    }
+
+    /// A JSON body had a media content part (see [`ModelScanner::with_media`]).
+    pub(super) fn saw_media(&self) -> bool {
+        matches!(self, BodyScanner::Json(s) if s.saw_media())
+    }
+
     /// Feeds the next payload bytes; an error here is final.
     pub(super) fn feed(&mut self, data: &[u8]) -> Result<(), ApiError> {
         match self {

@@ -129,6 +129,12 @@ pub fn write_upstream_request_head(
     if head.framing == RequestFraming::Chunked {
         put_header(out, b"Transfer-Encoding", b"chunked");
     }
+    if let (false, RequestFraming::Length(n)) = (wrote_length, head.framing) {
+        // A body re-framed by the caller (a profile rewrote a chunked body).
+        out.extend_from_slice(b"Content-Length: ");
+        put_u64(out, n);
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(ip) = req.client_ip {
         if !extra_has("x-forwarded-for") {
             out.extend_from_slice(b"X-Forwarded-For: ");

@@ -1,0 +1,42 @@
+//! Virtual models at the Body → Proxy handoff: the media detour (`routeMedia`) and the body
+//! rewrite of a profile. Everything else goes upstream byte for byte.
+
+use std::sync::Arc;
+
+use crate::buf::Block;
+use crate::error::ApiError;
+use crate::h1::{BodyTracker, RequestFraming, RequestHead};
+use crate::profile::Profile;
+use crate::router::{Route, Routes};
+
+/// The route a body-routed request goes to: the named one, or its `routeMedia` target when
+/// the body has a media content part.
+pub(super) fn media_detour(routes: &Routes, named: Arc<Route>, saw_media: bool) -> Arc<Route> {
+    match &named.route_media {
+        Some(target) if saw_media => routes.get(target).cloned().unwrap_or(named),
+        _ => named,
+    }
+}
+
+/// The rewritten body for `profile`, and the head to send it with: the same head framed by
+/// `Content-Length` (a chunked request becomes a Content-Length one; its trailers, if any, are
+/// dropped). `first` holds the raw body bytes read with the head, `rest` the blocks after it.
+pub(super) fn rewrite_body(
+    profile: &Profile,
+    head: &RequestHead,
+    first: &[u8],
+    rest: &[Block],
+) -> Result<(Vec<u8>, RequestHead), ApiError> {
+    let mut tracker = BodyTracker::for_request(head.framing);
+    let mut payload = Vec::new();
+    let mut collect = |data: &[u8]| payload.extend_from_slice(data);
+    for raw in std::iter::once(first).chain(rest.iter().map(Block::filled)) {
+        tracker.feed(raw, &mut collect).map_err(ApiError::from)?;
+    }
+    let body = profile.rewrite(&payload).map_err(|_| {
+        ApiError::BadRequest("this model's profile rewrites JSON bodies: send one JSON object")
+    })?;
+    let mut head = head.clone();
+    head.framing = RequestFraming::Length(body.len() as u64);
+    Ok((body, head))
+}
