@@ -334,3 +334,29 @@ fn openai_python_sdk_audio_uploads_work_through_modelgate() {
     assert_eq!(reqs.len(), 3, "uploads that reached the mock");
     assert_eq!(reqs[2].path(), "/v1/audio/translations");
 }
+
+#[test]
+fn an_upload_with_expect_100_continue_gets_its_continue_first() {
+    // curl sends `Expect: 100-continue` before large `-F file=@…` uploads.
+    let (whisper, _other, mg) = two_models();
+    let body = form(&noisy_file(2_000_000), &[("model", "whisper-1")]);
+    let mut c = Client::connect(mg.addr());
+    c.set_read_timeout(T);
+    c.send(
+        format!(
+            "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: modelgate.test\r\n{}\r\n\
+             Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            content_type(),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let cont = c.read_response_no_body();
+    assert_eq!(cont.status, 100);
+    c.send(&body);
+    let resp = c.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let got = whisper.wait_requests(1, T);
+    assert!(got[0].raw_body == body);
+    assert!(got[0].header("expect").is_none());
+}

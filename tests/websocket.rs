@@ -280,3 +280,52 @@ fn a_101_to_a_request_that_did_not_ask_to_upgrade_is_a_502() {
     assert_eq!(resp.status, 502);
     assert_eq!(resp.error_code().as_deref(), Some("upstream_unavailable"));
 }
+
+#[test]
+fn a_tunnel_through_a_tls_listener_closes_with_close_notify() {
+    use rustls::pki_types::ServerName;
+    let ws = WsUpstream::start();
+    let dir = TempDir::new();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_path = dir.write("cert.pem", cert.pem());
+    let key_path = dir.write("key.pem", signing_key.serialize_pem());
+    let config = json!({
+        "listen": {"address": "127.0.0.1:0", "tls": {"cert": cert_path, "key": key_path}},
+        "models": {"rt": {"url": ws.url()}},
+    });
+    let mg = Modelgate::start(&config.to_string());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let session = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+    let tcp = TcpStream::connect(mg.addr()).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let mut s = rustls::StreamOwned::new(session, tcp);
+
+    s.write_all(&handshake("/v1/realtime?model=rt", &[]))
+        .unwrap();
+    let (status, _) = read_head(&mut s).unwrap();
+    assert_eq!(status, 101);
+    assert_eq!(read_frame(&mut s).unwrap().text(), "hello from upstream");
+    let blob: Vec<u8> = (0..100_000u64).map(pattern).collect();
+    write_frame(&mut s, OP_BINARY, &blob, true).unwrap();
+    assert!(read_frame(&mut s).unwrap().payload == blob);
+
+    write_frame(&mut s, OP_CLOSE, b"\x03\xe8", true).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().opcode, OP_CLOSE);
+    // The upstream's FIN arrives as a TLS close_notify (read_to_end fails on a bare FIN).
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("a clean TLS close");
+    assert!(rest.is_empty());
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    assert!(ws.wait_event("eof", T), "{:?}", ws.events());
+}

@@ -186,8 +186,13 @@ impl Conn {
                 t.client_shut = true;
                 progress = true;
             }
-            if t.client_shut && t.upstream_shut {
-                // Both directions ended cleanly.
+            let upstream_drained = self
+                .upstream
+                .as_ref()
+                .is_some_and(|up| t.to_upstream.drained(up, Some(&t.up_buf)));
+            let client_drained = self.to_client.drained(&self.client, Some(&t.down_buf));
+            if t.client_shut && t.upstream_shut && upstream_drained && client_drained {
+                // Both directions ended cleanly (a TLS close_notify included).
                 self.close_outcome = Outcome::Ok;
                 return Flow::Close;
             }
