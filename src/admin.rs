@@ -12,6 +12,28 @@ pub fn health(routes: &Routes) -> Vec<u8> {
     status_ok(routes.listed.len())
 }
 
+/// `/health` with per-model replica counts (`{"status":"ok","models":N,"replicas":{NAME:
+/// {"healthy":H,"total":T}}}`) for models with several replicas; `counts` in name order.
+/// Without any, the body is exactly [`health`]'s.
+pub fn health_with_replicas(routes: &Routes, counts: &[(&str, usize, usize)]) -> Vec<u8> {
+    if counts.is_empty() {
+        return health(routes);
+    }
+    let mut out = format!(
+        "{{\"status\":\"ok\",\"models\":{},\"replicas\":{{",
+        routes.listed.len()
+    );
+    for (i, (name, healthy, total)) in counts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::from(*name).to_string());
+        out.push_str(&format!(":{{\"healthy\":{healthy},\"total\":{total}}}"));
+    }
+    out.push_str("}}");
+    out.into_bytes()
+}
+
 /// The answer to a successful `/admin/reload`: `{"status":"ok","models":N}` (listed models).
 pub fn reloaded(listed: usize) -> Vec<u8> {
     status_ok(listed)

@@ -289,6 +289,7 @@ const MODEL_KEYS: &[&str] = &[
     "clamp",
     "deny",
     "routeMedia",
+    "healthCheck",
 ];
 const LISTEN_KEYS: &[&str] = &["address", "tls"];
 const DISCOVER_KEYS: &[&str] = &["url", "headers"];

@@ -34,6 +34,7 @@ pub mod conn;
 pub mod upstream;
 
 pub mod cli;
+pub mod health;
 pub mod prober;
 pub mod resolver;
 pub mod server;

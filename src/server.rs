@@ -17,10 +17,10 @@ use crate::discovery::{self, Found};
 use crate::metrics::Metrics;
 use crate::net::{self, systemd, tls, Listener};
 use crate::prober;
-use crate::resolver;
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
 use crate::worker::{self, Control, ListenerTls, Shared, ToServer, Worker};
+use crate::{health, resolver};
 
 /// Resolves an upstream host while a routing table is built (startup and reload, on the
 /// server thread); failures are a warning: the resolver thread keeps trying.
@@ -201,6 +201,9 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot spawn worker: {e}"))?;
         workers.handles.push(spawned);
     }
+    let (health_tx, health_rx) = health::channel();
+    health::spawn(health_rx, Arc::clone(&routes), workers.controls.clone())
+        .map_err(|e| format!("cannot start the health checks: {e}"))?;
     resolver::spawn(
         resolver_rx,
         routes.names_to_resolve(),
@@ -233,6 +236,7 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
             Ok(ToServer::Discovered(next)) => {
                 let routes = rediscovered(&current, &mut found, next, &metrics);
                 if let Some(routes) = routes {
+                    let _ = health_tx.send(Arc::clone(&routes));
                     let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                     workers.send(|| Control::Routes(Arc::clone(&routes)));
                 }
@@ -254,6 +258,7 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
                 current = next;
                 let (total, listed) = (routes.models.len(), routes.listed.len());
                 let routes = Arc::new(routes);
+                let _ = health_tx.send(Arc::clone(&routes));
                 let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                 workers.send(|| Control::Routes(Arc::clone(&routes)));
                 workers.send(|| Control::ListenerTls(tls.clone()));

@@ -20,7 +20,7 @@ use crate::conn::{Balancers, Conn, Ctx, Obs, RequestIds, Want};
 use crate::metrics::Metrics;
 use crate::net::{self, Accepted, Listener};
 use crate::resolver;
-use crate::router::Routes;
+use crate::router::{Route, Routes};
 use crate::slab::Slab;
 use crate::timer::Timers;
 use crate::upstream::{Sock, UpstreamPool};
@@ -54,6 +54,12 @@ pub enum Control {
     Resolved {
         name: Arc<str>,
         addrs: Arc<[std::net::SocketAddr]>,
+    },
+    /// The health thread's verdict on replica `replica` of `route`.
+    ReplicaHealth {
+        route: Arc<Route>,
+        replica: usize,
+        up: bool,
     },
     /// Stop accepting, close idle connections, finish the rest until the deadline.
     Shutdown { deadline: Instant },
@@ -363,6 +369,13 @@ impl Worker {
                 Control::Routes(routes) => {
                     self.env.balancers.reload(&routes);
                     self.env.routes = routes;
+                }
+                Control::ReplicaHealth { route, replica, up } => {
+                    if let Some(b) = self.env.balancers.get(&route) {
+                        if let Ok(mut b) = b.try_borrow_mut() {
+                            b.set_down(replica, !up);
+                        }
+                    }
                 }
                 Control::Resolved { name, addrs } => {
                     self.resolved.insert(name, addrs);

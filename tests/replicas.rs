@@ -360,6 +360,10 @@ fn full_replicas_queue_then_refuse_and_a_freed_slot_serves_the_waiter() {
         2,
         "the waiter still waits"
     );
+    for r in [&a, &b] {
+        let outstanding = replica_metric(&gw, "modelgate_replica_outstanding_requests", &r.url());
+        assert_eq!(outstanding, 1.0);
+    }
     open.store(true, Ordering::SeqCst);
     for _ in 0..3 {
         let r = rx.recv_timeout(LONG).expect("an answer");
@@ -415,4 +419,82 @@ fn waiters_are_served_in_arrival_order() {
         .map(|r| r.json()["n"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(order, vec![0, 1, 2, 3, 4]);
+}
+
+/// A replica whose `/health` answers 200 while `healthy` is set, else 503.
+fn checked_replica(name: &'static str, healthy: Arc<AtomicBool>) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while let Some(req) = c.read_request() {
+            let sent = if req.path() == "/health" {
+                let status = if healthy.load(Ordering::SeqCst) {
+                    200
+                } else {
+                    503
+                };
+                c.respond(status, &[], b"")
+            } else {
+                c.respond(200, &[&format!("X-Replica: {name}")], b"{}")
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn work_requests(r: &ScriptedUpstream) -> usize {
+    r.requests()
+        .iter()
+        .filter(|q| q.path() != "/health")
+        .count()
+}
+
+#[test]
+fn active_health_marks_a_replica_down_and_up() {
+    let a_ok = Arc::new(AtomicBool::new(true));
+    let a = checked_replica("a", a_ok.clone());
+    let b = checked_replica("b", Arc::new(AtomicBool::new(true)));
+    let gw = gate(
+        &[a.url(), b.url()],
+        serde_json::json!({"healthCheck": {"path": "/health", "interval": 0.1, "timeout": 2}}),
+    );
+    let counts = |gw: &Modelgate| get(gw.addr(), "/health").json()["replicas"]["m"].clone();
+    assert!(wait_until(LONG, || a.request_count() > 0), "a is checked");
+    assert_eq!(counts(&gw)["total"], 2);
+    a_ok.store(false, Ordering::SeqCst);
+    assert!(
+        wait_until(LONG, || counts(&gw)["healthy"] == 1),
+        "a is down: {}",
+        counts(&gw)
+    );
+    assert_eq!(replica_metric(&gw, "modelgate_replica_up", &a.url()), 0.0);
+    let before = work_requests(&a);
+    for _ in 0..20 {
+        assert_eq!(chat(&gw).header("x-replica"), Some("b"));
+    }
+    assert_eq!(
+        work_requests(&a),
+        before,
+        "nothing goes to a replica marked down"
+    );
+    a_ok.store(true, Ordering::SeqCst);
+    assert!(
+        wait_until(LONG, || counts(&gw)["healthy"] == 2),
+        "a is up again"
+    );
+    assert_eq!(replica_metric(&gw, "modelgate_replica_up", &a.url()), 1.0);
+    assert!(wait_until(LONG, || {
+        chat(&gw);
+        work_requests(&a) > before
+    }));
+}
+
+#[test]
+fn health_of_a_plain_config_is_unchanged() {
+    let up = replica("only", Duration::ZERO);
+    let gw = Modelgate::start(&config_json(&[("m", &up.url())]));
+    assert_eq!(
+        get(gw.addr(), "/health").text(),
+        r#"{"status":"ok","models":1}"#
+    );
 }

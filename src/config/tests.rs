@@ -1159,6 +1159,22 @@ fn balancing_keys_are_read() {
     let b = &q.models["m"].replicas.balance;
     assert_eq!(b.queue_size, 10);
     assert_eq!(b.queue_timeout, Duration::from_secs(2));
+    let h = ok(&with_model(
+        r#""url": "http://127.0.0.1:7", "healthCheck": {"path": "/ready", "interval": 1}"#,
+    ));
+    let h = h.models["m"]
+        .replicas
+        .balance
+        .health_check
+        .clone()
+        .expect("check");
+    assert_eq!(h.path, "/ready");
+    assert_eq!(h.interval, Duration::from_secs(1));
+    assert_eq!(h.timeout, crate::balance::DEFAULT_HEALTH_TIMEOUT);
+    assert!(one(&with_model(
+        r#""url": "http://127.0.0.1:7", "healthCheck": {"path": "health"}"#
+    ))
+    .starts_with("models.m.healthCheck.path: must start with /"));
     assert!(one(&with_model(
         r#""url": "http://127.0.0.1:7", "queue": {"sise": 1}"#
     ))

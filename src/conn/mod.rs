@@ -736,7 +736,14 @@ impl Conn {
                 }
                 let json = "application/json";
                 let body = match local {
-                    Local::Health => Ok((json, admin::health(&routes))),
+                    Local::Health => {
+                        let counts = replica_counts(&routes, ctx);
+                        let counts: Vec<(&str, usize, usize)> = counts
+                            .iter()
+                            .map(|(n, h, t)| (n.as_str(), *h, *t))
+                            .collect();
+                        Ok((json, admin::health_with_replicas(&routes, &counts)))
+                    }
                     Local::List => Ok((json, admin::list_models(&routes, self.token))),
                     Local::Get(id) => admin::get_model(&routes, &id, self.token).map(|b| (json, b)),
                     Local::Metrics => {
@@ -2019,6 +2026,27 @@ fn replica_bit(i: usize) -> u64 {
 
 /// The replica a new request of `route` goes to: backend 0 for plain models, else a lease
 /// from this worker's balancer.
+/// Healthy and total replicas of each model with several, as this worker sees them (passive
+/// ejections and the health thread's verdicts), in name order.
+fn replica_counts(routes: &Routes, ctx: &mut Ctx<'_>) -> Vec<(String, usize, usize)> {
+    let mut out: Vec<(String, usize, usize)> = routes
+        .models
+        .values()
+        .filter(|r| r.backends.len() > 1)
+        .map(|r| {
+            let total = r.backends.len();
+            let healthy = ctx
+                .balancers
+                .get(r)
+                .and_then(|b| b.try_borrow().ok().map(|b| b.healthy_count(ctx.now)))
+                .unwrap_or(total);
+            (r.name.clone(), healthy, total)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// None: every replica is at its limit and the model has a wait queue (or others already
 /// wait there: FIFO, a newcomer never overtakes them).
 fn choose_replica(route: &Arc<Route>, ctx: &mut Ctx<'_>) -> Result<Option<Hold>, ApiError> {
