@@ -4,12 +4,14 @@
 //!
 //! The probing itself (blocking sockets, timeouts) is the `prober` thread's; the server
 //! builds a new `Routes` snapshot from [`with_discovered`] whenever [`Found::serving`]
-//! changes. Rules: a static model always wins over a discovered one of the same name, and
-//! when two backends serve a name the first in probe order gets it.
+//! changes. Rules: a static model (or alias) always wins over a discovered one of the same
+//! name, and a name served by several backends becomes one model with those backends as
+//! replicas (in probe order), balanced like a model's `urls`.
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, Discover, Model, Upstream};
+use crate::balance::MAX_REPLICAS;
+use crate::config::{Config, Discover, Model, ReplicaSpec, Replicas, Upstream};
 use crate::h1::{self, ChunkedDecoder, Method, Parse, ResponseFraming};
 
 /// Where modelgate listens when it starts without any config file.
@@ -216,35 +218,79 @@ impl Found {
     }
 }
 
-/// `config` with every discovered model added under `models`, routed to the first backend
-/// of `config.discover` (in that order) that serves it. Static models keep their names.
-/// Results for backends no longer in `config.discover` are ignored.
+/// `config` with every discovered model added under `models`. A name served by one backend
+/// routes to it with that backend's headers; a name served by several becomes replicas, in
+/// `config.discover` order, each with its own headers. Static names (models and aliases)
+/// are never replaced. Results for backends no longer in `config.discover` are ignored.
 pub fn with_discovered(config: &Config, found: &Found) -> Config {
     let mut next = config.clone();
-    for backend in &config.discover {
-        let Some(models) = found.models_of(&backend.upstream) else {
+    for (name, backends) in discovered_names(config, found) {
+        let Some(first) = backends.first() else {
             continue;
         };
-        for name in models {
-            // A static model's alias is a static name too.
-            if config.models.values().any(|m| m.aliases.contains(name)) {
-                continue;
-            }
-            next.models.entry(name.clone()).or_insert_with(|| Model {
-                upstream: backend.upstream.clone(),
-                headers: backend.headers.clone(),
+        let (headers, replicas) = if backends.len() == 1 {
+            (first.headers.clone(), Replicas::default())
+        } else {
+            let list = backends
+                .iter()
+                .take(MAX_REPLICAS)
+                .map(|b| ReplicaSpec {
+                    upstream: b.upstream.clone(),
+                    weight: 1,
+                    headers: b.headers.clone(),
+                    ca_file: None,
+                    max_concurrent: 0,
+                })
+                .collect();
+            let replicas = Replicas {
+                list,
+                ..Replicas::default()
+            };
+            (Vec::new(), replicas)
+        };
+        next.models.insert(
+            name.to_owned(),
+            Model {
+                upstream: first.upstream.clone(),
+                headers,
                 unlisted: false,
                 ca_file: None,
                 aliases: Vec::new(),
                 description: None,
                 max_body_bytes: None,
-                replicas: Default::default(),
+                replicas,
                 profile: Default::default(),
                 route_media: None,
-            });
-        }
+            },
+        );
     }
     next
+}
+
+/// True when `name` is a model or an alias of the config itself.
+fn is_static(config: &Config, name: &str) -> bool {
+    config.models.contains_key(name)
+        || config
+            .models
+            .values()
+            .any(|m| m.aliases.iter().any(|a| a == name))
+}
+
+/// Every discovered name that is not static, with the backends serving it in probe order.
+fn discovered_names<'c>(
+    config: &'c Config,
+    found: &'c Found,
+) -> BTreeMap<&'c str, Vec<&'c Discover>> {
+    let mut names: BTreeMap<&str, Vec<&Discover>> = BTreeMap::new();
+    for backend in &config.discover {
+        let Some(models) = found.models_of(&backend.upstream) else {
+            continue;
+        };
+        for name in models.iter().filter(|n| !is_static(config, n)) {
+            names.entry(name.as_str()).or_default().push(backend);
+        }
+    }
+    names
 }
 
 /// Log lines for going from `before` to `after` (both in probe order): backends that
@@ -305,28 +351,28 @@ fn names(models: &[String]) -> String {
     models.join(", ")
 }
 
-/// Discovered names that go elsewhere: to a static model, or to an earlier backend.
+/// Discovered names routed other than to their one backend: shadowed by a static name, or
+/// served by several backends (replicas).
 fn shadowed(config: &Config, found: &Found) -> Vec<String> {
-    let mut owner: BTreeMap<&str, String> = BTreeMap::new();
     let mut lines = Vec::new();
     for up in config.discover.iter().map(|d| &d.upstream) {
         let Some(models) = found.models_of(up) else {
             continue;
         };
-        for name in models {
-            if config.models.contains_key(name) {
-                lines.push(format!(
-                    "model {name:?} of {} is also a static model in the config, which wins",
-                    label(up)
-                ));
-            } else if let Some(first) = owner.get(name.as_str()) {
-                lines.push(format!(
-                    "model {name:?} of {} is also served by {first}, earlier in the probe order, which gets it",
-                    label(up)
-                ));
-            } else {
-                owner.insert(name, label(up));
-            }
+        for name in models.iter().filter(|n| is_static(config, n)) {
+            lines.push(format!(
+                "model {name:?} of {} is also a static name in the config, which wins",
+                label(up)
+            ));
+        }
+    }
+    for (name, backends) in discovered_names(config, found) {
+        if backends.len() > 1 {
+            let labels: Vec<String> = backends.iter().map(|b| label(&b.upstream)).collect();
+            lines.push(format!(
+                "model {name:?} is served by {}: balanced over them as replicas",
+                labels.join(" and ")
+            ));
         }
     }
     lines
@@ -461,9 +507,9 @@ mod tests {
     }
 
     #[test]
-    fn static_models_win_and_the_first_backend_gets_a_shared_name() {
+    fn static_models_win_and_a_shared_name_gets_replicas() {
         let c = config(
-            r#"{"discover":["http://127.0.0.1:1","http://127.0.0.1:2"],
+            r#"{"discover":["http://127.0.0.1:1",{"url":"http://127.0.0.1:2","headers":{"X-Key":"k2"}}],
                 "models":{"s":{"url":"http://10.0.0.1:9"}}}"#,
         );
         let f = found(&[
@@ -473,15 +519,26 @@ mod tests {
         let merged = with_discovered(&c, &f);
         let port = |name: &str| merged.models.get(name).map(|m| m.upstream.port);
         assert_eq!(port("s"), Some(9));
-        assert_eq!(port("x"), Some(1));
         assert_eq!(port("y"), Some(2));
+        assert_eq!(merged.models["y"].headers.len(), 1);
+        assert!(merged.models["y"].replicas.list.is_empty());
+        let x = &merged.models["x"];
+        let ports: Vec<u16> = x.replicas.list.iter().map(|r| r.upstream.port).collect();
+        assert_eq!(ports, [1, 2]);
+        // Each replica carries its own backend's headers, none at the model level.
+        assert!(x.headers.is_empty());
+        assert!(x.replicas.list[0].headers.is_empty());
+        assert_eq!(x.replicas.list[1].headers.len(), 1);
         let lines = describe(&c, None, &f);
         assert!(lines
             .iter()
             .any(|l| l.contains("\"s\"") && l.contains("static")));
-        assert!(lines
-            .iter()
-            .any(|l| l.contains("\"x\" of http://127.0.0.1:2") && l.contains("earlier")));
+        assert!(
+            lines.iter().any(|l| l.contains(
+                "\"x\" is served by http://127.0.0.1:1 and http://127.0.0.1:2: balanced"
+            )),
+            "{lines:?}"
+        );
     }
 
     #[test]

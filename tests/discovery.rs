@@ -178,7 +178,7 @@ fn static_models_win_over_discovered_names() {
     assert_eq!(routed_to(mg.addr(), "alpha"), Ok("pinned".into()));
     let log = mg.stderr_lines().join("\n");
     assert!(
-        log.contains("model \"alpha\"") && log.contains("static model in the config, which wins"),
+        log.contains("model \"alpha\"") && log.contains("static name in the config, which wins"),
         "{log}"
     );
 }
@@ -205,18 +205,24 @@ fn lister(model: &'static str, who: &'static str) -> ScriptedUpstream {
 }
 
 #[test]
-fn a_name_on_two_backends_goes_to_the_first_in_probe_order() {
+fn a_name_on_two_backends_is_balanced_over_both_as_replicas() {
     let first = lister("shared", "first");
     let second = lister("shared", "second");
-    let mg = Modelgate::start(&discover_config(&[second.url(), first.url()], &[]));
-    let resp = post_json(
-        mg.addr(),
-        "/v1/chat/completions",
-        &chat_body("shared", false),
-    );
-    assert_eq!(resp.header("x-who"), Some("second"));
+    let mg = Modelgate::start(&discover_config(&[first.url(), second.url()], &[]));
+    assert_eq!(listed(mg.addr()), ["shared"]);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let resp = post_json(
+            mg.addr(),
+            "/v1/chat/completions",
+            &chat_body("shared", false),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        seen.insert(resp.header("x-who").unwrap_or_default().to_owned());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["first", "second"]);
     let log = mg.stderr_lines().join("\n");
-    assert!(log.contains("earlier in the probe order"), "{log}");
+    assert!(log.contains("balanced over them as replicas"), "{log}");
 }
 
 #[test]
