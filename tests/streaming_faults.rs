@@ -169,16 +169,7 @@ fn sse_events_arrive_spaced_as_sent_and_byte_identical() {
         arrivals.push(Instant::now());
     }
     assert_eq!(arrivals.len(), EVENTS, "one chunk per event");
-    let gaps: Vec<u128> = arrivals
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_millis())
-        .collect();
-    for g in &gaps {
-        assert!(
-            (150..=250).contains(g),
-            "events sent 200 ms apart arrived with gaps {gaps:?} ms (batched or delayed)"
-        );
-    }
+    assert_paced(&arrivals, 200);
     let mut want = Vec::new();
     for i in 0..EVENTS {
         want.extend_from_slice(&sse_chunk(i));

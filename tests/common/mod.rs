@@ -37,3 +37,24 @@ pub use upstream::{
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
 }
+
+/// Checks that events sent `sent_apart_ms` apart were forwarded one by one: batched events
+/// arrive together (gap ~0). A busy machine may delay one event and shorten the next gap,
+/// but not to nothing, and the typical (median) gap stays near the sending pace.
+pub fn assert_paced(arrivals: &[std::time::Instant], sent_apart_ms: u128) {
+    let gaps: Vec<u128> = arrivals
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    let mut sorted = gaps.clone();
+    sorted.sort_unstable();
+    let median = sorted
+        .get(sorted.len() / 2)
+        .copied()
+        .unwrap_or(sent_apart_ms);
+    let typical = sent_apart_ms * 2 / 3..=sent_apart_ms * 2;
+    assert!(
+        gaps.iter().all(|g| *g >= 20) && typical.contains(&median),
+        "events sent {sent_apart_ms} ms apart arrived with gaps {gaps:?} ms (batched or delayed)"
+    );
+}
