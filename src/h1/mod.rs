@@ -119,8 +119,9 @@ pub struct RequestHead {
     pub request_id: Option<Range<usize>>,
     /// Value of the first `Content-Type`, if present (multipart bodies are routed by it).
     pub content_type: Option<Range<usize>>,
-    /// An HTTP/1.1 WebSocket upgrade: `Connection: upgrade` and `Upgrade: websocket`. Only
-    /// then are the upgrade headers forwarded and a `101` answer turned into a tunnel.
+    /// A WebSocket handshake: an HTTP/1.1 `GET` with `Connection: upgrade` and
+    /// `Upgrade: websocket`. Only then are the upgrade headers forwarded and a `101` answer
+    /// turned into a tunnel.
     pub upgrade: bool,
 }
 

@@ -95,7 +95,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
         content_encoded: fields.content_encoded,
         request_id: fields.request_id,
         content_type: fields.content_type,
-        upgrade: http11 && fields.connection.upgrade && fields.upgrade_websocket,
+        upgrade: http11
+            && method == Method::Get
+            && fields.connection.upgrade
+            && fields.upgrade_websocket,
     }))
 }
 
@@ -285,6 +288,34 @@ mod tests {
 
     fn parse(raw: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
         parse_request(raw)
+    }
+
+    #[test]
+    fn a_websocket_upgrade_is_an_http11_get_with_both_headers() {
+        let upgrade = |raw: &[u8]| head(raw).upgrade;
+        assert!(upgrade(
+            b"GET /rt HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\r\n"
+        ));
+        assert!(!upgrade(
+            b"GET /rt HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!upgrade(
+            b"GET /rt HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        ));
+        assert!(!upgrade(
+            b"POST /rt HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!upgrade(
+            b"GET /rt HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        let raw =
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+            Content-Type: text/plain\r\nContent-Length: 0\r\n\r\n";
+        let h = head(raw);
+        assert_eq!(
+            raw.get(h.content_type.unwrap()),
+            Some(&b"multipart/form-data; boundary=b"[..])
+        );
     }
 
     fn head(raw: &[u8]) -> RequestHead {
