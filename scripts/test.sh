@@ -4,7 +4,8 @@
 #   scripts/test.sh [cargo test args...]      e.g. scripts/test.sh --test openai_sdk
 #
 # Creates (once) a venv at target/sdk-venv with the `openai` package, exports
-# MODELGATE_SDK_PYTHON so tests/openai_sdk.rs runs, then runs `cargo test --all-targets`.
+# MODELGATE_SDK_PYTHON so tests/openai_sdk.rs (and the SDK audio upload test in tests/multipart.rs)
+# run, then runs `cargo test --all-targets`.
 # Idempotent: with the venv in place it only runs cargo. Set MODELGATE_SDK_PYTHON yourself
 # to use another interpreter (the venv step is then skipped).
 set -euo pipefail
