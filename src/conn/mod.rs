@@ -1502,6 +1502,8 @@ impl Conn {
                 if !ex.upstream_spoke {
                     ex.upstream_spoke = true;
                     ex.to_upstream.release_written();
+                    // No failover from here on: give the head copy's block back.
+                    ex.resend = None;
                 }
                 match &mut ex.resp {
                     Resp::Head => self.parse_response(ex, ctx).map(|()| true),
