@@ -726,11 +726,8 @@ fn max_concurrent_requests_rejects_at_once_with_503_then_recovers() {
     );
     release.store(true, Ordering::SeqCst);
     assert_eq!(held.join().unwrap().status, 200);
-    // The holding worker frees the slot just after its last write; another worker may see
-    // the next connection first.
-    assert!(wait_until(Duration::from_secs(5), || {
-        post_json(addr, "/v1/chat/completions", &chat_body("m", false)).status == 200
-    }));
+    // The slot is free before the held response's last byte reaches its client: the next
+    // request, even on another worker, is served at once.
     for _ in 0..3 {
         let resp = post_json(addr, "/v1/chat/completions", &chat_body("m", false));
         assert_eq!(

@@ -220,7 +220,10 @@ struct Exchange {
     /// For a WebSocket upgrade: the client→upstream block of the tunnel a `101` opens,
     /// reserved with the exchange's other block.
     upgrade: Option<Block>,
-    _slot: InFlight,
+    /// Counts against `maxConcurrentRequests` until the upstream has sent the whole response
+    /// (before its last bytes reach the client, so a client that reacts to them at once on
+    /// another connection never finds the slot still taken).
+    slot: Option<InFlight>,
 }
 
 impl Exchange {
@@ -1531,6 +1534,7 @@ impl Conn {
                             ex.resp = Resp::Done {
                                 keep_alive: *keep_alive,
                             };
+                            ex.slot = None;
                         }
                         Ok(true)
                     }
@@ -1545,6 +1549,7 @@ impl Conn {
                 if let Resp::Body { tracker, .. } = &ex.resp {
                     if tracker.is_until_close() {
                         ex.resp = Resp::Done { keep_alive: false };
+                        ex.slot = None;
                         ex.client_close = true;
                     } else {
                         ex.truncated = true;
@@ -1640,6 +1645,7 @@ impl Conn {
                 }
             }
             ex.resp = if tracker.is_done() {
+                ex.slot = None;
                 Resp::Done { keep_alive }
             } else {
                 Resp::Body {
@@ -1931,7 +1937,7 @@ impl Exchange {
             rec_failovers: 0,
             queued: None,
             upgrade: None,
-            _slot: slot,
+            slot: Some(slot),
         }
     }
 }

@@ -39,7 +39,7 @@ pub(super) struct Tunnel {
     client_shut: bool,
     /// A tunnel counts as a request in flight for its whole life, and as outstanding on
     /// its replica.
-    _slot: InFlight,
+    _slot: Option<InFlight>,
     _hold: Hold,
 }
 
@@ -56,7 +56,7 @@ impl Tunnel {
             upstream_eof: false,
             upstream_shut: false,
             client_shut: false,
-            _slot: ex._slot,
+            _slot: ex.slot,
             _hold: ex.hold,
         })
     }
