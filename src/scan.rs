@@ -333,10 +333,9 @@ pub const MEDIA_PART_TYPES: &[&str] = &[
 ];
 
 /// Opt-in detection of media content parts (`messages[].content[].type`, also under the
-/// top-level `input`), found in the same pass. Off, it costs one branch per key and value.
+/// top-level `input`), found in the same pass. Off (`ModelScanner<false>`), it costs nothing.
 #[derive(Debug, Default)]
 struct Media {
-    on: bool,
     found: bool,
     /// How much of the path the open containers match: 1 = the messages array is open (at
     /// depth 2), 2 = a message object (depth 3), 3 = its content array (depth 4), 4 = a part
@@ -416,8 +415,12 @@ impl Media {
 }
 
 /// Push scanner: feed the body block by block, then `finish`.
+///
+/// `MEDIA` turns on media-part detection ([`ModelScanner::with_media`]). It is a type
+/// parameter, not a flag, so the plain scanner (`ModelScanner`, i.e. `MEDIA = false`) compiles
+/// to the same code as before the detector existed: every hook is `if MEDIA`, folded away.
 #[derive(Debug)]
-pub struct ModelScanner {
+pub struct ModelScanner<const MEDIA: bool = false> {
     state: State,
     /// Bytes fed by earlier calls: the body offset of the current block's first byte.
     consumed: u64,
@@ -464,6 +467,21 @@ impl Default for ModelScanner {
 
 impl ModelScanner {
     pub fn new() -> ModelScanner {
+        ModelScanner::blank()
+    }
+}
+
+impl ModelScanner<true> {
+    /// A scanner that also notes whether the body has a media content part: a
+    /// `messages[].content[]` (or `input[].content[]`) object whose `type` is one of
+    /// [`MEDIA_PART_TYPES`]. Answered by [`ModelScanner::saw_media`].
+    pub fn with_media() -> ModelScanner<true> {
+        ModelScanner::blank()
+    }
+}
+
+impl<const MEDIA: bool> ModelScanner<MEDIA> {
+    fn blank() -> ModelScanner<MEDIA> {
         ModelScanner {
             state: State::Start,
             consumed: 0,
@@ -489,15 +507,6 @@ impl ModelScanner {
             name_spilled: false,
             media: Media::default(),
         }
-    }
-
-    /// A scanner that also notes whether the body has a media content part: a
-    /// `messages[].content[]` (or `input[].content[]`) object whose `type` is one of
-    /// [`MEDIA_PART_TYPES`]. Answered by [`ModelScanner::saw_media`].
-    pub fn with_media() -> ModelScanner {
-        let mut s = ModelScanner::new();
-        s.media.on = true;
-        s
     }
 
     /// A media content part was seen so far (always false without [`ModelScanner::with_media`]).
@@ -706,7 +715,7 @@ impl ModelScanner {
             return Err(invalid(pos, "mismatched closing bracket"));
         }
         self.depth -= 1;
-        if self.media.on {
+        if MEDIA {
             self.media.level = self.media.level.min(self.depth.saturating_sub(1));
         }
         self.state = if self.depth == 0 {
@@ -726,7 +735,7 @@ impl ModelScanner {
         } else {
             self.role = Role::Skip;
         }
-        if self.media.on {
+        if MEDIA {
             self.media.begin_key(self.depth);
             if self.media.capturing && self.depth > 1 {
                 self.role = Role::Probe;
@@ -736,7 +745,7 @@ impl ModelScanner {
 
     fn begin_value(&mut self, b: u8, pos: u64) -> Result<(), ScanError> {
         self.role = Role::Skip;
-        if self.media.on && self.media.begin_value(b, self.depth) {
+        if MEDIA && self.media.begin_value(b, self.depth) {
             self.role = Role::Probe;
         }
         if self.model_pending {
@@ -802,12 +811,12 @@ impl ModelScanner {
                 self.model_keys = self.model_keys.saturating_add(1);
                 self.model_pending = self.model_keys == 1;
             }
-            if self.media.on {
+            if MEDIA {
                 self.media.end_key(self.depth);
             }
             self.state = State::Colon;
         } else {
-            if self.media.on {
+            if MEDIA {
                 self.media.end_value();
             }
             self.state = State::AfterValue;
@@ -1038,7 +1047,7 @@ impl ModelScanner {
             Role::Skip => {}
             Role::Key => {
                 self.push_key(bytes);
-                if self.media.capturing {
+                if MEDIA && self.media.capturing {
                     self.media.capture(bytes);
                 }
             }

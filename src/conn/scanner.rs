@@ -8,6 +8,8 @@ use crate::scan::ModelScanner;
 
 pub(super) enum BodyScanner {
     Json(ModelScanner),
+    /// JSON, also looking for media content parts (some model has `routeMedia`).
+    JsonMedia(ModelScanner<true>),
     Multipart(MultipartScanner),
 }
 
@@ -26,20 +28,21 @@ impl BodyScanner {
     /// Also notes media content parts of a JSON body (`routeMedia`); call before feeding.
     pub(super) fn with_media(self) -> BodyScanner {
         match self {
-            BodyScanner::Json(_) => BodyScanner::Json(ModelScanner::with_media()),
+            BodyScanner::Json(_) => BodyScanner::JsonMedia(ModelScanner::with_media()),
             other => other,
         }
     }
 
     /// A JSON body had a media content part (see [`ModelScanner::with_media`]).
     pub(super) fn saw_media(&self) -> bool {
-        matches!(self, BodyScanner::Json(s) if s.saw_media())
+        matches!(self, BodyScanner::JsonMedia(s) if s.saw_media())
     }
 
     /// Feeds the next payload bytes; an error here is final.
     pub(super) fn feed(&mut self, data: &[u8]) -> Result<(), ApiError> {
         match self {
             BodyScanner::Json(s) => s.feed(data).map_err(ApiError::from),
+            BodyScanner::JsonMedia(s) => s.feed(data).map_err(ApiError::from),
             BodyScanner::Multipart(s) => s.feed(data).map_err(ApiError::from),
         }
     }
@@ -48,6 +51,7 @@ impl BodyScanner {
     pub(super) fn finish(&mut self) -> Result<&str, ApiError> {
         match self {
             BodyScanner::Json(s) => s.finish().map_err(ApiError::from),
+            BodyScanner::JsonMedia(s) => s.finish().map_err(ApiError::from),
             BodyScanner::Multipart(s) => s.finish().map_err(ApiError::from),
         }
     }
