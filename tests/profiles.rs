@@ -429,3 +429,27 @@ fn failover_to_another_replica_resends_the_rewritten_body() {
         assert_eq!(got.header_all("Content-Length"), vec!["44".to_string()]);
     }
 }
+
+#[test]
+fn the_readme_example_reaches_the_upstream_as_documented() {
+    let up = recorder();
+    let mg = start(qwen_models(&up.url()));
+    let got = relay(
+        &mg,
+        &up,
+        r#"{"model":"coder","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(
+        got.body_str(),
+        r#"{"model":"Qwen/Qwen3-32B","messages":[{"role":"user","content":"hi"}],"temperature":0.2,"top_p":0.9,"chat_template_kwargs":{"enable_thinking":true}}"#
+    );
+    let got = relay(
+        &mg,
+        &up,
+        r#"{"model":"creative","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(
+        got.body_str(),
+        r#"{"model":"Qwen/Qwen3-32B","messages":[{"role":"user","content":"hi"}],"temperature":1.1,"chat_template_kwargs":{"enable_thinking":false},"max_tokens":512}"#
+    );
+}
