@@ -59,6 +59,9 @@ pub struct BalanceConfig {
     pub retries: u32,
     /// Response statuses that eject the replica (the response is still forwarded).
     pub eject_on_status: Vec<u16>,
+    /// Response statuses that send the request to another replica instead of the client
+    /// (`retryOnStatus`, default none: 429 and `Retry-After` pass through).
+    pub retry_on_status: Vec<u16>,
     /// First ejection; doubles per consecutive failure.
     pub eject_time: Duration,
     pub eject_time_max: Duration,
@@ -84,6 +87,7 @@ impl Default for BalanceConfig {
             policy: Policy::LeastOutstanding,
             retries: DEFAULT_RETRIES,
             eject_on_status: DEFAULT_EJECT_STATUS.to_vec(),
+            retry_on_status: Vec::new(),
             eject_time: DEFAULT_EJECT_TIME,
             eject_time_max: DEFAULT_EJECT_TIME_MAX,
             queue_size: 0,

@@ -280,6 +280,7 @@ const MODEL_KEYS: &[&str] = &[
     "balance",
     "retries",
     "ejectOnStatus",
+    "retryOnStatus",
     "ejectTime",
     "ejectTimeMax",
     "maxConcurrentRequests",

@@ -498,3 +498,58 @@ fn health_of_a_plain_config_is_unchanged() {
         r#"{"status":"ok","models":1}"#
     );
 }
+
+#[test]
+fn a_configured_status_fails_over_before_any_byte_reaches_the_client() {
+    let limited = ScriptedUpstream::start(|c| {
+        while c.read_request().is_some() {
+            if c.respond(429, &["Retry-After: 3"], b"{}").is_err() {
+                return;
+            }
+        }
+    });
+    let good = replica("good", Duration::ZERO);
+    let gw = gate(
+        &[limited.url(), good.url()],
+        serde_json::json!({"balance": "round-robin", "retryOnStatus": [429]}),
+    );
+    for _ in 0..4 {
+        let r = chat(&gw);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-replica"), Some("good"));
+    }
+    assert!(
+        limited.request_count() >= 1,
+        "the first request went to the limited replica"
+    );
+    assert_eq!(good.request_count(), 4);
+    assert_eq!(
+        replica_metric(&gw, "modelgate_replica_ejections_total", &limited.url()),
+        0.0,
+        "429 is not an ejecting status"
+    );
+}
+
+#[test]
+fn a_streaming_request_fails_over_like_any_other() {
+    let resets = ScriptedUpstream::start(|c| {
+        if c.read_request().is_some() {
+            c.reset();
+        }
+    });
+    let streamer = MockUpstream::openai("streamer");
+    let gw = gate(
+        &[resets.url(), streamer.url()],
+        serde_json::json!({"balance": "round-robin"}),
+    );
+    let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", true));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-mock-name"), Some("streamer"));
+    let events = r.sse_data();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    assert_eq!(resets.request_count(), 1);
+}

@@ -74,6 +74,9 @@ impl Cx<'_> {
         if let Some(v) = f.get("ejectOnStatus") {
             balance.eject_on_status = self.statuses(&join(path, "ejectOnStatus"), v);
         }
+        if let Some(v) = f.get("retryOnStatus") {
+            balance.retry_on_status = self.statuses(&join(path, "retryOnStatus"), v);
+        }
         if let Some(v) = f.get("ejectTime") {
             if let Some(Some(d)) = self.seconds(&join(path, "ejectTime"), v, false) {
                 balance.eject_time = d;

@@ -1151,6 +1151,14 @@ fn balancing_keys_are_read() {
     assert_eq!(b.policy, crate::balance::Policy::RoundRobin);
     assert_eq!(b.retries, 1);
     assert_eq!(b.eject_on_status, vec![503]);
+    assert!(b.retry_on_status.is_empty());
+    let r = ok(&with_model(
+        r#""url": "http://127.0.0.1:7", "retryOnStatus": [429, 503]"#,
+    ));
+    assert_eq!(
+        r.models["m"].replicas.balance.retry_on_status,
+        vec![429, 503]
+    );
     assert_eq!(b.eject_time, Duration::from_millis(500));
     assert_eq!(b.eject_time_max, Duration::from_secs(4));
     let q = ok(&with_model(

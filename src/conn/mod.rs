@@ -1504,9 +1504,13 @@ impl Conn {
                 self.last_activity = ctx.now;
                 if !ex.upstream_spoke {
                     ex.upstream_spoke = true;
-                    ex.to_upstream.release_written();
-                    // No failover from here on: give the head copy's block back.
-                    ex.resend = None;
+                    // A status in `retryOnStatus` may still send the request elsewhere: keep
+                    // it until the final head is judged.
+                    if ex.route.balance.retry_on_status.is_empty() || ex.resend.is_none() {
+                        ex.to_upstream.release_written();
+                        // No failover from here on: give the head copy's block back.
+                        ex.resend = None;
+                    }
                 }
                 match &mut ex.resp {
                     Resp::Head => self.parse_response(ex, ctx).map(|()| true),
@@ -1577,7 +1581,9 @@ impl Conn {
                 Err(_) => return Err(self.upstream_failed(ex, Failure::BadResponse, ctx)),
             };
             if head.is_informational() {
-                // 1xx passes through; the final response follows (PITFALLS 10).
+                // 1xx passes through; the final response follows (PITFALLS 10). A byte has
+                // reached the client: no status failover any more.
+                ex.resend = None;
                 self.to_client
                     .push(Chunk::Owned(buf.filled()[..head.head_len].to_vec()));
                 buf.consume(head.head_len);
@@ -1605,6 +1611,30 @@ impl Conn {
                 ex.resp = Resp::Switched;
                 return Ok(());
             }
+            let retry_status = ex.route.balance.retry_on_status.contains(&head.status);
+            let mut failure_counted = false;
+            if retry_status && ex.resend.is_some() {
+                // Configured to try another replica on this status (e.g. 429): nothing has
+                // reached the client, and the whole request is still retained.
+                if ex.route.balance.eject_on_status.contains(&head.status) {
+                    self.rec.ejections += u32::from(ex.hold.failed(ctx.now));
+                    failure_counted = true;
+                }
+                if self.fail_over(ex, ctx) {
+                    if let Some(up) = self.upstream.take() {
+                        self.dead.push(up);
+                    }
+                    ex.resp_buf.clear();
+                    ex.upstream_spoke = false;
+                    ex.connecting = false;
+                    return Err(Flow::Upstream);
+                }
+            }
+            if ex.to_upstream.is_retaining() && ex.upstream_spoke {
+                ex.to_upstream.release_written();
+            }
+            ex.resend = None;
+            let buf = &mut ex.resp_buf;
             ex.client_close = ex.client_close
                 || !ex.client_keep_alive
                 || head.framing == ResponseFraming::UntilClose
@@ -1622,7 +1652,10 @@ impl Conn {
             self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
             ex.head_sent = true;
             if ex.route.balance.eject_on_status.contains(&head.status) {
-                self.rec.ejections += u32::from(ex.hold.failed(ctx.now));
+                // (Unless already counted when the status was considered for a retry.)
+                if !failure_counted {
+                    self.rec.ejections += u32::from(ex.hold.failed(ctx.now));
+                }
             } else {
                 ex.hold.succeeded();
             }
