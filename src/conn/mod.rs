@@ -405,18 +405,14 @@ impl Conn {
         }
     }
 
-    /// Out of the queue with a replica: build the request head for it and connect.
-    fn dequeued(&mut self, ex: &mut Exchange, hold: Hold, ctx: &mut Ctx<'_>) -> Flow {
-        let (Some(resend), Some(backend)) = (ex.resend.as_ref(), hold.backend(&ex.route)) else {
-            let close = ex.req_body.is_some() || !ex.client_keep_alive;
-            return self.reject(ApiError::UpstreamUnavailable, close);
-        };
+    /// The upstream request head for `backend`, from the copy kept for sending again.
+    fn resend_head(&self, resend: &Resend, backend: &Backend, ctx: &mut Ctx<'_>) -> Chunk {
         let raw = resend.raw.bytes();
         let target = match &resend.target {
             Some(t) => &t[..],
             None => raw.get(resend.head.target.clone()).unwrap_or(b"/"),
         };
-        let head_chunk = build_upstream_head(
+        build_upstream_head(
             raw,
             &resend.head,
             backend,
@@ -425,7 +421,16 @@ impl Conn {
             self.rec.request_id.get(),
             resend.strip_authorization,
             ctx,
-        );
+        )
+    }
+
+    /// Out of the queue with a replica: build the request head for it and connect.
+    fn dequeued(&mut self, ex: &mut Exchange, hold: Hold, ctx: &mut Ctx<'_>) -> Flow {
+        let (Some(resend), Some(backend)) = (ex.resend.as_ref(), hold.backend(&ex.route)) else {
+            let close = ex.req_body.is_some() || !ex.client_keep_alive;
+            return self.reject(ApiError::UpstreamUnavailable, close);
+        };
+        let head_chunk = self.resend_head(resend, backend, ctx);
         ex.to_upstream.prepend(head_chunk);
         self.rec.replica = hold.index;
         ex.hold = hold;
@@ -1774,21 +1779,7 @@ impl Conn {
         let Some(backend) = next.backend(&ex.route) else {
             return false;
         };
-        let raw = resend.raw.bytes();
-        let target = match &resend.target {
-            Some(t) => &t[..],
-            None => raw.get(resend.head.target.clone()).unwrap_or(b"/"),
-        };
-        let head_chunk = build_upstream_head(
-            raw,
-            &resend.head,
-            backend,
-            target,
-            (self.peer, self.secure),
-            self.rec.request_id.get(),
-            resend.strip_authorization,
-            ctx,
-        );
+        let head_chunk = self.resend_head(resend, backend, ctx);
         ex.hold.failed_over();
         ex.route.stats.retry();
         ex.to_upstream.replace_first(head_chunk);
