@@ -1,7 +1,9 @@
 //! Defends PITFALLS.md 21: the model scanner must read a body exactly as the upstream's JSON
 //! parser does. Two properties on every input:
 //! 1. split invariance: the verdict (model, error kind, error offset) is the same whatever
-//!    block boundaries the body arrives in (the first input bytes choose the splits);
+//!    block boundaries the body arrives in (the first input bytes choose the splits); the
+//!    media-detecting scanner gives the same verdict, and whether it saw a media part does
+//!    not depend on the splits either;
 //! 2. the serde_json oracle: the body is rejected as InvalidJson exactly when
 //!    `serde_json::from_slice::<Value>` of a default build rejects it (or its root is not an
 //!    object; see `numbers_in_range` for `arbitrary_precision`); otherwise
@@ -122,6 +124,24 @@ fuzz_target!(|data: &[u8]| {
         c(2) % 17 + 1
     );
     assert_eq!(scan_blocks(body, 1), whole, "byte by byte");
+
+    // 1b. The media detector (`routeMedia`) never changes the verdict, and what it sees does
+    // not depend on block boundaries either.
+    let media = |pieces: &[&[u8]]| {
+        let mut s = ModelScanner::with_media();
+        for p in pieces {
+            if s.feed(p).is_err() {
+                break;
+            }
+        }
+        let seen = s.saw_media();
+        (seen, s.finish().map(str::to_owned))
+    };
+    let media_whole = media(&[body]);
+    assert_eq!(media_whole.1, whole, "the media scanner's verdict");
+    assert_eq!(media(&[&body[..a], &body[a..b], &body[b..]]), media_whole, "media split");
+    let bytes: Vec<&[u8]> = body.chunks(1).collect();
+    assert_eq!(media(&bytes), media_whole, "media byte by byte");
 
     // 2. The serde_json oracle.
     let value = serde_json::from_slice::<Value>(body);
