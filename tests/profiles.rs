@@ -453,3 +453,32 @@ fn the_readme_example_reaches_the_upstream_as_documented() {
         r#"{"model":"Qwen/Qwen3-32B","messages":[{"role":"user","content":"hi"}],"temperature":1.1,"chat_template_kwargs":{"enable_thinking":false},"max_tokens":512}"#
     );
 }
+
+#[test]
+fn a_scoped_token_for_the_named_model_may_take_the_media_detour() {
+    let chat = recorder();
+    let vision = recorder();
+    let cfg = json!({
+        "listen": "127.0.0.1:0",
+        "authTokens": [{"token": "t-assistant", "models": ["assistant"]}],
+        "models": media_config(&chat.url(), &vision.url())
+    });
+    let mg = Modelgate::start(&cfg.to_string());
+    let image = r#"{"model":"assistant","messages":[{"role":"user","content":[{"type":"input_image","image_url":"data:image/png;base64,AAAA"}]}]}"#;
+    let send = |body: &str| {
+        request(
+            mg.addr(),
+            "POST",
+            "/v1/chat/completions",
+            &["Authorization: Bearer t-assistant"],
+            body.as_bytes(),
+        )
+    };
+    assert_eq!(send(image).status, 200);
+    assert_eq!(vision.requests().len(), 1);
+    // Naming the media model itself is outside the token's scope.
+    let direct = r#"{"model":"vision","messages":[]}"#;
+    assert_eq!(send(direct).status, 403);
+    assert_eq!(vision.requests().len(), 1);
+    assert!(chat.requests().is_empty());
+}
