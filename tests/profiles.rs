@@ -343,8 +343,8 @@ fn profile_config_problems_are_reported_by_key_path() {
     for needle in [
         "models.a.defaults./x~2:",
         "models.a.clamp.model: cannot change \"model\"",
-        "models.a.defaults./temperature: is also clamped",
-        "models.a.deny./temperature: is also set",
+        "models.a.defaults.temperature: is also clamped",
+        "models.a.deny[0]: \"temperature\" is also set",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -30,27 +30,33 @@ impl Cx<'_> {
         let defaults = self.settings(&join(path, "defaults"), f.get("defaults"));
         let clamp = self.settings(&join(path, "clamp"), f.get("clamp"));
         let deny = self.deny(&join(path, "deny"), f.get("deny"));
-        for (p, _) in &clamp {
-            if defaults.iter().any(|(d, _)| d == p) {
+        // Problems name the keys as written (`temperature` and `/temperature` are one place).
+        for (p, _, written) in &defaults {
+            if clamp.iter().any(|(c, _, _)| c == p) {
                 self.problem(
-                    &join(&join(path, "defaults"), &p.to_string()),
+                    &join(&join(path, "defaults"), written),
                     "is also clamped (\"clamp\" always wins: drop one of them)",
                 );
             }
         }
-        for p in &deny {
-            if defaults.iter().chain(clamp.iter()).any(|(s, _)| s == p) {
+        for (i, (p, written)) in deny.iter().enumerate() {
+            if defaults.iter().chain(clamp.iter()).any(|(s, _, _)| s == p) {
                 self.problem(
-                    &join(&join(path, "deny"), &p.to_string()),
-                    "is also set by \"defaults\" or \"clamp\" (a denied key cannot be set)",
+                    &index(&join(path, "deny"), i),
+                    format!(
+                        "\"{written}\" is also set by \"defaults\" or \"clamp\" (a denied key cannot be set)"
+                    ),
                 );
             }
         }
-        (self.problems.len() == before).then_some(Profile {
+        let strip = |list: Vec<(Pointer, Value, String)>| {
+            list.into_iter().map(|(p, v, _)| (p, v)).collect::<Vec<_>>()
+        };
+        (self.problems.len() == before).then(|| Profile {
             upstream_model,
-            defaults,
-            clamp,
-            deny,
+            defaults: strip(defaults),
+            clamp: strip(clamp),
+            deny: deny.into_iter().map(|(p, _)| p).collect(),
         })
     }
 
@@ -85,14 +91,14 @@ impl Cx<'_> {
     }
 
     /// `defaults` / `clamp`: an object of key or JSON pointer → value.
-    fn settings(&mut self, path: &str, v: Option<&Json>) -> Vec<(Pointer, Value)> {
+    fn settings(&mut self, path: &str, v: Option<&Json>) -> Vec<(Pointer, Value, String)> {
         let Some(v) = v else { return Vec::new() };
         let Json::Object(members) = v else {
             self.wrong_type(path, "an object of key or \"/json/pointer\" → value", v);
             return Vec::new();
         };
         self.check_keys(path, members, None);
-        let mut out: Vec<(Pointer, Value)> = Vec::new();
+        let mut out: Vec<(Pointer, Value, String)> = Vec::new();
         for (i, (key, value)) in members.iter().enumerate() {
             if members[..i].iter().any(|(k, _)| k == key) {
                 continue; // reported by check_keys
@@ -101,34 +107,35 @@ impl Cx<'_> {
             let Some(pointer) = self.pointer(&key_path, key) else {
                 continue;
             };
-            if out.iter().any(|(p, _)| *p == pointer) {
+            if out.iter().any(|(p, _, _)| *p == pointer) {
                 self.problem(&key_path, "names the same place as an earlier key");
                 continue;
             }
             if let Some(value) = self.value(&key_path, value) {
-                out.push((pointer, value));
+                out.push((pointer, value, key.clone()));
             }
         }
         out
     }
 
-    fn deny(&mut self, path: &str, v: Option<&Json>) -> Vec<Pointer> {
+    /// The denied places, with each item as written.
+    fn deny(&mut self, path: &str, v: Option<&Json>) -> Vec<(Pointer, String)> {
         let Some(v) = v else { return Vec::new() };
         let Json::Array(items) = v else {
             self.wrong_type(path, "a list of keys or \"/json/pointers\"", v);
             return Vec::new();
         };
-        let mut out: Vec<Pointer> = Vec::new();
+        let mut out: Vec<(Pointer, String)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let item_path = index(path, i);
             let Some(key) = self.str(&item_path, item) else {
                 continue;
             };
             if let Some(p) = self.pointer(&item_path, key) {
-                if out.contains(&p) {
+                if out.iter().any(|(q, _)| *q == p) {
                     self.problem(&item_path, "is listed twice");
                 } else {
-                    out.push(p);
+                    out.push((p, key.to_owned()));
                 }
             }
         }
