@@ -50,12 +50,16 @@ Options:
   -h, --help      Print this help and exit.
 
 modelgate accepts OpenAI-compatible HTTP requests and forwards each one, streamed and
-unmodified, to the upstream configured for its model: the top-level \"model\" of the JSON
-body, or the {model} of a /route/{model}/... path. It serves GET /health and GET /v1/models
-itself, can require bearer tokens (authTokens), and adds per-model headers such as upstream
-API keys, read from the environment or from files when it starts (${env:NAME},
-${file:PATH}, ${cred:NAME}). Problems in the config are reported one per line with their
-key path, never with a secret's value, and modelgate exits 1.
+byte for byte, to the upstream configured for its model: the top-level \"model\" of the
+JSON body, the \"model\" field of a multipart form, the ?model= of a WebSocket handshake,
+or the {model} of a /route/{model}/... path. A model may have several replicas (balanced,
+with failover before the first response byte), a parameter profile (the only case where a
+body is rewritten), and backends found by discovery. It serves GET /health and
+GET /v1/models itself, can require bearer tokens (authTokens, optionally scoped to models
+and rate-limited), and adds per-model headers such as upstream API keys, read from the
+environment or from files when it starts (${env:NAME}, ${file:PATH}, ${cred:NAME}).
+Problems in the config are reported one per line with their key path, never with a
+secret's value, and modelgate exits 1.
 
 Signals:
   SIGHUP           Reload the config; in-flight requests finish on the old one, and a
