@@ -5,13 +5,18 @@
 #   scripts/static-build.sh            # build, print the output path
 #
 # Target choice:
-#   - x86_64-unknown-linux-musl when that target is installed (`rustup target add
-#     x86_64-unknown-linux-musl`): musl is the cleanest static libc.
-#   - otherwise x86_64-unknown-linux-gnu with `-C target-feature=+crt-static` (static glibc).
+#   - x86_64-unknown-linux-gnu with `-C target-feature=+crt-static` (static glibc), the default.
 #     Everything modelgate needs works statically (sockets, signals, IP literals, unix sockets).
 #     Static glibc still tries to dlopen NSS modules for getaddrinfo(); see docs/DEPLOYMENT.md,
 #     "Name resolution in the static binary", for exactly what resolves and what does not.
-#   Override with MODELGATE_STATIC_TARGET=<triple>.
+#   - MODELGATE_STATIC_TARGET=x86_64-unknown-linux-musl builds for musl (needs
+#     `rustup target add x86_64-unknown-linux-musl` and Debian's musl-tools for ring's C code):
+#     a smaller binary (2.36 MiB) with a plain resolver, but musl's allocator and memcpy cost
+#     about 30% more CPU per proxied request (measured, docs/DEPLOYMENT.md), so it is opt-in.
+#
+# Size knobs: MODELGATE_STATIC_SMALL=1 also builds modelgate's own code for size (2.99 MiB,
+# about 10% more CPU per request: for appliances where flash matters more than CPU);
+# MODELGATE_STATIC_FULL_OPT=1 builds every crate at opt-level 3.
 #
 # Output: the binary is copied to target/static/modelgate (the path Dockerfile.scratch COPYs and
 # scripts/static-check.sh runs), whichever target built it. CARGO_TARGET_DIR is honoured for the
@@ -21,14 +26,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-target=${MODELGATE_STATIC_TARGET:-}
-if [[ -z $target ]]; then
-    if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null |
-        grep -qx x86_64-unknown-linux-musl; then
-        target=x86_64-unknown-linux-musl
-    else
-        target=x86_64-unknown-linux-gnu
-    fi
+target=${MODELGATE_STATIC_TARGET:-x86_64-unknown-linux-gnu}
+if [[ $target == *-musl && -z ${CC_x86_64_unknown_linux_musl:-} ]] && command -v musl-gcc >/dev/null; then
+    export CC_x86_64_unknown_linux_musl=musl-gcc
 fi
 
 # crt-static is the default on musl and what makes glibc links static. Keep any RUSTFLAGS the
@@ -36,14 +36,18 @@ fi
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static"
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
-# Size: the issue-7 target is under 3 MiB, and static glibc alone is ~0.8 MiB of it. The crates
-# off the per-byte data path (TLS handshake/record code whose ciphers are assembly anyway, the
-# config/endpoint JSON, the CLI parser, the root store) are optimised for size; the engine,
-# httparse, memchr and mio keep the release profile's opt-level 3. Measured on this build:
-# 3.04 MiB -> 2.76 MiB. MODELGATE_STATIC_FULL_OPT=1 builds everything at opt-level 3.
+# Size: static glibc alone is ~1.2 MB of the binary. The crates off the per-byte data path
+# (TLS handshake/record code whose ciphers are assembly anyway, the config/endpoint JSON, the
+# CLI parser, the root store) are optimised for size; the engine, httparse, memchr and mio keep
+# the release profile's opt-level 3. Measured when it was introduced: 3.04 MiB -> 2.76 MiB;
+# with issues 9-11 (replicas, tokens, profiles, multipart, tunnels, discovery) 3.21 MiB.
 size_opts=()
 if [[ ${MODELGATE_STATIC_FULL_OPT:-0} != 1 ]]; then
-    for crate in rustls rustls-webpki ring webpki-roots serde_json pico-args; do
+    crates=(rustls rustls-webpki ring webpki-roots serde_json pico-args)
+    if [[ ${MODELGATE_STATIC_SMALL:-0} == 1 ]]; then
+        crates+=(modelgate)
+    fi
+    for crate in "${crates[@]}"; do
         size_opts+=(--config "profile.release.package.$crate.opt-level=\"s\"")
     done
 fi
