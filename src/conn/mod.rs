@@ -1311,7 +1311,20 @@ impl Conn {
     /// Moves bytes both ways until nothing is ready.
     fn pump(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
         if ex.queued.is_some() {
-            // Nothing moves until a replica has room (or the queue timeout answers 503).
+            // Nothing moves until a replica has room (or the queue timeout answers 503). A
+            // client that leaves meanwhile must not keep its place: it would take a replica
+            // slot for an answer nobody reads.
+            if ex.req_body.is_none()
+                && !ex.client_has_pending
+                && self.client.readable
+                && self.inbuf.as_ref().is_none_or(|b| b.is_empty())
+            {
+                match self.client.stream.peek() {
+                    Io::Done(_) => ex.client_has_pending = true,
+                    Io::WouldBlock => self.client.readable = false,
+                    Io::Eof | Io::Failed(_) => return Flow::Close,
+                }
+            }
             return Flow::Wait;
         }
         for _ in 0..STEPS_PER_TURN {

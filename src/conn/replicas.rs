@@ -72,12 +72,17 @@ impl Balancers {
 
     /// A new routing table: models whose replicas kept their shape keep their state
     /// (outstanding counts, ejections); the others start afresh. Balancers of the old table
-    /// live on in the leases of requests still using them.
+    /// live on in the leases of requests still using them; one with waiters stays listed
+    /// (under its old route) so the worker still hands its freed slots to them.
     pub fn reload(&mut self, routes: &Routes) {
-        let old: HashMap<String, balance::Shared> = self
+        let previous: Vec<(usize, Arc<Route>, balance::Shared)> = self
             .map
             .drain()
-            .map(|(_, (route, b))| (route.name.clone(), b))
+            .map(|(key, (route, b))| (key, route, b))
+            .collect();
+        let old: HashMap<String, balance::Shared> = previous
+            .iter()
+            .map(|(_, route, b)| (route.name.clone(), std::rc::Rc::clone(b)))
             .collect();
         for route in routes.models.values() {
             if !needs_balancer(route) {
@@ -93,6 +98,12 @@ impl Balancers {
             };
             self.map
                 .insert(Arc::as_ptr(route) as usize, (Arc::clone(route), b));
+        }
+        for (key, route, b) in previous {
+            let kept = self.map.values().any(|(_, n)| std::rc::Rc::ptr_eq(n, &b));
+            if !kept && b.try_borrow().is_ok_and(|b| b.has_waiters()) {
+                self.map.entry(key).or_insert((route, b));
+            }
         }
     }
 

@@ -1,0 +1,271 @@
+//! Where replicas, the wait queue, reload and drain meet (audit of issues 9-11): every way a
+//! waiting or proxied request can end must give back its replica slot, its queue place and
+//! its sockets. Real sockets, scripted upstreams, leaks seen through `/proc` and `/metrics`.
+
+mod common;
+use common::*;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A replica that answers each request once `open` is set.
+fn gated_replica(open: Arc<AtomicBool>) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while c.read_request().is_some() {
+            while !open.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            if c.respond(200, &[], b"{}").is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Model `m` on `urls`, one worker, `max` requests per replica, a long wait queue.
+fn limited_config(urls: &[String], max: u32, extra: serde_json::Value) -> String {
+    let mut cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"m": {"urls": urls, "maxConcurrentRequests": max,
+                         "queue": {"size": 1, "timeout": 60}}},
+    });
+    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    cfg.to_string()
+}
+
+fn send_async(addr: SocketAddr, tx: &mpsc::Sender<Response>) {
+    let tx = tx.clone();
+    thread::spawn(move || {
+        let _ = tx.send(post_json(
+            addr,
+            "/v1/chat/completions",
+            &chat_body("m", false),
+        ));
+    });
+}
+
+fn metric(gw: &Modelgate, prefix: &str) -> f64 {
+    let text = get(gw.addr(), "/metrics").text().to_string();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+/// `modelgate_replica_outstanding_requests` summed over the replicas of `m`.
+fn outstanding(gw: &Modelgate, ups: &[&ScriptedUpstream]) -> f64 {
+    ups.iter()
+        .map(|u| {
+            let sample = format!(
+                "modelgate_replica_outstanding_requests{{model=\"m\",replica=\"{}\"}}",
+                u.url()
+            );
+            metric(gw, &sample)
+        })
+        .sum()
+}
+
+/// A client connection with one chat request written and nothing read.
+fn pending_request(addr: SocketAddr) -> Client {
+    let mut c = Client::connect(addr);
+    let body = chat_body("m", false);
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    ));
+    c
+}
+
+#[test]
+fn a_waiter_whose_client_leaves_gives_up_its_place_and_its_socket() {
+    let open = Arc::new(AtomicBool::new(false));
+    let up = gated_replica(open.clone());
+    let gw = Modelgate::start(&limited_config(&[up.url()], 1, serde_json::json!({})));
+    let (tx, rx) = mpsc::channel();
+    send_async(gw.addr(), &tx);
+    assert!(wait_until(LONG, || up.request_count() == 1));
+    assert!(wait_until(LONG, || gw.fd_count() > 0));
+    let baseline = gw.fd_count();
+    // The second request takes the only queue place, then its client goes away.
+    let mut leaver = pending_request(gw.addr());
+    assert!(wait_until(LONG, || gw.fd_count() == baseline + 1));
+    thread::sleep(Duration::from_millis(200));
+    leaver.close();
+    assert!(
+        wait_until(LONG, || gw.fd_count() == baseline),
+        "the departed waiter's socket is still open ({} fds, baseline {baseline})",
+        gw.fd_count()
+    );
+    // Its place is free: the next request waits rather than being refused.
+    send_async(gw.addr(), &tx);
+    thread::sleep(Duration::from_millis(300));
+    open.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let r = rx.recv_timeout(LONG).expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        up.request_count(),
+        2,
+        "nothing sent for the departed client"
+    );
+}
+
+#[test]
+fn a_reload_that_changes_the_limit_still_serves_the_waiters_of_the_old_table() {
+    let open = Arc::new(AtomicBool::new(false));
+    let up = gated_replica(open.clone());
+    let gw = Modelgate::start(&limited_config(&[up.url()], 1, serde_json::json!({})));
+    let (tx, rx) = mpsc::channel();
+    send_async(gw.addr(), &tx);
+    assert!(wait_until(LONG, || up.request_count() == 1));
+    send_async(gw.addr(), &tx);
+    thread::sleep(Duration::from_millis(300));
+    // A new limit: the model's balancer starts afresh, its waiter stays on the old one.
+    let from = gw.stderr_lines().len();
+    gw.rewrite_config(&limited_config(&[up.url()], 3, serde_json::json!({})));
+    gw.signal(libc::SIGHUP);
+    assert!(gw
+        .wait_stderr_from(from, Duration::from_secs(10), |l| l.contains("reloaded"))
+        .is_some());
+    open.store(true, Ordering::SeqCst);
+    // The queue timeout is 60 s: an answer well before it means the freed slot was handed on.
+    for _ in 0..2 {
+        let r = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the waiter was stranded in the old table's queue");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.request_count(), 2);
+}
+
+#[test]
+fn sigterm_with_a_waiter_answers_or_closes_it_and_exits_within_the_drain_time() {
+    let open = Arc::new(AtomicBool::new(false));
+    let up = gated_replica(open.clone());
+    let mut gw = Modelgate::start(&limited_config(
+        &[up.url()],
+        1,
+        serde_json::json!({"timeouts": {"shutdown": 2}}),
+    ));
+    let (tx, _rx) = mpsc::channel();
+    send_async(gw.addr(), &tx);
+    assert!(wait_until(LONG, || up.request_count() == 1));
+    let mut waiter = pending_request(gw.addr());
+    thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("no exit after SIGTERM with a waiter queued");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exit took {:?} with a 2 s drain",
+        signalled.elapsed()
+    );
+    assert!(status.success(), "exit status {status}");
+    // The waiter is not left hanging: an answer or EOF.
+    waiter.set_read_timeout(Duration::from_secs(5));
+    let mut rest = Vec::new();
+    let _ = waiter.stream().read_to_end(&mut rest);
+    open.store(true, Ordering::SeqCst);
+}
+
+/// An SSE upstream: a head and one event, then it waits for `release` and ends the stream.
+fn stalled_stream(release: Arc<AtomicBool>) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while c.read_request().is_some() {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            let event = b"data: {\"x\":1}\n\n";
+            let chunk = format!("{:x}\r\n", event.len());
+            if c.write_all(head.as_bytes()).is_err()
+                || c.write_all(chunk.as_bytes()).is_err()
+                || c.write_all(event).is_err()
+                || c.write_all(b"\r\n").is_err()
+            {
+                return;
+            }
+            while !release.load(Ordering::SeqCst) {
+                if c.peer_closed() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            if c.write_all(b"0\r\n\r\n").is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_client_leaving_a_stream_gives_back_the_slot_the_gauge_and_its_sockets() {
+    let release = Arc::new(AtomicBool::new(false));
+    let a = stalled_stream(release.clone());
+    let b = stalled_stream(release.clone());
+    let gw = Modelgate::start(&limited_config(
+        &[a.url(), b.url()],
+        1,
+        serde_json::json!({}),
+    ));
+    assert_eq!(outstanding(&gw, &[&a, &b]), 0.0);
+    assert!(wait_until(LONG, || gw.fd_count() > 0));
+    let baseline = gw.fd_count();
+    for _ in 0..3 {
+        let mut c = pending_request(gw.addr());
+        let head = c.try_read_head().expect("stream head");
+        assert_eq!(head.status, 200);
+        assert_eq!(outstanding(&gw, &[&a, &b]), 1.0);
+        c.close();
+        assert!(
+            wait_until(LONG, || outstanding(&gw, &[&a, &b]) == 0.0),
+            "outstanding stays up after the client left"
+        );
+    }
+    assert!(
+        wait_until(LONG, || gw.fd_count() <= baseline),
+        "fds {} vs baseline {baseline}",
+        gw.fd_count()
+    );
+    // The slot is free again: a whole stream goes through at once.
+    release.store(true, Ordering::SeqCst);
+    let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", true));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn an_upstream_reset_before_the_head_gives_back_the_slot() {
+    let resetting = || {
+        ScriptedUpstream::start(|c| {
+            if c.read_request().is_some() {
+                c.reset();
+            }
+        })
+    };
+    let (a, b) = (resetting(), resetting());
+    let gw = Modelgate::start(&limited_config(
+        &[a.url(), b.url()],
+        1,
+        serde_json::json!({}),
+    ));
+    for _ in 0..3 {
+        let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false));
+        assert_eq!(r.status, 502, "{}", r.text());
+    }
+    assert!(wait_until(LONG, || outstanding(&gw, &[&a, &b]) == 0.0));
+}
