@@ -367,6 +367,28 @@ impl Routes {
         }
     }
 
+    /// True when the token may use only some models: a `/route/` body it sends is then read,
+    /// since a backend serving several models follows the body's `model`, not the path.
+    pub fn token_is_scoped(&self, token: Option<usize>) -> bool {
+        token
+            .and_then(|i| self.token_policies.get(i))
+            .is_some_and(|p| p.scope != Scope::All)
+    }
+
+    /// Whether a body naming `model`, sent to `route` by path, stays in the token's scope:
+    /// the model is one of the route's own names, or a model the token may use.
+    pub fn token_allows_body_model(
+        &self,
+        token: Option<usize>,
+        route: &Route,
+        model: &str,
+    ) -> bool {
+        route.names().any(|n| n == model)
+            || self
+                .get(model)
+                .is_some_and(|named| self.token_allows(token, named))
+    }
+
     /// Counts one request against the token's rate limit at `now`.
     pub fn admit(&self, token: Option<usize>, now: Instant) -> Result<(), ApiError> {
         let bucket = token

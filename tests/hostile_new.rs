@@ -851,33 +851,69 @@ fn thousands_of_odd_model_ids_are_served_or_skipped_without_a_crash() {
 }
 
 /// One backend serving two models (the usual discovery or multi-LoRA setup): a token scoped
-/// to `cheap` names `cheap` in the path and `expensive` in the body, which `/route/` does not
-/// read, and the backend serves `expensive`.
+/// to `cheap` names `cheap` in the path and `expensive` in the body; the backend would serve
+/// `expensive`, so the body's model must be in scope too.
 #[test]
-#[ignore = "bug: /route/{model}/ checks the scope against the path only; a scoped token reaches \
-            another model of a shared backend by naming it in the body"]
 fn a_scoped_token_cannot_reach_another_model_of_a_shared_backend_via_route() {
     let backend = named_upstream("shared");
     let cfg = json!({
         "listen": "127.0.0.1:0",
         "workers": 1,
         "models": {
-            "cheap": {"url": backend.url()},
+            "cheap": {"url": backend.url(), "aliases": ["cheap-alias"]},
             "expensive": {"url": backend.url()},
+            "also": {"url": backend.url()},
         },
-        "authTokens": [{"token": "tok-cheap", "models": ["cheap"]}],
+        "authTokens": [{"token": "tok-cheap", "models": ["cheap", "also"]}, "full"],
     });
     let mg = Modelgate::start(&cfg.to_string());
-    assert_eq!(
-        chat_as(&mg, &["Authorization: Bearer tok-cheap"], "expensive").status,
-        403
+    let scoped = "Authorization: Bearer tok-cheap";
+    let path = "/route/cheap/v1/chat/completions";
+    assert_eq!(chat_as(&mg, &[scoped], "expensive").status, 403);
+    for body in [
+        &br#"{"model":"expensive"}"#[..],
+        br#"{"model":"unknown-to-modelgate"}"#,
+    ] {
+        let r = post(&mg, path, &[scoped], body);
+        assert_eq!(r.status, 403, "{}", dump(&r));
+        assert_eq!(r.error_code().as_deref(), Some("model_not_allowed"));
+    }
+    for body in [
+        &br#"{"model":"cheap","model":"expensive"}"#[..],
+        br#"{"model":["expensive"]}"#,
+        br#"{"model":"expensive","x":NaN}"#,
+    ] {
+        let r = post(&mg, path, &[scoped], body);
+        assert_eq!(r.status, 400, "{}", dump(&r));
+    }
+    let form = b"--XyZ\r\nContent-Disposition: form-data; name=model\r\n\r\nexpensive\r\n--XyZ--";
+    let rs = exchange(
+        mg.addr(),
+        &closing(
+            "POST",
+            "/route/cheap/v1/audio/transcriptions",
+            &[scoped, "Content-Type: multipart/form-data; boundary=XyZ"],
+            form,
+        ),
     );
-    let r = post(
-        &mg,
-        "/route/cheap/v1/chat/completions",
-        &["Authorization: Bearer tok-cheap"],
-        br#"{"model":"expensive"}"#,
-    );
-    assert_eq!(r.status, 403, "{}", dump(&r));
+    assert_eq!(rs[0].status, 403, "{}", dump(&rs[0]));
     assert_eq!(backend.request_count(), 0);
+
+    // In scope: the path's names, another allowed model, no model at all, an empty body.
+    for body in [
+        &br#"{"model":"cheap"}"#[..],
+        br#"{"model":"cheap-alias"}"#,
+        br#"{"model":"also"}"#,
+        br#"{"input":"x"}"#,
+    ] {
+        let r = post(&mg, path, &[scoped], body);
+        assert_eq!(r.status, 200, "{}", dump(&r));
+    }
+    let r = post(&mg, path, &[scoped], b"");
+    assert_eq!(r.status, 200, "{}", dump(&r));
+    // An unscoped token's /route/ body is still streamed, not read.
+    let r = post(&mg, path, &["Authorization: Bearer full"], b"\x00binary");
+    assert_eq!(r.status, 200, "{}", dump(&r));
+    assert_eq!(backend.request_count(), 6);
+    assert_alive(&mg);
 }

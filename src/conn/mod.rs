@@ -852,7 +852,15 @@ impl Conn {
                 true,
             );
         }
-        if route.profile.rewrites() && head.framing != RequestFraming::Empty {
+        // A scoped token's body is read too: a backend serving several models would follow
+        // its `model`, which must stay in scope (an upstream name set by the profile wins).
+        let scoped_body = routes.token_is_scoped(self.token)
+            && route.profile.upstream_model.is_none()
+            && !matches!(
+                head.framing,
+                RequestFraming::Empty | RequestFraming::Length(0)
+            );
+        if (route.profile.rewrites() && head.framing != RequestFraming::Empty) || scoped_body {
             // The profile rewrites the body: read it whole first, as for a body-routed request.
             let flow = self.start_body(head, routes);
             if let Phase::Body(body) = &mut self.phase {
@@ -1150,7 +1158,17 @@ impl Conn {
         let keep_alive = body.head.keep_alive;
         let saw_media = body.scanner.saw_media();
         let path_route = body.path_route.take();
-        let routed = match (&path_route, body.scanner.finish()) {
+        let verdict = body.scanner.finish();
+        let verdict = match &path_route {
+            Some((route, _))
+                if body.routes.token_is_scoped(self.token)
+                    && route.profile.upstream_model.is_none() =>
+            {
+                rewrite::scoped_path_verdict(verdict, route, &body.routes, self.token)
+            }
+            _ => verdict,
+        };
+        let routed = match (&path_route, verdict) {
             // The path named the route (scope already checked): the body only has to be one
             // JSON object, within the route's cap.
             (

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use crate::buf::Block;
 use crate::error::ApiError;
 use crate::h1::{BodyTracker, RequestFraming, RequestHead};
+use crate::multipart::MultipartError;
 use crate::profile::Profile;
 use crate::router::{Route, Routes};
+use crate::scan::ScanError;
 
 /// The route a body-routed request goes to: the named one, or its `routeMedia` target when
 /// the body has a media content part.
@@ -39,4 +41,30 @@ pub(super) fn rewrite_body(
     let mut head = head.clone();
     head.framing = RequestFraming::Length(body.len() as u64);
     Ok((body, head))
+}
+
+/// The body verdict of a `/route/` request made with a scoped token. A backend serving
+/// several models follows the body's `model`, so it must be in the token's scope; a body
+/// without one goes to the path's model. Two models, or one that is not a name (a number,
+/// an overlong string), are refused rather than left to the upstream's reading.
+pub(super) fn scoped_path_verdict<'a>(
+    verdict: Result<&'a str, ApiError>,
+    route: &Route,
+    routes: &Routes,
+    token: Option<usize>,
+) -> Result<&'a str, ApiError> {
+    match verdict {
+        Ok(model) if routes.token_allows_body_model(token, route, model) => Ok(model),
+        Ok(model) => Err(ApiError::ModelNotAllowed(model.to_owned())),
+        Err(ApiError::Multipart(MultipartError::MissingModel)) => {
+            Err(ApiError::Scan(ScanError::MissingModel))
+        }
+        Err(
+            ApiError::Scan(ScanError::DuplicateModel | ScanError::InvalidModel)
+            | ApiError::Multipart(MultipartError::DuplicateModel | MultipartError::InvalidModel),
+        ) => Err(ApiError::BadRequest(
+            "with a scoped token, a /route/ body names at most one model, as a string",
+        )),
+        other => other,
+    }
 }
