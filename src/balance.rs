@@ -393,6 +393,14 @@ impl Balancer {
         }
     }
 
+    /// Forgets every active-health verdict (the model no longer has `healthCheck`: nothing
+    /// would ever mark its down replicas up again).
+    pub fn clear_down(&mut self) {
+        for r in self.replicas.iter_mut() {
+            r.down = false;
+        }
+    }
+
     /// Replicas taking new requests now.
     pub fn healthy_count(&self, now: Instant) -> usize {
         self.replicas
@@ -661,6 +669,16 @@ mod tests {
         }
         b.set_down(2, false);
         assert_eq!(b.healthy_count(now), 3);
+    }
+
+    #[test]
+    fn clearing_the_health_verdicts_brings_every_replica_back() {
+        let now = Instant::now();
+        let mut b = balancer(&[1, 1], Policy::LeastOutstanding);
+        b.set_down(0, true);
+        b.set_down(1, true);
+        b.clear_down();
+        assert_eq!(b.healthy_count(now), 2);
     }
 
     #[test]

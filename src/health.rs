@@ -64,6 +64,7 @@ fn run(rx: Receiver<Arc<Routes>>, routes: Arc<Routes>, workers: Subscribers) {
     let mut list = targets(&routes, Instant::now());
     loop {
         let now = Instant::now();
+        let mut reloaded = None;
         for t in list.iter_mut().filter(|t| t.next <= now) {
             let (Some(check), Some(backend)) = (
                 t.route.balance.health_check.as_ref(),
@@ -72,6 +73,11 @@ fn run(rx: Receiver<Arc<Routes>>, routes: Arc<Routes>, workers: Subscribers) {
                 continue;
             };
             let up = probe(backend, &check.path, check.timeout);
+            // A table that arrived during the probe wins: it may have dropped this check.
+            if let Ok(routes) = rx.try_recv() {
+                reloaded = Some(routes);
+                break;
+            }
             backend.stats.set_down(!up);
             for (tx, waker) in &workers {
                 let _ = tx.send(Control::ReplicaHealth {
@@ -82,6 +88,10 @@ fn run(rx: Receiver<Arc<Routes>>, routes: Arc<Routes>, workers: Subscribers) {
                 let _ = waker.wake();
             }
             t.next = Instant::now() + check.interval;
+        }
+        if let Some(routes) = reloaded {
+            list = targets(&routes, Instant::now());
+            continue;
         }
         let wait = list
             .iter()

@@ -236,9 +236,10 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
             Ok(ToServer::Discovered(next)) => {
                 let routes = rediscovered(&current, &mut found, next, &metrics);
                 if let Some(routes) = routes {
-                    let _ = health_tx.send(Arc::clone(&routes));
                     let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                     workers.send(|| Control::Routes(Arc::clone(&routes)));
+                    // After the workers: they ignore verdicts on a table they do not have yet.
+                    let _ = health_tx.send(Arc::clone(&routes));
                 }
                 continue;
             }
@@ -258,9 +259,9 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
                 current = next;
                 let (total, listed) = (routes.models.len(), routes.listed.len());
                 let routes = Arc::new(routes);
-                let _ = health_tx.send(Arc::clone(&routes));
                 let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                 workers.send(|| Control::Routes(Arc::clone(&routes)));
+                let _ = health_tx.send(Arc::clone(&routes));
                 workers.send(|| Control::ListenerTls(tls.clone()));
                 // Said once every worker has been handed the new table.
                 eprintln!(

@@ -371,6 +371,17 @@ impl Worker {
                     self.env.routes = routes;
                 }
                 Control::ReplicaHealth { route, replica, up } => {
+                    // A verdict probed on an older table is stale (a reload may have
+                    // dropped the check); the next round speaks for the current one.
+                    let current = self
+                        .env
+                        .routes
+                        .models
+                        .get(&route.name)
+                        .is_some_and(|r| Arc::ptr_eq(r, &route));
+                    if !current {
+                        continue;
+                    }
                     if let Some(b) = self.env.balancers.get(&route) {
                         if let Ok(mut b) = b.try_borrow_mut() {
                             b.set_down(replica, !up);

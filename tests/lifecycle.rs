@@ -269,3 +269,104 @@ fn an_upstream_reset_before_the_head_gives_back_the_slot() {
     }
     assert!(wait_until(LONG, || outstanding(&gw, &[&a, &b]) == 0.0));
 }
+
+/// A replica whose `/health` answers 200 while `healthy` is set, else 503; work gets `{}`.
+fn checked_replica(healthy: Arc<AtomicBool>) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while let Some(req) = c.read_request() {
+            let status = if req.path() != "/health" || healthy.load(Ordering::SeqCst) {
+                200
+            } else {
+                503
+            };
+            if c.respond(status, &[], b"{}").is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn work_requests(r: &ScriptedUpstream) -> usize {
+    r.requests()
+        .iter()
+        .filter(|q| q.path() != "/health")
+        .count()
+}
+
+fn checked_config(urls: &[String], health: Option<serde_json::Value>) -> String {
+    let mut model = serde_json::json!({ "urls": urls });
+    if let (Some(m), Some(h)) = (model.as_object_mut(), health) {
+        m.insert("healthCheck".into(), h);
+    }
+    serde_json::json!({"listen": "127.0.0.1:0", "workers": 2, "models": {"m": model}}).to_string()
+}
+
+#[test]
+fn a_reload_that_drops_the_health_check_brings_a_down_replica_back() {
+    let a = checked_replica(Arc::new(AtomicBool::new(false)));
+    let b = checked_replica(Arc::new(AtomicBool::new(true)));
+    let urls = [a.url(), b.url()];
+    let check = serde_json::json!({"path": "/health", "interval": 0.1, "timeout": 2});
+    let gw = Modelgate::start(&checked_config(&urls, Some(check)));
+    let up_gauge = format!(
+        "modelgate_replica_up{{model=\"m\",replica=\"{}\"}}",
+        a.url()
+    );
+    assert!(wait_until(LONG, || metric(&gw, &up_gauge) == 0.0));
+    // Both workers have heard the verdict once /health says so.
+    assert!(wait_until(LONG, || {
+        get(gw.addr(), "/health").json()["replicas"]["m"]["healthy"] == 1
+    }));
+    let from = gw.stderr_lines().len();
+    gw.rewrite_config(&checked_config(&urls, None));
+    gw.signal(libc::SIGHUP);
+    assert!(gw
+        .wait_stderr_from(from, Duration::from_secs(10), |l| l.contains("reloaded"))
+        .is_some());
+    // Nothing checks `a` any more: the verdict must not outlive the check.
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(&gw, &up_gauge) == 1.0),
+        "modelgate_replica_up stays 0 after healthCheck was removed"
+    );
+    let before = work_requests(&a);
+    assert!(
+        wait_until(LONG, || {
+            let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false));
+            assert_eq!(r.status, 200);
+            work_requests(&a) > before
+        }),
+        "the replica once marked down never gets traffic again"
+    );
+}
+
+#[test]
+fn a_replica_hanging_its_health_probe_neither_blocks_requests_nor_shutdown() {
+    // `a` accepts and never answers (its probe times out); `b` is healthy.
+    let a = ScriptedUpstream::start(|c| {
+        let _ = c.read_request();
+        thread::sleep(Duration::from_secs(30));
+    });
+    let b = checked_replica(Arc::new(AtomicBool::new(true)));
+    let check = serde_json::json!({"path": "/health", "interval": 0.2, "timeout": 1});
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&checked_config(&[a.url(), b.url()], Some(check))).expect("json");
+    cfg["timeouts"] = serde_json::json!({"shutdown": 3});
+    let mut gw = Modelgate::start(&cfg.to_string());
+    let up_gauge = format!(
+        "modelgate_replica_up{{model=\"m\",replica=\"{}\"}}",
+        a.url()
+    );
+    assert!(wait_until(LONG, || metric(&gw, &up_gauge) == 0.0));
+    // Workers keep serving while the health thread waits on `a`.
+    for _ in 0..10 {
+        let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let signalled = Instant::now();
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("no exit while a health probe hangs");
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+}

@@ -85,6 +85,12 @@ impl Balancers {
             .map(|(_, route, b)| (route.name.clone(), std::rc::Rc::clone(b)))
             .collect();
         for route in routes.models.values() {
+            if route.balance.health_check.is_none() {
+                // A reload that drops `healthCheck` must not leave replicas marked down.
+                for backend in &route.backends {
+                    backend.stats.set_down(false);
+                }
+            }
             if !needs_balancer(route) {
                 continue;
             }
@@ -96,6 +102,11 @@ impl Balancers {
                 Some(b) => b,
                 None => self.make(route),
             };
+            if route.balance.health_check.is_none() {
+                if let Ok(mut b) = b.try_borrow_mut() {
+                    b.clear_down();
+                }
+            }
             self.map
                 .insert(Arc::as_ptr(route) as usize, (Arc::clone(route), b));
         }
