@@ -127,6 +127,49 @@ pub struct Profile {
 pub enum RewriteError {
     /// serde_json refused the body (the scanner accepted it, so this is rare: a limit).
     Parse,
+    /// The body holds more than [`MAX_REWRITE_VALUES`] JSON values.
+    TooManyValues,
+}
+
+/// Most JSON values a body may hold to be rewritten. A parsed value costs tens of bytes of
+/// heap whatever its text (`0,` is 2 bytes), so the byte cap alone lets a body of small
+/// numbers take ~50 times its size while it is parsed (1.1 GB for 20 MB); a million values
+/// keeps one rewrite near 100 MB and is far above real requests (a 128k-token id prompt).
+pub const MAX_REWRITE_VALUES: usize = 1 << 20;
+
+/// Whether `body` holds at most `limit` JSON values, counted roughly (each `,` `:` `[` `{`
+/// outside strings) in one pass before anything is allocated.
+fn values_within(body: &[u8], limit: usize) -> bool {
+    let mut count = 0usize;
+    let mut rest = body;
+    loop {
+        let quote = memchr::memchr(b'"', rest);
+        let outside = quote.and_then(|i| rest.get(..i)).unwrap_or(rest);
+        count += outside
+            .iter()
+            .filter(|&&b| matches!(b, b',' | b':' | b'[' | b'{'))
+            .count();
+        if count > limit {
+            return false;
+        }
+        let Some(start) = quote else {
+            return true;
+        };
+        // Skip the string: up to the next quote that no backslash escapes.
+        rest = rest.get(start + 1..).unwrap_or_default();
+        loop {
+            match memchr::memchr2(b'"', b'\\', rest) {
+                None => return true,
+                Some(i) if rest.get(i) == Some(&b'\\') => {
+                    rest = rest.get(i + 2..).unwrap_or_default();
+                }
+                Some(i) => {
+                    rest = rest.get(i + 1..).unwrap_or_default();
+                    break;
+                }
+            }
+        }
+    }
 }
 
 impl Profile {
@@ -141,6 +184,9 @@ impl Profile {
     /// Parses `body`, merges, and encodes the result compactly (see the module docs for what
     /// survives the round trip).
     pub fn rewrite(&self, body: &[u8]) -> Result<Vec<u8>, RewriteError> {
+        if !values_within(body, MAX_REWRITE_VALUES) {
+            return Err(RewriteError::TooManyValues);
+        }
         let mut value: Value = serde_json::from_slice(body).map_err(|_| RewriteError::Parse)?;
         self.merge(&mut value);
         serde_json::to_vec(&value).map_err(|_| RewriteError::Parse)
@@ -252,6 +298,25 @@ fn set_clamped(body: &mut Value, tokens: &[String], value: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn values_are_counted_outside_strings_only() {
+        assert!(values_within(br#"{"a":[1,2]}"#, 4));
+        assert!(!values_within(br#"{"a":[1,2]}"#, 3));
+        assert!(values_within(br#"{"a,:[{":"x\",[{,"}"#, 2));
+        assert!(!values_within(br#"{"a\\":[1,"#, 2));
+        assert!(values_within(b"", 0));
+        assert!(values_within(br#""unterminated \"#, 0));
+        let many = format!("[{}0]", "0,".repeat(MAX_REWRITE_VALUES));
+        let profile = Profile {
+            upstream_model: Some("m".into()),
+            ..Profile::default()
+        };
+        assert_eq!(
+            profile.rewrite(many.as_bytes()),
+            Err(RewriteError::TooManyValues)
+        );
+    }
 
     fn p(s: &str) -> Pointer {
         Pointer::parse(s).unwrap()

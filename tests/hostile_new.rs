@@ -917,3 +917,27 @@ fn a_scoped_token_cannot_reach_another_model_of_a_shared_backend_via_route() {
     assert_eq!(backend.request_count(), 6);
     assert_alive(&mg);
 }
+
+/// 20 MB of `0,` parsed into a `serde_json::Value` took 1.1 GB peak before the rewrite
+/// counted values: a few such requests would get the process killed for memory.
+#[test]
+fn a_profiled_body_of_tiny_values_is_refused_before_it_is_parsed() {
+    let (up, mg) = profiled();
+    let mut body = br#"{"model":"coder","x":["#.to_vec();
+    for _ in 0..(20 << 20) / 2 {
+        body.extend_from_slice(b"0,");
+    }
+    body.extend_from_slice(b"0]}");
+    let r = post(&mg, "/v1/chat/completions", &[], &body);
+    assert_eq!(r.status, 400, "{}", dump(&r));
+    assert!(r.text().contains("values"), "{}", r.text());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mg.pid())).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    assert!(peak_kib < 300 * 1024, "peak RSS {peak_kib} KiB");
+    assert_eq!(up.request_count(), 0);
+    assert_alive(&mg);
+}

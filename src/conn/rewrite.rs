@@ -7,7 +7,7 @@ use crate::buf::Block;
 use crate::error::ApiError;
 use crate::h1::{BodyTracker, RequestFraming, RequestHead};
 use crate::multipart::MultipartError;
-use crate::profile::Profile;
+use crate::profile::{Profile, RewriteError};
 use crate::router::{Route, Routes};
 use crate::scan::ScanError;
 
@@ -35,8 +35,13 @@ pub(super) fn rewrite_body(
     for raw in std::iter::once(first).chain(rest.iter().map(Block::filled)) {
         tracker.feed(raw, &mut collect).map_err(ApiError::from)?;
     }
-    let body = profile.rewrite(&payload).map_err(|_| {
-        ApiError::BadRequest("this model's profile rewrites JSON bodies: send one JSON object")
+    let body = profile.rewrite(&payload).map_err(|e| match e {
+        RewriteError::Parse => {
+            ApiError::BadRequest("this model's profile rewrites JSON bodies: send one JSON object")
+        }
+        RewriteError::TooManyValues => ApiError::BadRequest(
+            "this model's profile rewrites JSON bodies of at most 1048576 values",
+        ),
     })?;
     let mut head = head.clone();
     head.framing = RequestFraming::Length(body.len() as u64);
