@@ -8,7 +8,7 @@
 //! name, and a name served by several backends becomes one model with those backends as
 //! replicas (in probe order), balanced like a model's `urls`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::balance::MAX_REPLICAS;
 use crate::config::{Config, Discover, Model, ReplicaSpec, Replicas, Upstream};
@@ -164,8 +164,13 @@ pub fn model_ids(body: &[u8]) -> Result<Vec<String>, String> {
         .and_then(|d| d.as_array())
         .ok_or("the model list has no \"data\" array")?;
     let mut ids: Vec<String> = Vec::new();
+    // Duplicates are found by a set: a list of thousands of ids must not cost n² compares.
+    let mut seen: HashSet<&str> = HashSet::new();
     for id in data.iter().filter_map(|m| m.get("id")?.as_str()) {
-        if usable_id(id) && !ids.iter().any(|known| known == id) {
+        if ids.len() == MAX_MODELS_PER_BACKEND {
+            break;
+        }
+        if usable_id(id) && seen.insert(id) {
             ids.push(id.to_owned());
         }
     }
@@ -183,6 +188,10 @@ pub fn well_known_name(up: &Upstream) -> Option<&'static str> {
         .find(|(_, port)| *port == up.port)
         .map(|(name, _)| *name)
 }
+
+/// Most models taken from one backend (the first ones it lists). Each becomes a route with
+/// its own stats (about 8 KB): 200,000 ids, which fit in [`MAX_ANSWER_BYTES`], took 1.6 GB.
+pub const MAX_MODELS_PER_BACKEND: usize = 4096;
 
 /// The longest model id taken from a backend.
 pub const MAX_ID_BYTES: usize = 512;
@@ -504,6 +513,18 @@ mod tests {
             model_ids(odd.as_bytes()),
             Ok(vec!["ok/model:7b".to_string()])
         );
+    }
+
+    #[test]
+    fn ids_are_deduplicated_and_capped() {
+        let data: Vec<String> = (0..MAX_MODELS_PER_BACKEND + 10)
+            .flat_map(|i| [format!(r#"{{"id":"m{i}"}}"#), r#"{"id":"m0"}"#.to_string()])
+            .collect();
+        let body = format!(r#"{{"data":[{}]}}"#, data.join(","));
+        let ids = model_ids(body.as_bytes()).expect("ids");
+        assert_eq!(ids.len(), MAX_MODELS_PER_BACKEND);
+        assert_eq!(ids.first().map(String::as_str), Some("m0"));
+        assert_eq!(ids.last().map(String::as_str), Some("m4095"));
     }
 
     #[test]

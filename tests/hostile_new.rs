@@ -941,3 +941,25 @@ fn a_profiled_body_of_tiny_values_is_refused_before_it_is_parsed() {
     assert_eq!(up.request_count(), 0);
     assert_alive(&mg);
 }
+
+/// 200,000 ids fit in the 4 MB answer cap: deduplicating them was quadratic (startup waited
+/// minutes for the first round) and routing them all took 1.6 GB. The first 4096 are kept.
+#[test]
+fn a_backend_listing_200k_models_is_capped_and_fast() {
+    let body = models_json((0..200_000).map(|i| format!("m{i}")));
+    let (_b, mg) = discover_against(move |c| {
+        while let Some(r) = c.read_request() {
+            if r.path() == "/v1/models" {
+                let _ = c.respond(200, &["Content-Type: application/json"], body.as_bytes());
+            } else {
+                let _ = c.respond(200, &["X-Upstream: d"], b"d");
+            }
+        }
+    });
+    assert_eq!(get(mg.addr(), "/health").json()["models"], 4096);
+    let r = chat_as(&mg, &[], "m4095");
+    assert_eq!(r.header("x-upstream"), Some("d"), "{}", dump(&r));
+    assert_eq!(chat_as(&mg, &[], "m4096").status, 404);
+    assert!(mg.rss_kib() < 300 * 1024, "rss {} KiB", mg.rss_kib());
+    assert_alive(&mg);
+}
