@@ -804,7 +804,7 @@ fn a_hostile_model_list_keeps_the_server_bounded_and_up() {
 
 #[test]
 fn thousands_of_odd_model_ids_are_served_or_skipped_without_a_crash() {
-    let mut ids: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    let mut ids: Vec<String> = (0..3000).map(|i| format!("m{i}")).collect();
     ids.extend(
         [
             "a/b",
@@ -833,11 +833,11 @@ fn thousands_of_odd_model_ids_are_served_or_skipped_without_a_crash() {
         wait_until(T, || get(mg.addr(), "/health").json()["models"]
             .as_u64()
             .unwrap_or(0)
-            >= 5000),
+            >= 3000),
         "{:?}",
         get(mg.addr(), "/health").text()
     );
-    for model in ["m4999", "a/b", "*"] {
+    for model in ["m2999", "a/b", "*"] {
         let body = json!({"model": model}).to_string();
         let r = post(&mg, "/v1/chat/completions", &[], body.as_bytes());
         assert_eq!(r.header("x-upstream"), Some("d"), "{model}: {}", dump(&r));
