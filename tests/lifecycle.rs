@@ -370,3 +370,109 @@ fn a_replica_hanging_its_health_probe_neither_blocks_requests_nor_shutdown() {
     assert!(status.success(), "exit status {status}");
     assert!(signalled.elapsed() < Duration::from_secs(10));
 }
+
+fn ws_gate(ws: &common::websocket::WsUpstream) -> Modelgate {
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"rt": {"url": ws.url()}},
+    });
+    Modelgate::start(&cfg.to_string())
+}
+
+/// An open tunnel to the echo upstream, its greeting read.
+fn open_tunnel(addr: SocketAddr) -> std::net::TcpStream {
+    use common::websocket::{handshake, read_frame, read_head};
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(LONG)).expect("timeout");
+    s.write_all(&handshake("/v1/realtime?model=rt", &[]))
+        .expect("handshake");
+    let (status, headers) = read_head(&mut s).expect("101 head");
+    assert_eq!(status, 101, "{headers:?}");
+    assert_eq!(
+        read_frame(&mut s).expect("greeting").text(),
+        "hello from upstream"
+    );
+    s
+}
+
+fn in_flight(gw: &Modelgate) -> f64 {
+    metric(gw, "modelgate_in_flight_requests ")
+}
+
+#[test]
+fn a_thousand_sequential_tunnels_leave_no_fds_slots_or_memory_behind() {
+    use common::websocket::{read_frame, write_frame, OP_TEXT};
+    let ws = common::websocket::WsUpstream::start();
+    let gw = ws_gate(&ws);
+    let tunnel = |i: usize| {
+        let mut s = open_tunnel(gw.addr());
+        write_frame(&mut s, OP_TEXT, format!("n{i}").as_bytes(), true).expect("send");
+        assert_eq!(read_frame(&mut s).expect("echo").text(), format!("n{i}"));
+        // Half of them end from each side: the client's FIN, or an abrupt close.
+        if i % 2 == 0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    };
+    for i in 0..100 {
+        tunnel(i);
+    }
+    assert!(
+        wait_until(LONG, || in_flight(&gw) == 0.0),
+        "in flight after 100 tunnels: {}, fds {}, upstream open {}",
+        in_flight(&gw),
+        gw.fd_count(),
+        ws.up.open_connections()
+    );
+    let (fds, rss) = (gw.fd_count(), gw.rss_kib());
+    for i in 100..1100 {
+        tunnel(i);
+    }
+    assert!(
+        wait_until(LONG, || in_flight(&gw) == 0.0),
+        "tunnels still counted in flight: {}",
+        in_flight(&gw)
+    );
+    assert!(
+        wait_until(LONG, || gw.fd_count() <= fds),
+        "fds {} after 1000 tunnels, {fds} before",
+        gw.fd_count()
+    );
+    let grown = gw.rss_kib().saturating_sub(rss);
+    assert!(
+        grown < 16 * 1024,
+        "RSS grew {grown} KiB over 1000 tunnels (from {rss} KiB)"
+    );
+}
+
+#[test]
+fn a_tunnel_outlives_the_reload_that_removes_its_model() {
+    use common::websocket::{read_frame, write_frame, OP_TEXT};
+    let ws = common::websocket::WsUpstream::start();
+    let other = MockUpstream::openai("other");
+    let gw = ws_gate(&ws);
+    let mut s = open_tunnel(gw.addr());
+    let from = gw.stderr_lines().len();
+    gw.rewrite_config(&config_json(&[("other", &other.url())]));
+    gw.signal(libc::SIGHUP);
+    assert!(gw
+        .wait_stderr_from(from, Duration::from_secs(10), |l| l.contains("reloaded"))
+        .is_some());
+    assert!(wait_until(LONG, || post_json(
+        gw.addr(),
+        "/v1/chat/completions",
+        &chat_body("other", false)
+    )
+    .status
+        == 200));
+    // The open tunnel still carries bytes; a new handshake for the removed model is 404.
+    write_frame(&mut s, OP_TEXT, b"still here", true).expect("send");
+    assert_eq!(read_frame(&mut s).expect("echo").text(), "still here");
+    let mut c = Client::connect(gw.addr());
+    c.send(&common::websocket::handshake("/v1/realtime?model=rt", &[]));
+    assert_eq!(c.read_response().status, 404);
+    assert_eq!(in_flight(&gw), 1.0, "the tunnel counts while it lives");
+    drop(s);
+    assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
+}
