@@ -476,3 +476,106 @@ fn a_tunnel_outlives_the_reload_that_removes_its_model() {
     drop(s);
     assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
 }
+
+/// An upstream that reads whole requests, keeps nothing but the count of bodies that carry
+/// `needle`, and answers `{"ok":true}` (keep-alive).
+fn discarding_upstream(needle: &'static [u8]) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let counter = counter.clone();
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = &buf[head_end..head_end + len];
+                    if body.windows(needle.len()).any(|w| w == needle) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    buf.drain(..head_end + len);
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                                   Content-Length: 11\r\n\r\n{\"ok\":true}";
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn a_thousand_profiled_rewrites_of_a_megabyte_body_keep_memory_and_fds_bounded() {
+    let (up, rewritten) = discarding_upstream(b"\"temperature\":0.25");
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"coder": {"url": format!("http://{up}"), "model": "base",
+                             "defaults": {"temperature": 0.25}}},
+    });
+    let gw = Modelgate::start(&cfg.to_string());
+    let filler = "x".repeat(1024 * 1024);
+    let body =
+        format!(r#"{{"model":"coder","messages":[{{"role":"user","content":"{filler}"}}]}}"#);
+    let request = request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    );
+    let mut c = Client::connect(gw.addr());
+    let mut send = |n: usize| {
+        for _ in 0..n {
+            c.send(&request);
+            let r = c.read_response();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    };
+    send(100);
+    let (fds, rss) = (gw.fd_count(), gw.rss_kib());
+    send(1000);
+    assert_eq!(
+        rewritten.load(Ordering::SeqCst),
+        1100,
+        "every body was rewritten"
+    );
+    drop(send);
+    drop(c);
+    assert!(
+        wait_until(LONG, || gw.fd_count() <= fds),
+        "fds {} after 1000 rewrites, {fds} before",
+        gw.fd_count()
+    );
+    let grown = gw.rss_kib().saturating_sub(rss);
+    assert!(
+        grown < 64 * 1024,
+        "RSS grew {grown} KiB over 1000 rewrites of 1 MiB (from {rss} KiB)"
+    );
+}
