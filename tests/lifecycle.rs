@@ -579,3 +579,67 @@ fn a_thousand_profiled_rewrites_of_a_megabyte_body_keep_memory_and_fds_bounded()
         "RSS grew {grown} KiB over 1000 rewrites of 1 MiB (from {rss} KiB)"
     );
 }
+
+/// A replica that reads requests and never answers them.
+fn silent_replica() -> ScriptedUpstream {
+    ScriptedUpstream::start(|c| {
+        while c.read_request().is_some() {
+            if c.wait_peer_closed(Duration::from_secs(30)) {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_first_byte_timeout_gives_back_the_slots_of_every_replica_tried() {
+    let (a, b) = (silent_replica(), silent_replica());
+    let gw = Modelgate::start(&limited_config(
+        &[a.url(), b.url()],
+        1,
+        serde_json::json!({"timeouts": {"firstByte": 0.3}}),
+    ));
+    for _ in 0..3 {
+        let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false));
+        assert_eq!(r.status, 504, "{}", r.text());
+    }
+    assert!(
+        wait_until(LONG, || outstanding(&gw, &[&a, &b]) == 0.0),
+        "outstanding {} after first-byte timeouts",
+        outstanding(&gw, &[&a, &b])
+    );
+    assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
+}
+
+#[test]
+fn a_streamed_body_over_the_cap_after_routing_gives_back_its_slot() {
+    let (a, b) = (silent_replica(), silent_replica());
+    let gw = Modelgate::start(&limited_config(
+        &[a.url(), b.url()],
+        1,
+        serde_json::json!({"maxBodyBytes": 1000}),
+    ));
+    for _ in 0..3 {
+        let mut c = Client::connect(gw.addr());
+        c.send(
+            b"POST /route/m/v1/chat/completions HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        let piece = vec![b'a'; 600];
+        for _ in 0..4 {
+            let mut chunk = format!("{:x}\r\n", piece.len()).into_bytes();
+            chunk.extend_from_slice(&piece);
+            chunk.extend_from_slice(b"\r\n");
+            if c.try_send(&chunk).is_err() {
+                break;
+            }
+        }
+        assert!(c.is_closed_within(LONG), "the over-cap request is cut");
+    }
+    assert!(
+        wait_until(LONG, || outstanding(&gw, &[&a, &b]) == 0.0),
+        "outstanding {} after over-cap bodies",
+        outstanding(&gw, &[&a, &b])
+    );
+    assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
+}
