@@ -643,3 +643,54 @@ fn a_streamed_body_over_the_cap_after_routing_gives_back_its_slot() {
     );
     assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
 }
+
+fn chat_as(gw: &Modelgate, token: &str, model: &str) -> Response {
+    let auth = format!("Authorization: Bearer {token}");
+    request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[&auth, "Content-Type: application/json"],
+        chat_body(model, false).as_bytes(),
+    )
+}
+
+#[test]
+fn rate_limit_buckets_follow_the_token_across_reordering_and_removal() {
+    let up = MockUpstream::openai("m");
+    let config = |tokens: serde_json::Value, models: &[&str]| {
+        let mut m = serde_json::Map::new();
+        for name in models {
+            m.insert(name.to_string(), serde_json::json!({"url": up.url()}));
+        }
+        serde_json::json!({"listen": "127.0.0.1:0", "models": m, "authTokens": tokens}).to_string()
+    };
+    let limited = serde_json::json!({"token": "limited", "requestsPerMinute": 1, "burst": 1});
+    let other = serde_json::json!({"token": "other", "requestsPerMinute": 1, "burst": 1});
+    let gw = Modelgate::start(&config(
+        serde_json::json!([limited.clone(), other.clone(), "probe"]),
+        &["m"],
+    ));
+    assert_eq!(chat_as(&gw, "limited", "m").status, 200);
+    assert_eq!(chat_as(&gw, "limited", "m").status, 429);
+    let reload = |tokens: serde_json::Value, model: &str| {
+        gw.rewrite_config(&config(tokens, &["m", model]));
+        gw.signal(libc::SIGHUP);
+        assert!(
+            wait_until(LONG, || chat_as(&gw, "probe", model).status == 200),
+            "the reload adding {model} did not take"
+        );
+    };
+    // Reordered: each token keeps its own bucket (the drained one stays drained, the
+    // untouched one stays full).
+    reload(
+        serde_json::json!(["probe", other.clone(), limited.clone()]),
+        "m2",
+    );
+    assert_eq!(chat_as(&gw, "limited", "m").status, 429);
+    assert_eq!(chat_as(&gw, "other", "m").status, 200);
+    // Removed: the token no longer authenticates.
+    reload(serde_json::json!(["probe", other]), "m3");
+    assert_eq!(chat_as(&gw, "limited", "m").status, 401);
+    assert_eq!(chat_as(&gw, "other", "m").status, 429);
+}
