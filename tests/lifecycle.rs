@@ -566,7 +566,6 @@ fn a_thousand_profiled_rewrites_of_a_megabyte_body_keep_memory_and_fds_bounded()
         1100,
         "every body was rewritten"
     );
-    drop(send);
     drop(c);
     assert!(
         wait_until(LONG, || gw.fd_count() <= fds),
