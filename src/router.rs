@@ -389,6 +389,33 @@ impl Routes {
                 .is_some_and(|named| self.token_allows(token, named))
     }
 
+    /// For a scoped token: every `model` in the query of `target` (a `/route/` or WebSocket
+    /// request), which a backend serving several models may follow, is in scope too.
+    pub fn token_allows_query_models(
+        &self,
+        token: Option<usize>,
+        route: &Route,
+        target: &[u8],
+    ) -> Result<(), ApiError> {
+        if !self.token_is_scoped(token) {
+            return Ok(());
+        }
+        for model in query_values(target, "model") {
+            match model {
+                None => {
+                    return Err(ApiError::BadRequest(
+                        "invalid percent-encoding in the query",
+                    ))
+                }
+                Some(m) if !self.token_allows_body_model(token, route, &m) => {
+                    return Err(ApiError::ModelNotAllowed(m));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Counts one request against the token's rate limit at `now`.
     pub fn admit(&self, token: Option<usize>, now: Instant) -> Result<(), ApiError> {
         let bucket = token
@@ -506,6 +533,28 @@ pub fn query_param(target: &[u8], name: &[u8]) -> Option<Option<String>> {
             None => (pair, &b""[..]),
         };
         (key == name).then(|| percent_decode(value))
+    })
+}
+
+/// Every value of the query parameter `name` in `target`, keys and values percent-decoded as
+/// an upstream would (None for a value, or a key, that does not decode).
+pub fn query_values<'a>(
+    target: &'a [u8],
+    name: &'a str,
+) -> impl Iterator<Item = Option<String>> + 'a {
+    let query = memchr::memchr(b'?', target)
+        .and_then(|i| target.get(i + 1..))
+        .unwrap_or_default();
+    query.split(|&b| b == b'&').filter_map(move |pair| {
+        let (key, value) = match memchr::memchr(b'=', pair) {
+            Some(i) => (pair.get(..i)?, pair.get(i + 1..)?),
+            None => (pair, &b""[..]),
+        };
+        match percent_decode(key) {
+            Some(key) if key == name => Some(percent_decode(value)),
+            Some(_) => None,
+            None => Some(None),
+        }
     })
 }
 
@@ -684,6 +733,17 @@ mod tests {
         assert_eq!(classify(b"/v1/chat/completions"), Target::ByBody);
         assert_eq!(classify(b"/api/chat"), Target::ByBody);
         assert_eq!(classify(b"/healthz"), Target::ByBody);
+    }
+
+    #[test]
+    fn every_query_value_is_found_with_decoded_keys() {
+        let all = |t: &[u8]| query_values(t, "model").collect::<Vec<_>>();
+        assert_eq!(
+            all(b"/x?model=a&mod%65l=%62&models=c&model"),
+            vec![Some("a".into()), Some("b".into()), Some(String::new())]
+        );
+        assert_eq!(all(b"/x?%ff=1&model=%ff"), vec![None, None]);
+        assert!(all(b"/x").is_empty());
     }
 
     #[test]

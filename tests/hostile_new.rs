@@ -963,3 +963,92 @@ fn a_backend_listing_200k_models_is_capped_and_fast() {
     assert!(mg.rss_kib() < 300 * 1024, "rss {} KiB", mg.rss_kib());
     assert_alive(&mg);
 }
+
+/// A handshake waiting in the queue behind a live tunnel, abandoned by its client: the queue
+/// place and every descriptor are given back, and the next handshake gets the replica.
+#[test]
+fn an_abandoned_queued_handshake_frees_its_place() {
+    let up = switching_upstream();
+    let cfg = json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"a": {"url": up.url(), "maxConcurrentRequests": 1,
+                         "queue": {"size": 2, "timeout": 30}}},
+    });
+    let mg = Modelgate::start(&cfg.to_string());
+    let open = || {
+        let mut s = TcpStream::connect(mg.addr()).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        s.write_all(&handshake("/v1/realtime?model=a", &[]))
+            .expect("send");
+        s
+    };
+    let mut first = open();
+    assert_eq!(read_head(&mut first).expect("head").0, 101);
+    let baseline = mg.fd_count();
+    for _ in 0..10 {
+        let queued = open();
+        thread::sleep(Duration::from_millis(20));
+        drop(queued);
+    }
+    assert!(
+        wait_until(T, || mg.fd_count() <= baseline),
+        "fds {} > {baseline}",
+        mg.fd_count()
+    );
+    let mut waiting = open();
+    drop(first);
+    assert_eq!(read_head(&mut waiting).expect("head").0, 101);
+    assert_eq!(
+        up.connections(),
+        2,
+        "abandoned handshakes never reached the upstream"
+    );
+    drop(waiting);
+    assert!(wait_until(T, || up.open_connections() == 0));
+    assert_alive(&mg);
+}
+
+/// The same bypass through the query: a realtime backend follows `?model=`, so every `model`
+/// in the query of a scoped token's `/route/` or WebSocket request must be in scope.
+#[test]
+fn a_scoped_token_cannot_name_another_model_in_the_query() {
+    let up = switching_upstream();
+    let cfg = json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"cheap": {"url": up.url()}, "expensive": {"url": up.url()}},
+        "authTokens": [{"token": "tok-cheap", "models": ["cheap"]}, "full"],
+    });
+    let mg = Modelgate::start(&cfg.to_string());
+    let status = |target: &str, token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let mut s = TcpStream::connect(mg.addr()).expect("connect");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        s.write_all(&handshake(target, &[&auth])).expect("send");
+        read_head(&mut s).expect("head").0
+    };
+    for target in [
+        "/route/cheap/v1/realtime?model=expensive",
+        "/v1/realtime?model=cheap&model=expensive",
+        "/v1/realtime?model=cheap&mod%65l=expensive",
+        "/route/cheap/v1/realtime?x=1&model=%65xpensive",
+    ] {
+        assert_eq!(status(target, "tok-cheap"), 403, "{target}");
+    }
+    assert_eq!(
+        status("/route/cheap/v1/realtime?mod%ffl=x", "tok-cheap"),
+        400
+    );
+    assert_eq!(up.connections(), 0);
+    assert_eq!(
+        status("/route/cheap/v1/realtime?model=cheap", "tok-cheap"),
+        101
+    );
+    assert_eq!(status("/v1/realtime?model=cheap", "tok-cheap"), 101);
+    assert_eq!(
+        status("/route/cheap/v1/realtime?model=expensive", "full"),
+        101
+    );
+    assert_alive(&mg);
+}

@@ -836,6 +836,9 @@ impl Conn {
         if !routes.token_allows(self.token, &route) {
             return self.reject(ApiError::ModelNotAllowed(model.to_owned()), close_on_error);
         }
+        if let Err(err) = routes.token_allows_query_models(self.token, &route, path) {
+            return self.reject(err, close_on_error);
+        }
         if let RequestFraming::Length(n) = head.framing {
             if route.max_body_bytes > 0 && n > route.max_body_bytes {
                 return self.reject(ApiError::BodyTooLarge, true);
