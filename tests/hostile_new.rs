@@ -1052,3 +1052,56 @@ fn a_scoped_token_cannot_name_another_model_in_the_query() {
     );
     assert_alive(&mg);
 }
+
+/// A chunked body with trailers to a profiled model, `Expect: 100-continue`, then a request
+/// pipelined behind it: the rewrite re-frames the first, the second is routed on its own.
+#[test]
+fn a_rewritten_chunked_body_then_a_pipelined_request() {
+    let up = named_upstream("p");
+    let b = named_upstream("b");
+    let cfg = json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {
+            "coder": {"url": up.url(), "model": "real", "defaults": {"temperature": 0.2}},
+            "b": {"url": b.url()},
+        },
+    });
+    let mg = Modelgate::start(&cfg.to_string());
+    let mut req =
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\n{\"mod\r\n3;ext=1\r\nel\"\r\n9\r\n:\"coder\"}\r\n0\r\nX-Trailer: 1\r\n\r\n"
+            .to_vec();
+    req.extend(closing(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        br#"{"model":"b"}"#,
+    ));
+    let rs = exchange(mg.addr(), &req);
+    let finals: Vec<&Response> = rs.iter().filter(|r| r.status >= 200).collect();
+    assert_eq!(finals.len(), 2, "{rs:?}");
+    assert_eq!(
+        finals[0].header("x-upstream"),
+        Some("p"),
+        "{}",
+        dump(finals[0])
+    );
+    assert_eq!(
+        finals[1].header("x-upstream"),
+        Some("b"),
+        "{}",
+        dump(finals[1])
+    );
+    let got = up.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].json(),
+        json!({"model": "real", "temperature": 0.2}),
+        "{}",
+        got[0].body_str()
+    );
+    assert!(!got[0].chunked);
+    assert_alive(&mg);
+}
