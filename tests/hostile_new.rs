@@ -1105,3 +1105,51 @@ fn a_rewritten_chunked_body_then_a_pipelined_request() {
     assert!(!got[0].chunked);
     assert_alive(&mg);
 }
+
+/// Requests pipelined on one connection each count against the bucket.
+#[test]
+fn pipelined_requests_each_count_against_the_rate_limit() {
+    let a = named_upstream("a");
+    let cfg = json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"a": {"url": a.url()}},
+        "authTokens": [{"token": "lim", "requestsPerMinute": 1, "burst": 3}],
+    });
+    let mg = Modelgate::start(&cfg.to_string());
+    let one = request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            "Authorization: Bearer lim",
+            "Content-Type: application/json",
+        ],
+        br#"{"model":"a"}"#,
+    );
+    let mut req = Vec::new();
+    for _ in 0..9 {
+        req.extend_from_slice(&one);
+    }
+    req.extend(closing(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            "Authorization: Bearer lim",
+            "Content-Type: application/json",
+        ],
+        br#"{"model":"a"}"#,
+    ));
+    let rs = exchange(mg.addr(), &req);
+    let statuses: Vec<u16> = rs.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(a.request_count(), 3);
+    assert_alive(&mg);
+}
