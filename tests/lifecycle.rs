@@ -693,3 +693,91 @@ fn rate_limit_buckets_follow_the_token_across_reordering_and_removal() {
     assert_eq!(chat_as(&gw, "limited", "m").status, 401);
     assert_eq!(chat_as(&gw, "other", "m").status, 429);
 }
+
+/// A discoverable backend listing `model`; a chat request gets an SSE head and one event,
+/// then the rest once `release` is set.
+fn discoverable_stream(model: &'static str, release: Arc<AtomicBool>) -> ScriptedUpstream {
+    ScriptedUpstream::start(move |c| {
+        while let Some(req) = c.read_request() {
+            if req.path() == "/v1/models" {
+                let list = format!(r#"{{"object":"list","data":[{{"id":"{model}"}}]}}"#);
+                if c.respond_json(200, &list).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            let event = |n: u32| {
+                let e = format!("data: {{\"n\":{n}}}\n\n");
+                format!("{:x}\r\n{e}\r\n", e.len())
+            };
+            if c.write_all(head.as_bytes()).is_err() || c.write_all(event(1).as_bytes()).is_err() {
+                return;
+            }
+            while !release.load(Ordering::SeqCst) {
+                if c.peer_closed() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+            let tail = format!("{}0\r\n\r\n", event(2));
+            if c.write_all(tail.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_stream_continues_across_discovery_swaps_and_ends_cleanly() {
+    let release = Arc::new(AtomicBool::new(false));
+    let a = discoverable_stream("a", release.clone());
+    let late_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let late_url = format!("http://127.0.0.1:{late_port}");
+    let gw = Modelgate::start(&config_with(
+        &[],
+        serde_json::json!({"discover": [a.url(), late_url], "discoverInterval": 0.2}),
+    ));
+    assert!(wait_until(LONG, || get(gw.addr(), "/v1/models")
+        .text()
+        .contains("\"a\"")));
+    let mut c = Client::connect(gw.addr());
+    let body = chat_body("a", true);
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    ));
+    let mut head = c.try_read_head().expect("stream head");
+    assert_eq!(head.status, 200);
+    let first = c.try_next_chunk(&mut head).expect("first event");
+    assert!(first.is_some());
+    // A backend appears (one swap), then goes away (another).
+    let late = ScriptedUpstream::start_on(&format!("127.0.0.1:{late_port}"), |conn| {
+        while conn.read_request().is_some() {
+            let list = r#"{"object":"list","data":[{"id":"late"}]}"#;
+            if conn.respond_json(200, list).is_err() {
+                return;
+            }
+        }
+    });
+    assert!(wait_until(LONG, || get(gw.addr(), "/v1/models")
+        .text()
+        .contains("\"late\"")));
+    drop(late);
+    assert!(wait_until(LONG, || !get(gw.addr(), "/v1/models")
+        .text()
+        .contains("\"late\"")));
+    release.store(true, Ordering::SeqCst);
+    let mut events = Vec::new();
+    while let Some(chunk) = c.try_next_chunk(&mut head).expect("the stream was cut") {
+        events.extend(sse_data(&chunk));
+    }
+    assert_eq!(events, vec![r#"{"n":2}"#.to_string()]);
+    assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
+}
