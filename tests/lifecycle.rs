@@ -781,3 +781,56 @@ fn a_stream_continues_across_discovery_swaps_and_ends_cleanly() {
     assert_eq!(events, vec![r#"{"n":2}"#.to_string()]);
     assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
 }
+
+#[test]
+fn an_upstream_reset_mid_stream_gives_back_the_slot_and_cuts_the_client() {
+    let reset_after_head = || {
+        ScriptedUpstream::start(|c| {
+            if c.read_request().is_some() {
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                            Transfer-Encoding: chunked\r\n\r\nf\r\ndata: {\"n\":1}\n\n\r\n";
+                let _ = c.write_all(head.as_bytes());
+                thread::sleep(Duration::from_millis(100));
+                c.reset();
+            }
+        })
+    };
+    let (a, b) = (reset_after_head(), reset_after_head());
+    let gw = Modelgate::start(&limited_config(
+        &[a.url(), b.url()],
+        1,
+        serde_json::json!({}),
+    ));
+    assert!(wait_until(LONG, || gw.fd_count() > 0));
+    let fds = gw.fd_count();
+    for _ in 0..3 {
+        let mut c = pending_request(gw.addr());
+        let head = c.try_read_head().expect("head");
+        assert_eq!(head.status, 200);
+        assert!(c.is_closed_within(LONG), "the cut stream is closed");
+    }
+    assert!(wait_until(LONG, || outstanding(&gw, &[&a, &b]) == 0.0));
+    assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
+    assert!(wait_until(LONG, || gw.fd_count() <= fds));
+}
+
+#[test]
+fn an_idle_tunnel_timed_out_gives_back_its_slot_and_sockets() {
+    let ws = common::websocket::WsUpstream::start();
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "timeouts": {"idle": 0.5},
+        "models": {"rt": {"url": ws.url()}},
+    });
+    let gw = Modelgate::start(&cfg.to_string());
+    assert!(wait_until(LONG, || gw.fd_count() > 0));
+    let fds = gw.fd_count();
+    let mut s = open_tunnel(gw.addr());
+    assert_eq!(in_flight(&gw), 1.0);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(wait_until(LONG, || in_flight(&gw) == 0.0));
+    assert!(wait_until(LONG, || gw.fd_count() <= fds));
+    assert!(wait_until(LONG, || ws.up.open_connections() == 0));
+}
