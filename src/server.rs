@@ -314,9 +314,11 @@ fn reload(
             .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?,
         None => current.clone(),
     };
+    // Certificates first: building the routes settles which rate-limit buckets live on, so
+    // it must be the last step that can refuse the reload.
+    let tls = listener_tls(&next).map_err(|e| vec![e])?;
     let routes =
         build_routes(&discovery::with_discovered(&next, found), metrics).map_err(|e| vec![e])?;
-    let tls = listener_tls(&next).map_err(|e| vec![e])?;
     Ok((next, routes, tls))
 }
 

@@ -834,3 +834,47 @@ fn an_idle_tunnel_timed_out_gives_back_its_slot_and_sockets() {
     assert!(wait_until(LONG, || gw.fd_count() <= fds));
     assert!(wait_until(LONG, || ws.up.open_connections() == 0));
 }
+
+#[test]
+fn a_refused_reload_does_not_refill_the_buckets_of_the_table_still_serving() {
+    let up = MockUpstream::openai("m");
+    let limited = serde_json::json!({"token": "limited", "requestsPerMinute": 1, "burst": 1});
+    let good = |model: &str| {
+        serde_json::json!({
+            "listen": "127.0.0.1:0",
+            "models": {"m": {"url": up.url()}, model: {"url": up.url()}},
+            "authTokens": [limited.clone(), "probe"],
+        })
+        .to_string()
+    };
+    let gw = Modelgate::start(&good("m"));
+    assert_eq!(chat_as(&gw, "limited", "m").status, 200);
+    assert_eq!(chat_as(&gw, "limited", "m").status, 429);
+    // Refused late (its listener certificate is not PEM), after its routes were built
+    // without the limited token.
+    let dir = TempDir::new();
+    let cert = dir.write("cert.pem", "not a certificate");
+    let key = dir.write("key.pem", "not a key");
+    let refused = serde_json::json!({
+        "listen": [{"address": "127.0.0.1:0", "tls": {"cert": cert, "key": key}}],
+        "models": {"m": {"url": up.url()}},
+        "authTokens": ["probe"],
+    });
+    let from = gw.stderr_lines().len();
+    gw.rewrite_config(&refused.to_string());
+    gw.signal(libc::SIGHUP);
+    assert!(gw
+        .wait_stderr_from(from, LONG, |l| l
+            .contains("still serving the previous config"))
+        .is_some());
+    assert_eq!(chat_as(&gw, "limited", "m").status, 429);
+    // The next good table (same token, same limit) must find the drained bucket.
+    gw.rewrite_config(&good("m2"));
+    gw.signal(libc::SIGHUP);
+    assert!(wait_until(LONG, || chat_as(&gw, "probe", "m2").status == 200));
+    assert_eq!(
+        chat_as(&gw, "limited", "m").status,
+        429,
+        "the refused reload dropped the bucket: the token got a fresh burst"
+    );
+}
