@@ -249,6 +249,18 @@ fn handshake_routing_errors_and_ordinary_answers() {
 }
 
 #[test]
+fn an_open_tunnel_holds_two_pool_blocks() {
+    // Seven 16 KiB blocks: a handshake needs three (its read block, the response block and
+    // the upgrade block) and an open tunnel keeps two, so a third tunnel fits only when the
+    // earlier ones gave their read blocks back.
+    let (_ws, mg) = start_with(json!({"workers": 1, "maxBufferBytes": 7 * 16384}));
+    let tunnels: Vec<TcpStream> = (0..3).map(|_| open(&mg, "/v1/realtime?model=rt")).collect();
+    let (_, status, _) = handshake_on(&mg, "/v1/realtime?model=rt");
+    assert_eq!(status, 503, "the budget is spent by three tunnels");
+    drop(tunnels);
+}
+
+#[test]
 fn an_idle_tunnel_is_closed_after_timeouts_idle() {
     let (ws, mg) = start_with(json!({"timeouts": {"idle": 1}}));
     let mut s = open(&mg, "/v1/realtime?model=rt");

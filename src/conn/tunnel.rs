@@ -96,6 +96,12 @@ impl Conn {
 
     /// Moves bytes both ways until nothing is ready.
     pub(super) fn pump_tunnel(&mut self, t: &mut Tunnel, ctx: &mut Ctx<'_>) -> Flow {
+        // The client's read block is only needed for bytes sent with the handshake; the
+        // tunnel reads into its own blocks, so an empty one goes back to the pool (a tunnel
+        // holds two blocks, not three).
+        if self.inbuf.as_ref().is_some_and(|b| b.is_empty()) {
+            self.inbuf = None;
+        }
         for _ in 0..STEPS_PER_TURN {
             let mut progress = false;
             if self.upstream.is_none() {
@@ -105,8 +111,9 @@ impl Conn {
             // Client → upstream: bytes read with the handshake first, then the socket, only
             // when the block is empty.
             if t.up_buf.is_empty() && !t.client_eof {
-                if let Some(inbuf) = self.inbuf.as_mut().filter(|b| !b.is_empty()) {
-                    std::mem::swap(inbuf, &mut t.up_buf);
+                if let Some(inbuf) = self.inbuf.take().filter(|b| !b.is_empty()) {
+                    // The emptied tunnel block goes back to the pool in its place.
+                    t.up_buf = inbuf;
                     self.rec.bytes_in += t.up_buf.len() as u64;
                     progress = true;
                 } else if self.client.readable {
