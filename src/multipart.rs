@@ -755,20 +755,7 @@ mod tests {
         assert!(s.finish().is_err());
     }
 
-    /// xorshift64*: deterministic noise for the split-invariance property.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::h1::tests::Rng;
 
     #[test]
     fn mutated_bodies_never_panic_and_splits_agree() {

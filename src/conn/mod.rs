@@ -230,6 +230,12 @@ impl Exchange {
     fn response_done(&self) -> bool {
         matches!(self.resp, Resp::Done { .. })
     }
+
+    /// The upstream has sent the whole response: its in-flight slot is free from now on.
+    fn upstream_finished(&mut self, keep_alive: bool) {
+        self.resp = Resp::Done { keep_alive };
+        self.slot = None;
+    }
 }
 
 /// One client connection.
@@ -950,13 +956,18 @@ impl Conn {
         );
         ex.resend = resend;
         ex.upgrade = upgrade;
+        self.enter_proxy(ex, hold, ctx.now)
+    }
+
+    /// The exchange begins: with a replica it connects, without one it waits in the queue.
+    fn enter_proxy(&mut self, mut ex: Exchange, hold: Option<Hold>, now: Instant) -> Flow {
         let flow = match hold {
             Some(hold) => {
                 ex.hold = hold;
                 Flow::Upstream
             }
             None => {
-                ex.queued = Some(ctx.now);
+                ex.queued = Some(now);
                 Flow::Queue
             }
         };
@@ -1311,18 +1322,7 @@ impl Conn {
                     ctx.now,
                 );
                 ex.resend = resend;
-                let flow = match hold {
-                    Some(hold) => {
-                        ex.hold = hold;
-                        Flow::Upstream
-                    }
-                    None => {
-                        ex.queued = Some(ctx.now);
-                        Flow::Queue
-                    }
-                };
-                self.phase = Phase::Proxy(Box::new(ex));
-                flow
+                self.enter_proxy(ex, hold, ctx.now)
             }
         }
     }
@@ -1574,10 +1574,8 @@ impl Conn {
                             }
                         }
                         if tracker.is_done() {
-                            ex.resp = Resp::Done {
-                                keep_alive: *keep_alive,
-                            };
-                            ex.slot = None;
+                            let keep_alive = *keep_alive;
+                            ex.upstream_finished(keep_alive);
                         }
                         Ok(true)
                     }
@@ -1591,8 +1589,7 @@ impl Conn {
             Io::Eof | Io::Failed(_) => {
                 if let Resp::Body { tracker, .. } = &ex.resp {
                     if tracker.is_until_close() {
-                        ex.resp = Resp::Done { keep_alive: false };
-                        ex.slot = None;
+                        ex.upstream_finished(false);
                         ex.client_close = true;
                     } else {
                         ex.truncated = true;
@@ -1716,15 +1713,14 @@ impl Conn {
                     ex.truncated = true;
                 }
             }
-            ex.resp = if tracker.is_done() {
-                ex.slot = None;
-                Resp::Done { keep_alive }
+            if tracker.is_done() {
+                ex.upstream_finished(keep_alive);
             } else {
-                Resp::Body {
+                ex.resp = Resp::Body {
                     tracker,
                     keep_alive,
-                }
-            };
+                };
+            }
             return Ok(());
         }
     }

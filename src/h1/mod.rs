@@ -186,23 +186,23 @@ pub enum ChunkedError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Cross-module properties: no input makes the parsers panic, and every prefix of a
     //! valid head is `Partial`.
 
     use super::*;
 
-    /// xorshift64*: deterministic, dependency-free noise.
-    struct Rng(u64);
+    /// xorshift64*: deterministic, dependency-free noise (the multipart tests use it too).
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 >> 12;
             self.0 ^= self.0 << 25;
             self.0 ^= self.0 >> 27;
             self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
     }
