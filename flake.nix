@@ -15,11 +15,13 @@
         "aarch64-linux"
       ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      # Not `pkgs.system`: that is an alias (a warning, and an error with allowAliases = false).
+      systemOf = pkgs: pkgs.stdenv.hostPlatform.system;
     in
     {
       packages = forAllSystems (pkgs: {
         default = pkgs.callPackage ./nix/package.nix { };
-        modelgate = self.packages.${pkgs.system}.default;
+        modelgate = self.packages.${systemOf pkgs}.default;
         # Statically linked (musl) build, the same kind scripts/static-build.sh makes.
         static = pkgs.pkgsStatic.callPackage ./nix/package.nix { };
       });
@@ -27,7 +29,8 @@
       apps = forAllSystems (pkgs: {
         default = {
           type = "app";
-          program = lib.getExe self.packages.${pkgs.system}.default;
+          program = lib.getExe self.packages.${systemOf pkgs}.default;
+          meta.description = "modelgate, the LLM API router";
         };
       });
 
@@ -40,14 +43,14 @@
         { pkgs, lib, ... }:
         {
           imports = [ ./nix/module.nix ];
-          services.modelgate.package = lib.mkDefault self.packages.${pkgs.system}.default;
+          services.modelgate.package = lib.mkDefault self.packages.${systemOf pkgs}.default;
         };
       nixosModules.modelgate = self.nixosModules.default;
 
       checks = forAllSystems (
         pkgs:
         let
-          modelgate = self.packages.${pkgs.system}.default;
+          modelgate = self.packages.${systemOf pkgs}.default;
         in
         {
           package = modelgate;
@@ -57,12 +60,12 @@
             modelgate --check --config ${./examples/config.json}
             touch $out
           '';
-          # The same syntax-and-shape check scripts/nix-check.sh runs without nixpkgs.
-          module-shape =
+          # The stub-module-system check scripts/nix-check.sh runs without nixpkgs.
+          module-stub =
             let
               result = import ./nix/tests/eval-stub.nix { };
             in
-            pkgs.runCommand "modelgate-module-shape" { } ''
+            pkgs.runCommand "modelgate-module-stub" { } ''
               echo ${lib.escapeShellArg result.summary}
               touch $out
             '';
@@ -70,11 +73,19 @@
           # a request through modelgate to a mock upstream).
           vm = pkgs.testers.runNixOSTest (import ./nix/tests/vm.nix { modelgateModule = self.nixosModules.default; });
         }
+        # Eval-only: the module in `nixpkgs.lib.nixosSystem` (minimal, full, Docker host, and an
+        # invalid worker name), failing on any failed assertion or warning. No KVM needed.
+        // import ./nix/tests/eval-nixos.nix {
+          inherit lib pkgs;
+          inherit (nixpkgs.lib) nixosSystem;
+          system = systemOf pkgs;
+          modelgateModule = self.nixosModules.default;
+        }
       );
 
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
-          inputsFrom = [ self.packages.${pkgs.system}.default ];
+          inputsFrom = [ self.packages.${systemOf pkgs}.default ];
           packages = with pkgs; [
             cargo
             rustc
@@ -89,6 +100,7 @@
         };
       });
 
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
+      # RFC 166 style (what nixpkgs formats with; `nixfmt-rfc-style` is its old name).
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
     };
 }

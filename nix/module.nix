@@ -1,5 +1,6 @@
 # NixOS module: services.modelgate, plus optional local inference workers (llama.cpp natively,
-# vLLM and SGLang as Podman containers) that are registered as modelgate routes.
+# vLLM and SGLang as OCI containers on the host's Podman or Docker) that are registered as
+# modelgate routes.
 #
 # Design:
 #   - modelgate binds nothing itself: every `listen` entry becomes a systemd socket unit whose
@@ -11,7 +12,11 @@
 #   - /etc/modelgate/config.json points at the store file and `reloadTriggers` make
 #     `nixos-rebuild switch` reload (SIGHUP) instead of restarting when only the config changed.
 #   - a worker's unit is active only once it answers its health endpoint (ExecStartPost
-#     polls it); modelgate is ordered after its workers, so its routes go live when they answer.
+#     polls it); modelgate is ordered after its workers, so its routes go live when they answer,
+#     and (sequentialStart) each worker after the previous one, so two models never race for
+#     GPU memory at boot.
+#   - nothing a worker's attribute name could break reaches a unit name: such a worker only
+#     fails its assertion (see unitSafe).
 {
   config,
   lib,
@@ -145,13 +150,22 @@ let
       ]
     ))
   ];
-  # { ctx-size = 8192; flash-attn = true; lora = [ a b ]; } -> [ "--ctx-size" "8192" "--flash-attn" "--lora" a "--lora" b ]
+  # llama.cpp flags that take on|off|auto rather than being bare switches (current
+  # llama-server rejects a bare `--flash-attn`): `true` renders as `on`, `false` as `off`.
+  llamaCppOnOffFlags = [ "flash-attn" ];
+  # { ctx-size = 8192; no-webui = true; lora = [ a b ]; } -> [ "--ctx-size" "8192" "--no-webui" "--lora" a "--lora" b ]
+  # `onOff` lists the flags whose booleans become an explicit on/off value.
   renderFlags =
-    settings:
+    onOff: settings:
     lib.concatLists (
       lib.mapAttrsToList (
         k: v:
-        if v == true then
+        if builtins.elem k onOff && builtins.isBool v then
+          [
+            "--${k}"
+            (if v then "on" else "off")
+          ]
+        else if v == true then
           [ "--${k}" ]
         else if v == false || v == null then
           [ ]
@@ -168,13 +182,180 @@ let
       ) settings
     );
 
-  workerOptions =
+  # Options a worker shares with its kind's `defaults`. With `isDefaults` they are the
+  # declarations of `services.modelgate.<kind>.defaults` (built-in defaults); otherwise a
+  # model's own, whose scalar defaults are the kind's `defaults` (so ten models on one image
+  # or one llama.cpp build say it once). Maps and lists are merged instead: see `everyWorker`.
+  sharedWorkerOptions =
     {
       kind,
-      defaultHealthPath,
-      defaultStartTimeout,
       container,
+      isDefaults ? false,
+      defaults ? { },
     }:
+    let
+      kindPath = "services.modelgate.${kind}.defaults";
+      # A scalar option: the built-in default in `defaults`, the kind's default in a model.
+      inherited =
+        name: builtinDefault: attrs:
+        mkOption (
+          removeAttrs attrs [ "builtinText" ]
+          // (
+            if isDefaults then
+              { default = builtinDefault; }
+              // lib.optionalAttrs (attrs ? builtinText) { defaultText = attrs.builtinText; }
+            else
+              {
+                default = defaults.${name};
+                defaultText = lib.literalExpression "config.${kindPath}.${name}";
+              }
+          )
+        );
+      mergedNote =
+        what:
+        if isDefaults then
+          "Shared by every ${kind} model; a model's own ${what} are added to these (the model wins on a clash)."
+        else
+          "Added to `${kindPath}.${what}`; the model's value wins on a clash.";
+    in
+    {
+      settings = mkOption {
+        type = types.attrsOf flagValue;
+        default = { };
+        example =
+          if kind == "llama-cpp" then
+            {
+              ctx-size = 8192;
+              n-gpu-layers = 99;
+              flash-attn = true;
+            }
+          else
+            {
+              max-model-len = 32768;
+              gpu-memory-utilization = 0.9;
+            };
+        description = ''
+          Command-line flags: `name = value` becomes `--name value`, `true` becomes `--name`,
+          `false` omits it, a list repeats the flag.${
+            lib.optionalString (kind == "llama-cpp") " `flash-attn` takes `\"on\"`, `\"off\"` or `\"auto\"`; `true`/`false` render as `on`/`off`."
+          } ${mergedNote "settings"}
+        '';
+      };
+      extraArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = ''
+          Arguments appended verbatim after the rendered `settings`.${
+            lib.optionalString (!isDefaults) " Come after `${kindPath}.extraArgs`."
+          }
+        '';
+      };
+      environment = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        description = "Environment variables (no secrets: they land in the store). ${mergedNote "environment"}";
+      };
+      environmentFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/hf-token.env";
+        description = ''
+          A file of `NAME=value` lines (e.g. `HF_TOKEN=...`), kept out of the store.${
+            if isDefaults then
+              " Loaded for every ${kind} model, before the model's own."
+            else
+              " Loaded after `${kindPath}.environmentFile`, so its lines win."
+          }
+        '';
+      };
+      healthPath = inherited "healthPath" "/health" {
+        type = types.str;
+        description = ''
+          Path polled until it answers 2xx before the worker's unit counts as started (and
+          modelgate, ordered after it, starts routing to it).
+        '';
+      };
+      startTimeout = inherited "startTimeout" (if container then "30min" else "15min") {
+        type = types.str;
+        description = "How long loading the model may take (systemd `TimeoutStartSec=`).";
+      };
+    }
+    // lib.optionalAttrs (!container) {
+      package = inherited "package" pkgs.llama-cpp {
+        type = types.package;
+        builtinText = lib.literalExpression "pkgs.llama-cpp";
+        example = lib.literalExpression "pkgs.llama-cpp.override { cudaSupport = true; }";
+        description = "The llama.cpp build providing `llama-server`.";
+      };
+      gpu = inherited "gpu" false {
+        type = types.bool;
+        description = ''
+          Give the worker the GPU device nodes (NVIDIA incl. `nvidia-caps`, DRM, KFD) instead
+          of `PrivateDevices=true`, `LimitMEMLOCK=infinity` (CUDA page-locks host buffers)
+          and no `MemoryDenyWriteExecute`; needed by CUDA, ROCm and Vulkan builds.
+        '';
+      };
+    }
+    // lib.optionalAttrs container {
+      image = inherited "image" "docker.io/${
+        if kind == "vllm" then "vllm/vllm-openai" else "lmsysorg/sglang"
+      }:latest" {
+        type = types.str;
+        example = "docker.io/vllm/vllm-openai:v0.10.2";
+        description = ''
+          OCI image reference. Pin a tag here (and `imageDigest` for an immutable pin) for
+          reproducible deployments.
+        '';
+      };
+      imageDigest = inherited "imageDigest" null {
+        type = types.nullOr (types.strMatching "sha256:[0-9a-f]{64}");
+        example = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        description = ''
+          Pins the image by content: `image@DIGEST` is run (a tag in `image` is then only a
+          label). With a digest the default `pull` is `missing`.
+        '';
+      };
+      pull = inherited "pull" null {
+        type = types.nullOr (
+          types.enum [
+            "always"
+            "missing"
+            "newer"
+            "never"
+          ]
+        );
+        description = ''
+          Image pull policy at every (re)start of the container unit. `null` chooses:
+          `missing` for a digest pin, otherwise `newer` with Podman and `always` with Docker
+          (Docker has no `newer`), so a moving tag is refreshed by `systemctl restart`.
+        '';
+      };
+      devices = inherited "devices" [ "nvidia.com/gpu=all" ] {
+        type = types.listOf types.str;
+        description = ''
+          Devices passed to the engine (`--device`). The default CDI name needs
+          `hardware.nvidia-container-toolkit.enable = true` (Docker 25 or newer with CDI,
+          which that option turns on); use `/dev/kfd` and `/dev/dri` for ROCm images, `[ ]`
+          for none. With any device the container also gets `--ulimit=memlock=-1:-1`.
+        '';
+      };
+      cacheDir = inherited "cacheDir" "/var/cache/modelgate-${kind}" {
+        type = types.str;
+        description = "Host directory mounted as the container's Hugging Face cache.";
+      };
+      extraOptions = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = ''
+          Extra `podman run` / `docker run` options.${
+            lib.optionalString (!isDefaults) " Come after `${kindPath}.extraOptions`."
+          }
+        '';
+      };
+    };
+
+  workerOptions =
+    { kind, container }:
     { name, ... }:
     {
       options = {
@@ -221,35 +402,6 @@ let
                 Listen on `/run/modelgate-${kind}-<name>/http.sock` instead of a TCP port.
               '';
         };
-        settings = mkOption {
-          type = types.attrsOf flagValue;
-          default = { };
-          example = {
-            ctx-size = 8192;
-            n-gpu-layers = 99;
-            flash-attn = true;
-          };
-          description = ''
-            Command-line flags: `name = value` becomes `--name value`, `true` becomes `--name`,
-            `false` omits it, a list repeats the flag.
-          '';
-        };
-        extraArgs = mkOption {
-          type = types.listOf types.str;
-          default = [ ];
-          description = "Arguments appended verbatim after the rendered `settings`.";
-        };
-        environment = mkOption {
-          type = types.attrsOf types.str;
-          default = { };
-          description = "Environment variables for the worker (no secrets: they land in the store).";
-        };
-        environmentFile = mkOption {
-          type = types.nullOr types.str;
-          default = null;
-          example = "/run/secrets/hf-token.env";
-          description = "A file of `NAME=value` lines (e.g. `HF_TOKEN=...`), kept out of the store.";
-        };
         route = mkOption {
           type = settingsFormat.type;
           default = { };
@@ -261,77 +413,33 @@ let
             `url` is set by the module.
           '';
         };
-        healthPath = mkOption {
-          type = types.str;
-          default = defaultHealthPath;
-          description = ''
-            Path polled until it answers 2xx before the worker's unit counts as started (and
-            modelgate, ordered after it, starts routing to it).
-          '';
-        };
-        startTimeout = mkOption {
-          type = types.str;
-          default = defaultStartTimeout;
-          description = "How long loading the model may take (systemd `TimeoutStartSec=`).";
-        };
       }
-      // lib.optionalAttrs (kind == "llama-cpp") {
-        package = mkOption {
-          type = types.package;
-          default = pkgs.llama-cpp;
-          defaultText = lib.literalExpression "pkgs.llama-cpp";
-          example = lib.literalExpression "pkgs.llama-cpp.override { cudaSupport = true; }";
-          description = "The llama.cpp build providing `llama-server`.";
-        };
-        gpu = mkOption {
-          type = types.bool;
-          default = false;
-          description = ''
-            Give the worker the GPU device nodes (`/dev/nvidia*`, `/dev/dri`, `/dev/kfd`)
-            instead of `PrivateDevices=true`; needed by CUDA, ROCm and Vulkan builds.
-          '';
-        };
-      }
-      // lib.optionalAttrs container {
-        image = mkOption {
-          type = types.str;
-          default = if kind == "vllm" then "docker.io/vllm/vllm-openai:latest" else "docker.io/lmsysorg/sglang:latest";
-          description = "OCI image; pin a tag or digest for reproducible deployments.";
-        };
-        devices = mkOption {
-          type = types.listOf types.str;
-          default = [ "nvidia.com/gpu=all" ];
-          description = ''
-            Devices passed to Podman (`--device`). The default CDI name needs
-            `hardware.nvidia-container-toolkit.enable = true`; use `/dev/kfd` and `/dev/dri`
-            for ROCm images.
-          '';
-        };
-        cacheDir = mkOption {
-          type = types.str;
-          default = "/var/cache/modelgate-${kind}";
-          description = "Host directory mounted as the container's Hugging Face cache.";
-        };
-        extraOptions = mkOption {
-          type = types.listOf types.str;
-          default = [ ];
-          description = "Extra `podman run` options.";
-        };
+      // sharedWorkerOptions {
+        inherit kind container;
+        defaults = cfg.${kind}.defaults;
       };
     };
 
   workerType = args: types.submodule (workerOptions args);
 
+  # Only names that are safe inside a unit name make units; the others fail the assertion
+  # below, and are kept out of every unit, `after=` and `wants=` so that this assertion (and
+  # not a type error of a unit-name list elsewhere in NixOS) is what the admin reads.
+  unitSafe = name: builtins.match "[A-Za-z0-9_.-]+" name != null;
+  backend = config.virtualisation.oci-containers.backend;
   enabledWorkers = kind: lib.filterAttrs (_: w: w.enable) cfg.${kind}.models;
-  # Every enabled worker as one flat list: { kind, name, unit, url, probeUrl, ... }.
-  allWorkers = lib.concatMap (
+  # Every enabled worker as one flat list, in start order (llama.cpp, vLLM, SGLang; by name
+  # within a kind): { kind, name, unit, url, ... } with the kind's defaults merged in.
+  everyWorker = lib.concatMap (
     kind:
     lib.mapAttrsToList (
       name: w:
       let
+        defaults = cfg.${kind}.defaults;
         container = kind != "llama-cpp";
         socketPath = "/run/modelgate-${kind}-${name}/http.sock";
         useSocket = !container && w.unixSocket;
+        containerName = "modelgate-${kind}-${name}";
       in
       w
       // {
@@ -339,19 +447,51 @@ let
           kind
           name
           container
+          containerName
           socketPath
           useSocket
           ;
-        unit = if container then "podman-modelgate-${kind}-${name}" else "modelgate-${kind}-${name}";
+        settings = defaults.settings // w.settings;
+        extraArgs = defaults.extraArgs ++ w.extraArgs;
+        environment = defaults.environment // w.environment;
+        environmentFiles = lib.filter (f: f != null) [
+          defaults.environmentFile
+          w.environmentFile
+        ];
+        # What oci-containers names a container's unit (its serviceName default).
+        unit = if container then "${backend}-${containerName}" else "modelgate-${kind}-${name}";
         url = if useSocket then "unix://${socketPath}" else "http://127.0.0.1:${toString w.port}";
+        probeUrl =
+          if useSocket then "unix://${socketPath}${w.healthPath}" else "http://127.0.0.1:${toString w.port}${w.healthPath}";
+      }
+      // lib.optionalAttrs container {
+        extraOptions = defaults.extraOptions ++ w.extraOptions;
+        imageRef = if w.imageDigest == null then w.image else "${w.image}@${w.imageDigest}";
+        pullPolicy =
+          if w.pull != null then
+            w.pull
+          else if w.imageDigest != null then
+            "missing"
+          else if backend == "podman" then
+            "newer"
+          else
+            "always";
       }
     ) (enabledWorkers kind)
   ) workerKinds;
+  allWorkers = lib.filter (w: unitSafe w.name) everyWorker;
   workerKinds = [
     "llama-cpp"
     "vllm"
     "sglang"
   ];
+  # With sequentialStart, each worker's unit starts after the one before it in allWorkers
+  # has started (answered its health check) or failed.
+  previousUnit = lib.listToAttrs (
+    lib.imap0 (i: w: lib.nameValuePair w.unit (if i == 0 then null else (builtins.elemAt allWorkers (i - 1)).unit)) allWorkers
+  );
+  startAfterPrevious =
+    w: lib.optional (cfg.sequentialStart && previousUnit.${w.unit} != null) "${previousUnit.${w.unit}}.service";
 
   # Polls the health endpoint until it answers 2xx; systemd's TimeoutStartSec bounds it.
   probeScript =
@@ -439,10 +579,10 @@ let
   hasContainers = lib.any (w: w.container) allWorkers;
   allPorts =
     map (e: (tcpParts e.address).port) (lib.filter (e: !(isUnix e.address)) cfg.listen)
-    ++ map (w: w.port) (lib.filter (w: w.port != null) allWorkers);
+    ++ map (w: w.port) (lib.filter (w: w.port != null) everyWorker);
   duplicates = list: lib.unique (lib.filter (x: lib.count (y: y == x) list > 1) list);
   userModelNames = builtins.attrNames (cfg.settings.models or { });
-  routeNames = map (w: w.routeName) allWorkers;
+  routeNames = map (w: w.routeName) everyWorker;
 in
 {
   options.services.modelgate = {
@@ -490,6 +630,11 @@ in
         Where modelgate accepts connections. Each entry becomes a socket unit
         (`modelgate-listen-<i>.socket`) passed to the service; plain HTTP only (terminate TLS
         in front, or run modelgate without socket activation to use its TLS listeners).
+
+        Changing an existing entry needs a socket restart: `nixos-rebuild switch` leaves
+        changed socket units alone, so the old address keeps being served. Afterwards run
+        `systemctl stop modelgate.service 'modelgate-listen-*.socket'` and then
+        `systemctl start sockets.target modelgate.service` (a short refusal window).
       '';
     };
 
@@ -537,11 +682,64 @@ in
       '';
     };
 
+    sequentialStart = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Start the inference workers one after another (llama.cpp, then vLLM, then SGLang;
+        by attribute name within each): each unit is ordered after the previous one, which
+        counts as started only once it answers its health check (or has failed). Two large
+        models loading at once on one GPU each see all of its memory as free and race for
+        it. Set to `false` when every worker has its own device, to start them in parallel.
+      '';
+    };
+
+    llama-cpp.defaults = mkOption {
+      type = types.submodule {
+        options = sharedWorkerOptions {
+          kind = "llama-cpp";
+          container = false;
+          isDefaults = true;
+        };
+      };
+      default = { };
+      example = lib.literalExpression ''
+        {
+          package = pkgs.llama-cpp.override { cudaSupport = true; };
+          gpu = true;
+          settings = { n-gpu-layers = 99; flash-attn = "auto"; parallel = 4; };
+        }
+      '';
+      description = "Settings shared by every `llama-cpp.models` entry (each model may override them).";
+    };
+
+    vllm.defaults = mkOption {
+      type = types.submodule {
+        options = sharedWorkerOptions {
+          kind = "vllm";
+          container = true;
+          isDefaults = true;
+        };
+      };
+      default = { };
+      description = "Settings shared by every `vllm.models` entry (each model may override them).";
+    };
+
+    sglang.defaults = mkOption {
+      type = types.submodule {
+        options = sharedWorkerOptions {
+          kind = "sglang";
+          container = true;
+          isDefaults = true;
+        };
+      };
+      default = { };
+      description = "Settings shared by every `sglang.models` entry (each model may override them).";
+    };
+
     llama-cpp.models = mkOption {
       type = types.attrsOf (workerType {
         kind = "llama-cpp";
-        defaultHealthPath = "/health";
-        defaultStartTimeout = "15min";
         container = false;
       });
       default = { };
@@ -560,23 +758,27 @@ in
     vllm.models = mkOption {
       type = types.attrsOf (workerType {
         kind = "vllm";
-        defaultHealthPath = "/health";
-        defaultStartTimeout = "30min";
         container = true;
       });
       default = { };
-      description = "vLLM workers, one Podman container per model with GPU access.";
+      description = ''
+        vLLM workers, one container per model with GPU access, run by
+        `virtualisation.oci-containers` with whichever backend the host uses (Podman or
+        Docker).
+      '';
     };
 
     sglang.models = mkOption {
       type = types.attrsOf (workerType {
         kind = "sglang";
-        defaultHealthPath = "/health";
-        defaultStartTimeout = "30min";
         container = true;
       });
       default = { };
-      description = "SGLang workers, one Podman container per model with GPU access.";
+      description = ''
+        SGLang workers, one container per model with GPU access, run by
+        `virtualisation.oci-containers` with whichever backend the host uses (Podman or
+        Docker).
+      '';
     };
   };
 
@@ -620,14 +822,18 @@ in
       ]
       ++ map (w: {
         assertion = (w.port != null) != w.useSocket && !(w.container && w.unixSocket);
-        message = "services.modelgate.${w.kind}.models.${w.name}: set exactly one of port and unixSocket${
+        message = "services.modelgate.${w.kind}.models.\"${w.name}\": set exactly one of port and unixSocket${
           lib.optionalString w.container " (containers: port only)"
         }.";
-      }) allWorkers
+      }) everyWorker
       ++ map (w: {
-        assertion = builtins.match "[A-Za-z0-9_.-]+" w.name != null;
+        assertion = unitSafe w.name;
         message = "services.modelgate.${w.kind}.models.\"${w.name}\": the attribute name becomes a unit name: use letters, digits, '.', '_', '-' (put the real model name in routeName).";
-      }) allWorkers;
+      }) everyWorker
+      ++ map (w: {
+        assertion = w.pullPolicy != "newer" || backend == "podman";
+        message = "services.modelgate.${w.kind}.models.\"${w.name}\": pull = \"newer\" needs the Podman backend (virtualisation.oci-containers.backend is \"${backend}\"); use \"always\".";
+      }) (lib.filter (w: w.container) allWorkers);
 
       environment.etc."modelgate/config.json".source = configFile;
 
@@ -715,7 +921,7 @@ in
             description = "llama.cpp worker for modelgate model ${w.routeName}";
             wantedBy = [ "multi-user.target" ];
             before = lib.optional cfg.waitForWorkers "modelgate.service";
-            after = [ "network.target" ];
+            after = [ "network.target" ] ++ startAfterPrevious w;
             environment = {
               LLAMA_CACHE = "/var/cache/${w.unit}";
             }
@@ -746,10 +952,10 @@ in
                         (toString w.port)
                       ]
                   )
-                  ++ renderFlags w.settings
+                  ++ renderFlags llamaCppOnOffFlags w.settings
                   ++ w.extraArgs
                 );
-                ExecStartPost = "${probeScript w}";
+                ExecStartPost = [ "${probeScript w}" ];
                 TimeoutStartSec = w.startTimeout;
                 Restart = "on-failure";
                 RestartSec = "5s";
@@ -775,15 +981,24 @@ in
                 # port would.
                 UMask = "0000";
               }
+              // lib.optionalAttrs (w.gpu || (w.settings.mlock or false) == true) {
+                # CUDA page-locks the host side of device buffers, and --mlock pins the
+                # weights; both come out of RLIMIT_MEMLOCK (8 MiB by default), and
+                # ~@resources is already off for this unit.
+                LimitMEMLOCK = "infinity";
+              }
               // lib.optionalAttrs w.gpu {
                 PrivateDevices = false;
                 DevicePolicy = "closed";
+                # The device classes nixpkgs' ollama module allows: NVIDIA (nvidia-caps holds
+                # the MIG/compute capability nodes), DRM (Vulkan, ROCm), KFD (ROCm compute).
                 DeviceAllow = [
                   "char-nvidiactl rw"
-                  "char-nvidia-uvm rw"
+                  "char-nvidia-caps rw"
                   "char-nvidia-frontend rw"
+                  "char-nvidia-uvm rw"
                   "char-drm rw"
-                  "/dev/kfd rw"
+                  "char-kfd rw"
                 ];
                 # GPU drivers map executable memory (JIT-compiled kernels).
                 MemoryDenyWriteExecute = false;
@@ -792,26 +1007,29 @@ in
                   "render"
                 ];
               }
-              // lib.optionalAttrs (w.environmentFile != null) { EnvironmentFile = w.environmentFile; };
+              // lib.optionalAttrs (w.environmentFiles != [ ]) { EnvironmentFile = w.environmentFiles; };
           }
         ) (lib.filter (w: w.kind == "llama-cpp") allWorkers)
       );
     }
 
     # ---- vLLM / SGLang containers ----------------------------------------------------------
+    # Run by virtualisation.oci-containers with whichever backend the host chose (its default
+    # is Podman from stateVersion 22.05 on, and it enables that engine itself): setting the
+    # backend here would clash with, or silently switch, a Docker host's other containers.
     (mkIf hasContainers {
-      virtualisation.podman.enable = lib.mkDefault true;
-      virtualisation.oci-containers.backend = "podman";
       virtualisation.oci-containers.containers = lib.listToAttrs (
         map (
           w:
-          lib.nameValuePair "modelgate-${w.kind}-${w.name}" {
-            inherit (w) image environment;
+          lib.nameValuePair w.containerName {
+            image = w.imageRef;
+            pull = w.pullPolicy;
+            inherit (w) environment;
             autoStart = true;
             # The container listens on 8000 inside; published on loopback only.
             ports = [ "127.0.0.1:${toString w.port}:8000" ];
             volumes = [ "${w.cacheDir}:/root/.cache/huggingface" ];
-            environmentFiles = lib.optional (w.environmentFile != null) w.environmentFile;
+            environmentFiles = w.environmentFiles;
             cmd =
               (
                 if w.kind == "vllm" then
@@ -840,9 +1058,14 @@ in
                     "8000"
                   ]
               )
-              ++ renderFlags w.settings
+              ++ renderFlags [ ] w.settings
               ++ w.extraArgs;
-            extraOptions = map (d: "--device=${d}") w.devices ++ [ "--ipc=host" ] ++ w.extraOptions;
+            extraOptions =
+              map (d: "--device=${d}") w.devices
+              # GPU runtimes page-lock host memory (NVIDIA's container guide sets this too).
+              ++ lib.optional (w.devices != [ ]) "--ulimit=memlock=-1:-1"
+              ++ [ "--ipc=host" ]
+              ++ w.extraOptions;
           }
         ) (lib.filter (w: w.container) allWorkers)
       );
@@ -851,8 +1074,10 @@ in
           w:
           lib.nameValuePair w.unit {
             before = lib.optional cfg.waitForWorkers "modelgate.service";
+            after = startAfterPrevious w;
             serviceConfig = {
               ExecStartPost = [ "${probeScript w}" ];
+              # oci-containers sets 0 (no limit); loading a model is bounded instead.
               TimeoutStartSec = lib.mkForce w.startTimeout;
             };
           }

@@ -1,278 +1,52 @@
-# A SYNTAX-AND-SHAPE check of nix/module.nix that needs no nixpkgs: a small stand-in for the
-# NixOS module system (mkOption, mkIf, mkMerge, mkDefault/mkForce, the types the module uses,
-# submodule defaults and coercions) written with builtins only, plus fake `pkgs`. It calls the
-# module with several configurations and checks what it produces: the service's
-# serviceConfig (Type=notify, reload, hardening), the socket units made from `listen`,
-# LoadCredential lines, the rendered config and its build-time `--check`, the workers' units
-# and routes, and the collision assertions.
-#
-# It is NOT the NixOS module system: option priorities, type merging of several definitions,
-# and every other NixOS module are not modelled. The real test is nix/tests/vm.nix
-# (`nix build .#checks.x86_64-linux.vm`).
+# Evaluates nix/module.nix (and flake.nix, and the eval-only checks of nix/tests/eval-nixos.nix)
+# without nixpkgs: on the stub module system of ./stub/lib.nix with the NixOS stand-ins of
+# ./stub/nixos.nix, and checks what comes out. scripts/nix-check.sh runs it:
 #
 #   nix-instantiate --eval --strict nix/tests/eval-stub.nix -A summary
-# prints a summary, or fails naming every check that did not hold.
+# prints a summary, or fails naming every check that did not hold;
+#   nix-instantiate --eval --strict nix/tests/eval-stub.nix -A failures.NAME
+# must fail, with the message nix-check.sh expects (an assertion, a type error, a conflict).
+#
+# What this can prove: the module's logic (what it renders for each configuration), that it
+# merges with the other definitions of the same options the way nixpkgs' module system
+# merges them (priorities, list concatenation, single-valued conflicts), that unit-name lists
+# hold unit names, which error a bad configuration gets first, and that nothing reads an alias
+# such as `pkgs.system` (the stub's pkgs has none).
+# What it cannot: that nixpkgs' own modules still declare and use these options as the stand-
+# ins assume, that the real types/merge functions agree in the corners not modelled (see
+# stub/lib.nix), that systemd accepts the units, or that anything runs. That is the job of the
+# flake's eval-* checks (real nixpkgs) and the VM test (nix/tests/vm.nix), which need Nix with
+# nixpkgs (and KVM) and cannot run on the project's machines.
 { }:
 
 let
   b = builtins;
+  lib = import ./stub/lib.nix;
+  nixos = import ./stub/nixos.nix { inherit lib; };
 
-  # ---- a tiny lib ---------------------------------------------------------------------------
-  last = l: b.elemAt l (b.length l - 1);
-  isOption = v: b.isAttrs v && (v._type or null) == "option";
-  absent = {
-    _stubAbsent = true;
-  };
-  isAbsent = v: b.isAttrs v && v ? _stubAbsent;
-  isLeafAttrs = v: v ? outPath || v ? _type;
-  showLoc = loc: b.concatStringsSep "." loc;
-
-  mkType = name: check: {
-    inherit name check;
-    apply = loc: v: if check v then v else b.throw "stub: ${showLoc loc}: not a ${name}: ${b.toJSON v}";
-  };
-
-  types = rec {
-    str = mkType "string" b.isString;
-    bool = mkType "bool" b.isBool;
-    int = mkType "int" b.isInt;
-    float = mkType "float" b.isFloat;
-    port = mkType "port" (v: b.isInt v && v >= 0 && v <= 65535);
-    package = mkType "package" (v: b.isAttrs v && v ? outPath);
-    path = mkType "path" (v: b.isPath v || b.isString v);
-    anything = mkType "anything" (_: true);
-    json = mkType "JSON value" (v: !(b.isFunction v));
-    nullOr = t: {
-      name = "null or ${t.name}";
-      check = v: v == null || t.check v;
-      apply = loc: v: if v == null then null else t.apply loc v;
-    };
-    listOf = t: {
-      name = "list of ${t.name}";
-      check = b.isList;
-      apply =
-        loc: v:
-        if b.isList v then
-          b.genList (i: t.apply (loc ++ [ "[${toString i}]" ]) (b.elemAt v i)) (b.length v)
-        else
-          b.throw "stub: ${showLoc loc}: not a list";
-    };
-    attrsOf = t: {
-      name = "attrs of ${t.name}";
-      check = b.isAttrs;
-      apply =
-        loc: v:
-        if b.isAttrs v then b.mapAttrs (n: x: t.apply (loc ++ [ n ]) x) v else b.throw "stub: ${showLoc loc}: not an attrset";
-    };
-    oneOf = ts: {
-      name = "one of ${b.concatStringsSep ", " (map (t: t.name) ts)}";
-      check = v: b.any (t: t.check v) ts;
-      apply =
-        loc: v:
-        let
-          t = b.filter (t: t.check v) ts;
-        in
-        if t == [ ] then b.throw "stub: ${showLoc loc}: matches none of the types" else (b.head t).apply loc v;
-    };
-    coercedTo = from: f: to: {
-      name = "${to.name} or ${from.name}";
-      check = v: from.check v || to.check v;
-      apply = loc: v: if from.check v then to.apply loc (f v) else to.apply loc v;
-    };
-    submodule = m: {
-      name = "submodule";
-      check = v: b.isAttrs v;
-      apply =
-        loc: v:
-        let
-          self = evalOptions loc (mod.options or { }) v (mod ? freeformType);
-          mod =
-            if b.isFunction m then
-              m {
-                name = last loc;
-                config = self;
-                inherit lib;
-              }
-            else
-              m;
-        in
-        self;
-    };
-  };
-
-  # Values for a tree of options from one definition (the user's attrset); defaults apply, and
-  # a typo in an option name is an error (unless the submodule is freeform).
-  evalOptions =
-    loc: opts: defs: freeform:
+  # ---- evaluating --------------------------------------------------------------------------
+  evalSystem =
+    modules:
     let
-      unknown = b.filter (n: !(opts ? ${n})) (b.attrNames defs);
-      declared = b.mapAttrs (
-        n: o:
-        if isOption o then
-          (
-            if defs ? ${n} then
-              o.type.apply (loc ++ [ n ]) defs.${n}
-            else if o ? default then
-              o.type.apply (loc ++ [ n ]) o.default
-            else
-              b.throw "stub: option ${showLoc (loc ++ [ n ])} is used but not defined"
-          )
-        else
-          evalOptions (loc ++ [ n ]) o (defs.${n} or { }) false
-      ) opts;
+      r = lib.evalModules {
+        modules = nixos.modules ++ [ ../module.nix ] ++ modules;
+        args = { inherit (nixos) pkgs; };
+      };
     in
-    if freeform then
-      (removeAttrs defs (b.attrNames opts)) // declared
-    else if unknown != [ ] then
-      b.throw "stub: no such option: ${showLoc (loc ++ [ (b.head unknown) ])}"
-    else
-      declared;
-
-  # The module's `config`: mkIf/mkMerge/overrides resolved, definitions merged deeply.
-  resolve =
-    v:
-    if b.isAttrs v && (v._type or null) == "if" then
-      (if v.condition then resolve v.content else absent)
-    else if b.isAttrs v && (v._type or null) == "merge" then
-      b.foldl' deepMerge { } (b.filter (x: !(isAbsent x)) (map resolve v.contents))
-    else if b.isAttrs v && (v._type or null) == "override" then
-      resolve v.content
-    else if b.isAttrs v && !(isLeafAttrs v) then
-      let
-        r = b.mapAttrs (_: resolve) v;
-      in
-      removeAttrs r (b.filter (n: isAbsent r.${n}) (b.attrNames r))
-    else
-      v;
-  deepMerge =
-    a: c:
-    b.foldl' (
-      acc: n:
-      let
-        x = acc.${n};
-        y = c.${n};
-      in
-      acc
-      // {
-        ${n} =
-          if !(acc ? ${n}) then
-            y
-          else if b.isAttrs x && b.isAttrs y && !(isLeafAttrs x) && !(isLeafAttrs y) then
-            deepMerge x y
-          else if b.isList x && b.isList y then
-            x ++ y
-          else if x == y then
-            x
-          else
-            b.throw "stub: conflicting definitions of ${n}";
-      }
-    ) a (b.attrNames c);
-
-  lib = rec {
-    inherit types;
-    mkOption = attrs: attrs // { _type = "option"; };
-    mkEnableOption = what: mkOption {
-      type = types.bool;
-      default = false;
-      description = "Whether to enable ${what}.";
+    r.config
+    // {
+      _options = r.options;
+      _toplevel = nixos.toplevel r.config;
     };
-    mkIf = condition: content: {
-      _type = "if";
-      inherit condition content;
-    };
-    mkMerge = contents: {
-      _type = "merge";
-      inherit contents;
-    };
-    mkOverride = priority: content: {
-      _type = "override";
-      inherit priority content;
-    };
-    mkDefault = mkOverride 1000;
-    mkForce = mkOverride 50;
-    literalExpression = text: {
-      _type = "literalExpression";
-      inherit text;
-    };
-    hasPrefix = p: s: b.substring 0 (b.stringLength p) s == p;
-    removePrefix =
-      p: s: if hasPrefix p s then b.substring (b.stringLength p) (b.stringLength s - b.stringLength p) s else s;
-    toInt =
-      s:
-      let
-        n = b.fromJSON s;
-      in
-      if b.isInt n then n else b.throw "toInt: ${s}";
-    imap0 = f: l: b.genList (i: f i (b.elemAt l i)) (b.length l);
-    mapAttrsToList = f: a: map (n: f n a.${n}) (b.attrNames a);
-    filterAttrs = p: a: removeAttrs a (b.filter (n: !(p n a.${n})) (b.attrNames a));
-    inherit (b)
-      concatLists
-      concatMap
-      filter
-      any
-      all
-      listToAttrs
-      concatStringsSep
-      ;
-    nameValuePair = name: value: { inherit name value; };
-    optional = c: x: if c then [ x ] else [ ];
-    optionals = c: l: if c then l else [ ];
-    optionalAttrs = c: a: if c then a else { };
-    optionalString = c: s: if c then s else "";
-    count = p: l: b.length (b.filter p l);
-    unique = b.foldl' (acc: x: if b.elem x acc then acc else acc ++ [ x ]) [ ];
-    concatMapStringsSep = sep: f: l: b.concatStringsSep sep (map f l);
-    escapeShellArg = s: "'${b.replaceStrings [ "'" ] [ "'\\''" ] (toString s)}'";
-    escapeShellArgs = l: b.concatStringsSep " " (map escapeShellArg l);
-    getExe = p: "${p}/bin/${p.meta.mainProgram}";
-  };
+  eval = mg: evalSystem [ { services.modelgate = mg; } ];
+  # Whether evaluating (deeply) fails.
+  fails = v: !(b.tryEval (b.deepSeq v true)).success;
+  failedAssertions = out: map (a: a.message) (b.filter (a: !a.assertion) out.assertions);
+  contains = lib.hasInfix;
+  # The words of a unit's ExecStart as one string, for matching rendered flags.
+  execStart = out: unit: out.systemd.services.${unit}.serviceConfig.ExecStart;
 
-  # ---- fake pkgs ----------------------------------------------------------------------------
-  fakePkg = name: {
-    inherit name;
-    outPath = "/nix/store/00000000000000000000000000000000-${name}";
-    meta.mainProgram = name;
-  };
-  pkgs = {
-    formats.json =
-      { }:
-      {
-        type = types.json;
-        generate = name: value: (fakePkg name) // { inherit value; };
-      };
-    callPackage = _path: _args: fakePkg "modelgate";
-    runCommand = name: env: script: (fakePkg name) // { inherit env script; };
-    # The module interpolates scripts into ExecStartPost=; the stub's "store path" carries the
-    # script text so the check can read it back.
-    writeShellScript =
-      name: text:
-      (fakePkg name)
-      // {
-        outPath = "/nix/store/00000000000000000000000000000000-${name} <<SCRIPT ${text}";
-      };
-    curl = fakePkg "curl";
-    coreutils = fakePkg "coreutils";
-    llama-cpp = fakePkg "llama-cpp";
-  };
-
-  # ---- evaluating the module ----------------------------------------------------------------
-  module = import ../module.nix;
-  eval =
-    userConfig:
-    let
-      opts = (module { config = fakeConfig; inherit lib pkgs; }).options;
-      cfg = evalOptions [ "services" "modelgate" ] opts.services.modelgate userConfig false;
-      fakeConfig = {
-        services.modelgate = cfg;
-      };
-      out = resolve (module { config = fakeConfig; inherit lib pkgs; }).config;
-    in
-    (if isAbsent out then { } else out) // { _cfg = cfg; };
-
-  failedAssertions = out: map (a: a.message) (b.filter (a: !a.assertion) (out.assertions or [ ]));
-
-  # ---- the configurations and what must hold ------------------------------------------------
+  # ---- the router alone -----------------------------------------------------------------------
   basic = eval {
     enable = true;
     listen = [
@@ -346,16 +120,26 @@ let
     SocketBindDeny = "any";
   };
 
-  workers = eval {
+  # ---- workers ------------------------------------------------------------------------------
+  digest = "sha256:${lib.fixedWidthString 64 "a" ""}";
+  workersConfig = {
     enable = true;
     settings.models.gpt.url = "https://api.openai.com";
+    llama-cpp.defaults = {
+      gpu = true;
+      settings = {
+        n-gpu-layers = 99;
+        flash-attn = true;
+        ctx-size = 4096;
+      };
+      environment.GGML_SHARED = "1";
+    };
     llama-cpp.models = {
       qwen = {
         model = "/var/lib/models/qwen.gguf";
         port = 8101;
         settings = {
           ctx-size = 8192;
-          flash-attn = true;
           no-webui = false;
           lora = [
             "/m/a.gguf"
@@ -367,6 +151,8 @@ let
         model = "/var/lib/models/small.gguf";
         unixSocket = true;
         routeName = "org/small";
+        gpu = false;
+        settings.flash-attn = "auto";
       };
       off = {
         enable = false;
@@ -374,18 +160,63 @@ let
         port = 8109;
       };
     };
+    vllm.defaults = {
+      image = "docker.io/vllm/vllm-openai:v0.10.2";
+      settings.gpu-memory-utilization = 0.9;
+      environmentFile = "/run/secrets/hf.env";
+    };
     vllm.models.big = {
       model = "Qwen/Qwen3-8B";
       port = 8102;
       settings.max-model-len = 32768;
-      environmentFile = "/run/secrets/hf.env";
+      environmentFile = "/run/secrets/big.env";
+    };
+    vllm.models.pinned = {
+      model = "Qwen/Qwen3-0.6B";
+      port = 8104;
+      imageDigest = digest;
+      devices = [ ];
     };
     sglang.models.fast = {
       model = "Qwen/Qwen3-0.6B";
       port = 8103;
     };
   };
+  workers = eval workersConfig;
   wsvc = workers.systemd.services;
+  qwenSc = wsvc.modelgate-llama-cpp-qwen.serviceConfig;
+  smallSc = wsvc.modelgate-llama-cpp-small.serviceConfig;
+  containers = workers.virtualisation.oci-containers.containers;
+
+  # The same workers on a host that runs Docker (set at normal priority, as a host would).
+  docker = evalSystem [
+    { services.modelgate = workersConfig; }
+    { virtualisation.oci-containers.backend = "docker"; }
+  ];
+  # A host from before 22.05, where oci-containers defaults to Docker.
+  oldHost = evalSystem [
+    { services.modelgate = workersConfig; }
+    { system.stateVersion = "21.11"; }
+  ];
+  # Controls that the stub merges backends as nixpkgs does: a second plain definition
+  # conflicts (what the module used to do on Docker hosts); an mkDefault one yields.
+  backendConflict = evalSystem [
+    { services.modelgate = workersConfig; }
+    { virtualisation.oci-containers.backend = "docker"; }
+    { virtualisation.oci-containers.backend = "podman"; }
+  ];
+  backendMkDefault = evalSystem [
+    { services.modelgate = workersConfig; }
+    { virtualisation.oci-containers.backend = "docker"; }
+    { virtualisation.oci-containers.backend = lib.mkDefault "podman"; }
+  ];
+  dockerNewer = evalSystem [
+    { services.modelgate = workersConfig // { vllm.models.big = workersConfig.vllm.models.big // { pull = "newer"; }; }; }
+    { virtualisation.oci-containers.backend = "docker"; }
+  ];
+  parallel = eval (workersConfig // { sequentialStart = false; });
+
+  # ---- bad configurations ---------------------------------------------------------------------
   collide = eval {
     enable = true;
     listen = [ "127.0.0.1:8101" ];
@@ -399,15 +230,83 @@ let
       port = 8105;
       unixSocket = true;
     };
-    vllm.models."bad name" = {
-      model = "x";
-      port = 8106;
-    };
   };
   collideMsgs = failedAssertions collide;
   hasMsg = sub: b.any (m: b.match ".*${sub}.*" m != null) collideMsgs;
 
+  invalidName = eval {
+    enable = true;
+    settings.models.gpt.url = "https://api.openai.com";
+    vllm.models."bad/name" = {
+      model = "x";
+      port = 8106;
+      devices = [ ];
+    };
+    llama-cpp.models."bad name" = {
+      model = "/m.gguf";
+      port = 8107;
+    };
+    llama-cpp.models.good = {
+      model = "/m.gguf";
+      port = 8108;
+    };
+  };
+  invalidMsgs = failedAssertions invalidName;
+  # Control: the stub's unit-name type does reject a bad name in `after`.
+  badAfter = evalSystem [
+    {
+      services.modelgate = {
+        enable = true;
+        settings.models.gpt.url = "https://api.openai.com";
+      };
+    }
+    { systemd.services.other.after = [ "bad/name.service" ]; }
+  ];
+
   disabled = eval { settings.models.gpt.url = "http://127.0.0.1:1"; };
+
+  # ---- flake.nix on a fake nixpkgs without aliases ------------------------------------------
+  fakeNixpkgs = {
+    lib = lib // {
+      inherit (nixos) nixosSystem;
+    };
+    legacyPackages = lib.genAttrs [ "x86_64-linux" "aarch64-linux" ] (
+      system:
+      nixos.pkgs
+      // {
+        stdenv.hostPlatform.system = system;
+        pkgsStatic = nixos.pkgs;
+        nixfmt = {
+          name = "nixfmt";
+          outPath = "/nix/store/00000000000000000000000000000000-nixfmt";
+        };
+      }
+    );
+  };
+  flake = (import ../../flake.nix).outputs {
+    self = flake // {
+      outPath = toString ../..;
+    };
+    nixpkgs = fakeNixpkgs;
+  };
+  flakeChecks = flake.checks.x86_64-linux;
+  # The eval-* checks on the stub: they must evaluate to their trivial derivations.
+  evalChecksPass = b.all (n: (flakeChecks.${n}).name == "modelgate-${n}") [
+    "eval-minimal"
+    "eval-full"
+    "eval-docker"
+    "eval-invalid-name"
+  ];
+  # The flake's module, through the stub module system with the fake pkgs.
+  viaFlake = evalSystem [
+    flake.nixosModules.default
+    {
+      services.modelgate = {
+        enable = true;
+        settings.models.gpt.url = "https://api.openai.com";
+      };
+    }
+  ];
 
   # The settings the module rendered: what the fake `formats.json.generate` was given, reached
   # through the runCommand that checks it.
@@ -416,6 +315,7 @@ let
   workersJson = renderedSettings workers;
 
   checks = {
+    # -- the router
     "Type=notify" = sc.Type == "notify";
     "ExecReload sends SIGHUP to the main PID" = b.match ".*kill -HUP \\$MAINPID" sc.ExecReload != null;
     "Restart=on-failure" = sc.Restart == "on-failure";
@@ -455,7 +355,7 @@ let
     "config-only changes reload" = svc.reloadTriggers == [ rendered ];
     "the config is validated with modelgate --check at build time" =
       b.match ".*modelgate --check --config config.json.*" rendered.script != null
-      && rendered.env.nativeBuildInputs == [ basic._cfg.package ];
+      && rendered.env.nativeBuildInputs == [ basic.services.modelgate.package ];
     "rendered listen = the socket addresses" =
       basicJson.listen == [
         "127.0.0.1:8080"
@@ -465,30 +365,62 @@ let
     "rendered config keeps secrets as references" =
       basicJson.models.gpt.headers.Authorization == "Bearer \${cred:openai-key}"
       && basicJson.authTokens == [ "\${cred:client-token}" ];
-    "no failed assertion on a good config" = failedAssertions basic == [ ];
+    "no failed assertion and no warning on a good config" =
+      failedAssertions basic == [ ] && basic._toplevel.warnings == [ ];
+    "the listen docs say a changed address needs a socket restart" =
+      contains "needs a socket restart" basic._options.services.modelgate.listen.description;
 
+    # -- workers
     "llama.cpp worker unit is hardened and DynamicUser" =
-      let
-        w = wsvc.modelgate-llama-cpp-qwen.serviceConfig;
-      in
-      w.DynamicUser && w.ProtectSystem == "strict" && w.NoNewPrivileges && w.CapabilityBoundingSet == "";
+      qwenSc.DynamicUser && qwenSc.ProtectSystem == "strict" && qwenSc.NoNewPrivileges && qwenSc.CapabilityBoundingSet == "";
     "llama.cpp flags rendered from settings" =
-      b.match ".*llama-server' '--model' '/var/lib/models/qwen.gguf' '--alias' 'qwen' '--host' '127.0.0.1' '--port' '8101' .*'--ctx-size' '8192'.*" wsvc.modelgate-llama-cpp-qwen.serviceConfig.ExecStart
-        != null
-      && b.match ".*'--flash-attn'.*" wsvc.modelgate-llama-cpp-qwen.serviceConfig.ExecStart != null
-      && b.match ".*no-webui.*" wsvc.modelgate-llama-cpp-qwen.serviceConfig.ExecStart == null
-      && b.match ".*'--lora' '/m/a.gguf' '--lora' '/m/b.gguf'.*" wsvc.modelgate-llama-cpp-qwen.serviceConfig.ExecStart != null;
-    "llama.cpp may bind only its own port" =
-      wsvc.modelgate-llama-cpp-qwen.serviceConfig.SocketBindAllow == [ "tcp:8101" ]
-      && wsvc.modelgate-llama-cpp-qwen.serviceConfig.SocketBindDeny == "any";
+      contains "llama-server' '--model' '/var/lib/models/qwen.gguf' '--alias' 'qwen' '--host' '127.0.0.1' '--port' '8101' " (
+        execStart workers "modelgate-llama-cpp-qwen"
+      )
+      && !(contains "no-webui" (execStart workers "modelgate-llama-cpp-qwen"))
+      && contains "'--lora' '/m/a.gguf' '--lora' '/m/b.gguf'" (execStart workers "modelgate-llama-cpp-qwen");
+    "llama.cpp --flash-attn takes on|off|auto (true -> on, a string as is)" =
+      contains "'--flash-attn' 'on'" (execStart workers "modelgate-llama-cpp-qwen")
+      && contains "'--flash-attn' 'auto'" (execStart workers "modelgate-llama-cpp-small")
+      && !(contains "'--flash-attn' '--" (execStart workers "modelgate-llama-cpp-qwen"));
+    "shared per-kind defaults reach every model; the model wins a clash" =
+      contains "'--n-gpu-layers' '99'" (execStart workers "modelgate-llama-cpp-qwen")
+      && contains "'--n-gpu-layers' '99'" (execStart workers "modelgate-llama-cpp-small")
+      && contains "'--ctx-size' '8192'" (execStart workers "modelgate-llama-cpp-qwen")
+      && !(contains "'4096'" (execStart workers "modelgate-llama-cpp-qwen"))
+      && contains "'--ctx-size' '4096'" (execStart workers "modelgate-llama-cpp-small")
+      && wsvc.modelgate-llama-cpp-qwen.environment.GGML_SHARED == "1"
+      && wsvc.modelgate-llama-cpp-small.environment.GGML_SHARED == "1"
+      && b.elem "--gpu-memory-utilization" containers.modelgate-vllm-big.cmd
+      && b.elem "--gpu-memory-utilization" containers.modelgate-vllm-pinned.cmd
+      && containers.modelgate-vllm-big.environmentFiles == [
+        "/run/secrets/hf.env"
+        "/run/secrets/big.env"
+      ]
+      && containers.modelgate-vllm-pinned.environmentFiles == [ "/run/secrets/hf.env" ];
+    "GPU worker: LimitMEMLOCK=infinity, nvidia-caps and the other GPU devices, no MDWE" =
+      qwenSc.LimitMEMLOCK == "infinity"
+      && qwenSc.PrivateDevices == false
+      && qwenSc.DevicePolicy == "closed"
+      && b.all (d: b.elem d qwenSc.DeviceAllow) [
+        "char-nvidiactl rw"
+        "char-nvidia-caps rw"
+        "char-nvidia-frontend rw"
+        "char-nvidia-uvm rw"
+        "char-drm rw"
+        "char-kfd rw"
+      ]
+      && qwenSc.MemoryDenyWriteExecute == false;
+    "a model can opt out of the kind's gpu default" =
+      smallSc.PrivateDevices == true && !(smallSc ? DeviceAllow) && !(smallSc ? LimitMEMLOCK) && smallSc.MemoryDenyWriteExecute;
+    "llama.cpp may bind only its own port" = qwenSc.SocketBindAllow == [ "tcp:8101" ] && qwenSc.SocketBindDeny == "any";
     "llama.cpp on a unix socket" =
-      b.match ".*'--host' '/run/modelgate-llama-cpp-small/http.sock'.*" wsvc.modelgate-llama-cpp-small.serviceConfig.ExecStart != null
-      && wsvc.modelgate-llama-cpp-small.serviceConfig.RuntimeDirectory == "modelgate-llama-cpp-small";
-    "a disabled worker has no unit and no route" =
-      !(wsvc ? modelgate-llama-cpp-off) && !(workersJson.models ? off);
+      contains "'--host' '/run/modelgate-llama-cpp-small/http.sock'" (execStart workers "modelgate-llama-cpp-small")
+      && smallSc.RuntimeDirectory == "modelgate-llama-cpp-small";
+    "a disabled worker has no unit and no route" = !(wsvc ? modelgate-llama-cpp-off) && !(workersJson.models ? off);
     "readiness probe before the unit counts as started" =
-      b.match ".*curl.*http://127.0.0.1:8101/health.*" wsvc.modelgate-llama-cpp-qwen.serviceConfig.ExecStartPost != null
-      && b.match ".*--unix-socket /run/modelgate-llama-cpp-small/http.sock http://localhost/health.*" wsvc.modelgate-llama-cpp-small.serviceConfig.ExecStartPost != null;
+      contains "http://127.0.0.1:8101/health" (b.head qwenSc.ExecStartPost)
+      && contains "/run/modelgate-llama-cpp-small/http.sock" (b.head smallSc.ExecStartPost);
     "workers registered as routes" =
       workersJson.models.qwen.url == "http://127.0.0.1:8101"
       && workersJson.models."org/small".url == "unix:///run/modelgate-llama-cpp-small/http.sock"
@@ -500,39 +432,142 @@ let
         "modelgate-llama-cpp-qwen.service"
         "modelgate-llama-cpp-small.service"
         "podman-modelgate-vllm-big.service"
+        "podman-modelgate-vllm-pinned.service"
         "podman-modelgate-sglang-fast.service"
       ];
-    "vLLM and SGLang as Podman containers with GPUs, on loopback" =
-      let
-        c = workers.virtualisation.oci-containers.containers;
-      in
+    "sequential start: each worker after the previous one" =
+      wsvc.modelgate-llama-cpp-qwen.after == [ "network.target" ]
+      && wsvc.modelgate-llama-cpp-small.after == [
+        "network.target"
+        "modelgate-llama-cpp-qwen.service"
+      ]
+      && b.elem "modelgate-llama-cpp-small.service" wsvc.podman-modelgate-vllm-big.after
+      && b.elem "podman-modelgate-vllm-big.service" wsvc.podman-modelgate-vllm-pinned.after
+      && b.elem "podman-modelgate-vllm-pinned.service" wsvc.podman-modelgate-sglang-fast.after
+      # oci-containers' own ordering is kept (the lists merge).
+      && b.elem "network-online.target" wsvc.podman-modelgate-vllm-big.after;
+    "sequentialStart = false starts them in parallel" =
+      parallel.systemd.services.modelgate-llama-cpp-small.after == [ "network.target" ]
+      && !(b.any (lib.hasPrefix "modelgate-") parallel.systemd.services.podman-modelgate-vllm-big.after);
+    "containers on loopback with GPUs, memlock and --ipc=host" =
+      containers.modelgate-vllm-big.ports == [ "127.0.0.1:8102:8000" ]
+      && b.elem "--device=nvidia.com/gpu=all" containers.modelgate-vllm-big.extraOptions
+      && b.elem "--ulimit=memlock=-1:-1" containers.modelgate-vllm-big.extraOptions
+      && b.elem "--ipc=host" containers.modelgate-vllm-big.extraOptions
+      && containers.modelgate-vllm-pinned.extraOptions == [ "--ipc=host" ]
+      && b.elem "--served-model-name" containers.modelgate-vllm-big.cmd
+      && b.elem "--max-model-len" containers.modelgate-vllm-big.cmd
+      && b.head containers.modelgate-sglang-fast.cmd == "python3";
+    "image pinned by tag, or by digest with pull=missing; a tag refreshes (podman: newer)" =
+      containers.modelgate-vllm-big.image == "docker.io/vllm/vllm-openai:v0.10.2"
+      && containers.modelgate-vllm-big.pull == "newer"
+      && containers.modelgate-vllm-pinned.image == "docker.io/vllm/vllm-openai:v0.10.2@${digest}"
+      && containers.modelgate-vllm-pinned.pull == "missing"
+      && containers.modelgate-sglang-fast.image == "docker.io/lmsysorg/sglang:latest"
+      && contains "--pull 'newer'" wsvc.podman-modelgate-vllm-big.script
+      && contains "docker.io/vllm/vllm-openai:v0.10.2@${digest}" wsvc.podman-modelgate-vllm-pinned.script;
+    "a digest that is not sha256:<64 hex> is a type error" = fails (
+      (eval (workersConfig // { vllm.models.pinned = workersConfig.vllm.models.pinned // { imageDigest = "latest"; }; })).virtualisation.oci-containers.containers.modelgate-vllm-pinned.image
+    );
+    "container units: readiness probe, TimeoutStartSec overrides oci-containers' 0 (mkForce)" =
+      contains "http://127.0.0.1:8102/health" (b.head wsvc.podman-modelgate-vllm-big.serviceConfig.ExecStartPost)
+      && wsvc.podman-modelgate-vllm-big.serviceConfig.TimeoutStartSec == "30min"
+      && wsvc.podman-modelgate-vllm-big.serviceConfig.Type == "notify";
+    "podman host: the module leaves the backend to oci-containers (podman enabled by it)" =
       workers.virtualisation.oci-containers.backend == "podman"
-      && c.modelgate-vllm-big.ports == [ "127.0.0.1:8102:8000" ]
-      && b.elem "--device=nvidia.com/gpu=all" c.modelgate-vllm-big.extraOptions
-      && b.elem "--served-model-name" c.modelgate-vllm-big.cmd
-      && b.elem "--max-model-len" c.modelgate-vllm-big.cmd
-      && c.modelgate-vllm-big.environmentFiles == [ "/run/secrets/hf.env" ]
-      && b.head c.modelgate-sglang-fast.cmd == "python3";
-    "container readiness probes" =
-      b.match ".*http://127.0.0.1:8102/health.*" (b.head wsvc.podman-modelgate-vllm-big.serviceConfig.ExecStartPost) != null;
-    "GPU warning without the NVIDIA container toolkit" = b.length (workers.warnings or [ ]) == 1;
-    "no failed assertion with workers" = failedAssertions workers == [ ];
+      && workers.virtualisation.podman.enable
+      && !workers.virtualisation.docker.enable;
+    "GPU warning without the NVIDIA container toolkit" = b.length workers.warnings == 1;
+    "no failed assertion with workers" = failedAssertions workers == [ ] && !(fails workers._toplevel);
 
+    # -- Docker hosts
+    "docker host: no conflict, docker-* units, docker enabled, podman not" =
+      docker.virtualisation.oci-containers.backend == "docker"
+      && docker.systemd.services ? docker-modelgate-vllm-big
+      && !(docker.systemd.services ? podman-modelgate-vllm-big)
+      && docker.virtualisation.docker.enable
+      && !docker.virtualisation.podman.enable
+      && failedAssertions docker == [ ]
+      && !(fails docker._toplevel);
+    "docker host: probes, timeouts, ordering on the docker-* units" =
+      contains "http://127.0.0.1:8102/health" (b.head docker.systemd.services.docker-modelgate-vllm-big.serviceConfig.ExecStartPost)
+      && docker.systemd.services.docker-modelgate-vllm-big.serviceConfig.TimeoutStartSec == "30min"
+      && b.elem "docker-modelgate-sglang-fast.service" docker.systemd.services.modelgate.after
+      && b.elem "docker-modelgate-vllm-pinned.service" docker.systemd.services.docker-modelgate-sglang-fast.after
+      && b.elem "docker.service" docker.systemd.services.docker-modelgate-vllm-big.after;
+    "docker host: a tag refreshes with pull=always (docker has no newer), a digest with missing" =
+      docker.virtualisation.oci-containers.containers.modelgate-vllm-big.pull == "always"
+      && docker.virtualisation.oci-containers.containers.modelgate-vllm-pinned.pull == "missing"
+      && contains "exec docker " docker.systemd.services.docker-modelgate-vllm-big.script;
+    "docker host: pull = newer is refused by an assertion" = b.any (
+      contains "pull = \"newer\" needs the Podman backend"
+    ) (failedAssertions dockerNewer);
+    "pre-22.05 host: oci-containers' default (docker) is followed" =
+      oldHost.virtualisation.oci-containers.backend == "docker" && oldHost.systemd.services ? docker-modelgate-vllm-big;
+    "stub control: two plain backend definitions conflict" = fails backendConflict.virtualisation.oci-containers.backend;
+    "stub control: an mkDefault backend yields to the host's" =
+      backendMkDefault.virtualisation.oci-containers.backend == "docker";
+
+    # -- assertions
     "assertion: port used twice" = hasMsg "port.*used twice.*8101";
     "assertion: model name defined twice" = hasMsg "model name.*defined twice.*qwen";
     "assertion: port and unixSocket both set" = hasMsg "both.*exactly one of port and unixSocket";
-    "assertion: unit-unsafe worker name" = hasMsg "bad name.*unit name";
+    "assertion: unit-unsafe worker names" =
+      b.any (contains "\"bad/name\": the attribute name becomes a unit name") invalidMsgs
+      && b.any (contains "\"bad name\": the attribute name becomes a unit name") invalidMsgs
+      && b.length invalidMsgs == 2;
+    "unit-unsafe names reach no unit, after= or wants=" =
+      !(b.any (contains "bad") (b.attrNames invalidName.systemd.services))
+      && !(b.any (contains "bad") (invalidName.systemd.services.modelgate.after ++ invalidName.systemd.services.modelgate.wants))
+      && !(invalidName.virtualisation.oci-containers.containers ? "modelgate-vllm-bad/name")
+      && invalidName.systemd.services ? modelgate-llama-cpp-good;
+    "stub control: a bad unit name in after= is a type error" = fails badAfter._toplevel;
 
-    "enable = false produces nothing" = disabled == { _cfg = disabled._cfg; };
+    "enable = false produces nothing" =
+      disabled.systemd.services == { }
+      && disabled.systemd.sockets == { }
+      && disabled.environment.etc == { }
+      && disabled.assertions == [ ]
+      && disabled.virtualisation.oci-containers.containers == { };
+
+    # -- flake.nix
+    "flake: packages, apps (with meta), formatter nixfmt, on pkgs without aliases" =
+      flake.packages.x86_64-linux.modelgate.name == "modelgate"
+      && flake.apps.aarch64-linux.default.program == "/nix/store/00000000000000000000000000000000-modelgate/bin/modelgate"
+      && b.isString flake.apps.x86_64-linux.default.meta.description
+      && flake.formatter.x86_64-linux.name == "nixfmt";
+    "flake: nixosModules.default sets the package without pkgs.system" =
+      viaFlake.services.modelgate.package.name == "modelgate" && !(fails viaFlake._toplevel);
+    "flake: the eval-* checks evaluate (on the stub)" = evalChecksPass;
   };
 
-  failed = b.filter (n: !checks.${n}) (b.attrNames checks);
+  # A check that throws counts as failed (nix-check.sh then shows its error).
+  results = b.mapAttrs (
+    _: c:
+    let
+      r = b.tryEval c;
+    in
+    r.success && r.value == true
+  ) checks;
+  failed = b.filter (n: !results.${n}) (b.attrNames checks);
 in
 {
-  inherit checks collideMsgs;
+  inherit
+    checks
+    results
+    collideMsgs
+    invalidMsgs
+    ;
+  # For scripts/nix-check.sh: each must fail, with the message it expects.
+  failures = {
+    invalidName = invalidName._toplevel;
+    badAfter = badAfter._toplevel;
+    backendConflict = backendConflict.virtualisation.oci-containers.backend;
+    dockerNewer = dockerNewer._toplevel;
+  };
   summary =
     if failed == [ ] then
-      "module shape: ${toString (b.length (b.attrNames checks))} checks passed"
+      "stub module system: ${toString (b.length (b.attrNames checks))} checks passed"
     else
-      b.throw "module shape: FAILED: ${b.concatStringsSep "; " failed}";
+      b.throw "stub module system: FAILED: ${b.concatStringsSep "; " failed}";
 }
