@@ -27,7 +27,10 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::metrics::ModelStats;
 
 /// Most replicas one model may list (the failover mask is a `u64`).
 pub const MAX_REPLICAS: usize = 64;
@@ -159,6 +162,9 @@ pub struct Balancer {
     queue_size: usize,
     /// Waiting requests (connection key, generation), oldest first.
     waiters: VecDeque<(usize, u64)>,
+    /// The model's `modelgate_queued_requests` gauge, kept equal to the sum of `waiters`
+    /// over every worker's balancer (this one's share leaves with it on drop).
+    queue_gauge: Option<Arc<ModelStats>>,
 }
 
 impl Balancer {
@@ -186,6 +192,20 @@ impl Balancer {
             rng: seed | 1,
             queue_size: config.queue_size,
             waiters: VecDeque::new(),
+            queue_gauge: None,
+        }
+    }
+
+    /// Counts this balancer's waiters in `stats`' queue gauge.
+    pub fn with_queue_gauge(mut self, stats: Arc<ModelStats>) -> Balancer {
+        self.queue_gauge = Some(stats);
+        self
+    }
+
+    /// Moves the queue gauge by the change from `before` waiters to now.
+    fn waiters_changed(&self, before: usize) {
+        if let Some(g) = &self.queue_gauge {
+            g.queued_changed(self.waiters.len() as i64 - before as i64);
         }
     }
 
@@ -419,6 +439,7 @@ impl Balancer {
             return false;
         }
         self.waiters.push_back((key, generation));
+        self.waiters_changed(self.waiters.len() - 1);
         true
     }
 
@@ -428,21 +449,42 @@ impl Balancer {
     }
 
     pub fn pop_waiter(&mut self) -> Option<(usize, u64)> {
-        self.waiters.pop_front()
+        let before = self.waiters.len();
+        let first = self.waiters.pop_front();
+        self.waiters_changed(before);
+        first
     }
 
     /// A waiting request gave up (timeout or client gone).
     pub fn remove_waiter(&mut self, key: usize, generation: u64) {
+        let before = self.waiters.len();
         self.waiters.retain(|&w| w != (key, generation));
+        self.waiters_changed(before);
     }
 
     /// Keeps only the waiters `keep` says are still waiting.
     pub fn retain_waiters(&mut self, mut keep: impl FnMut(usize, u64) -> bool) {
+        let before = self.waiters.len();
         self.waiters.retain(|&(k, g)| keep(k, g));
+        self.waiters_changed(before);
     }
 
     pub fn has_waiters(&self) -> bool {
         !self.waiters.is_empty()
+    }
+
+    /// When replica `i`'s ejection ends (None: not ejected).
+    pub fn ejected_until(&self, i: usize) -> Option<Instant> {
+        self.replicas.get(i).and_then(|r| r.ejected_until)
+    }
+}
+
+impl Drop for Balancer {
+    /// Waiters of a dropped balancer are gone with it (their connections were closed).
+    fn drop(&mut self) {
+        if let Some(g) = &self.queue_gauge {
+            g.queued_changed(-(self.waiters.len() as i64));
+        }
     }
 }
 
@@ -481,6 +523,14 @@ impl Lease {
         self.balancer
             .try_borrow_mut()
             .is_ok_and(|mut b| b.failed(self.replica, now))
+    }
+
+    /// When this lease's replica's ejection ends (None: not ejected).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.balancer
+            .try_borrow()
+            .ok()
+            .and_then(|b| b.ejected_until(self.replica))
     }
 
     /// See [`Balancer::succeeded`].
@@ -679,6 +729,52 @@ mod tests {
         b.set_down(1, true);
         b.clear_down();
         assert_eq!(b.healthy_count(now), 2);
+    }
+
+    #[test]
+    fn the_queue_gauge_counts_waiters_of_every_balancer_until_they_leave() {
+        let metrics = crate::metrics::Metrics::new();
+        let stats = metrics.model("m");
+        let config = BalanceConfig {
+            queue_size: 4,
+            ..BalanceConfig::default()
+        };
+        let lim = limits(&[1]);
+        let mut a = Balancer::new(&lim, &config, 1).with_queue_gauge(Arc::clone(&stats));
+        let mut b = Balancer::new(&lim, &config, 2).with_queue_gauge(Arc::clone(&stats));
+        for key in 0..3 {
+            assert!(a.enqueue(key, 0));
+        }
+        assert!(b.enqueue(9, 0));
+        assert_eq!(stats.summary().queued, 4);
+        assert_eq!(a.pop_waiter(), Some((0, 0)));
+        a.remove_waiter(1, 0);
+        a.remove_waiter(1, 0);
+        assert_eq!(stats.summary().queued, 2);
+        b.retain_waiters(|_, _| false);
+        assert_eq!(stats.summary().queued, 1);
+        drop(a);
+        assert_eq!(
+            stats.summary().queued,
+            0,
+            "a dropped balancer's waiters are gone"
+        );
+        assert_eq!(b.pop_waiter(), None);
+        assert_eq!(stats.summary().queued, 0);
+    }
+
+    #[test]
+    fn an_ejection_says_when_it_ends() {
+        let t0 = Instant::now();
+        let mut b = balancer(&[1, 1], Policy::RoundRobin);
+        assert_eq!(b.ejected_until(0), None);
+        assert!(b.failed(0, t0));
+        assert_eq!(
+            b.ejected_until(0),
+            Some(t0 + BalanceConfig::default().eject_time)
+        );
+        assert!(b.succeeded(0));
+        assert_eq!(b.ejected_until(0), None);
     }
 
     #[test]

@@ -35,6 +35,11 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// The budget (`maxBufferBytes`).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     fn reserve(&self, bytes: usize) -> bool {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {

@@ -32,12 +32,27 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::accesslog::Outcome;
+use crate::buf::Budget;
+
+mod recent;
 mod replicas;
+pub use recent::{RecentError, RecentErrors, RECENT_ERRORS, UNKNOWN_MODEL};
 pub use replicas::ReplicaStats;
+
+/// The version `modelgate_build_info` and `/status` report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The instant process-wide timestamps (ejection ends, the error ring) are counted from,
+/// so they fit in one atomic word. Fixed the first time anything asks.
+pub fn process_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
 
 /// Status codes below this are counted exactly; the rest under `code="other"`.
 const CODES: usize = 600;
@@ -117,6 +132,19 @@ impl Histogram {
         self.sum.fetch_add(value, Relaxed);
     }
 
+    fn snapshot(&self, scale: f64) -> HistogramSnapshot {
+        let mut cumulative = [0u64; 17];
+        let mut total = 0u64;
+        for (slot, bucket) in cumulative.iter_mut().zip(&self.buckets) {
+            total += bucket.load(Relaxed);
+            *slot = total;
+        }
+        HistogramSnapshot {
+            cumulative,
+            sum: self.sum.load(Relaxed) as f64 / scale,
+        }
+    }
+
     /// Writes `_bucket`, `_sum` and `_count` lines; `scale` converts stored units to the
     /// exposed unit.
     fn render(&self, out: &mut String, name: &str, model: &str, scale: f64) {
@@ -141,6 +169,8 @@ impl Histogram {
 #[derive(Debug)]
 pub struct ModelStats {
     name: String,
+    /// Registry id, written in the error ring instead of the name (0: unrouted).
+    id: u16,
     /// Requests by status code 0..=599.
     codes: [AtomicU64; CODES],
     /// Requests with a status code of 600 or above.
@@ -152,12 +182,15 @@ pub struct ModelStats {
     completion_tokens: AtomicU64,
     connect_errors: AtomicU64,
     retries: AtomicU64,
+    /// Requests waiting in this model's queues (all workers).
+    queued: AtomicI64,
 }
 
 impl ModelStats {
-    fn new(name: &str) -> ModelStats {
+    fn new(name: &str, id: u16) -> ModelStats {
         ModelStats {
             name: name.to_owned(),
+            id,
             codes: std::array::from_fn(|_| AtomicU64::new(0)),
             other_codes: AtomicU64::new(0),
             duration: Histogram::new(&DURATION_BOUNDS),
@@ -167,6 +200,7 @@ impl ModelStats {
             completion_tokens: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            queued: AtomicI64::new(0),
         }
     }
 
@@ -222,6 +256,55 @@ impl ModelStats {
     pub fn retry(&self) {
         self.retries.fetch_add(1, Relaxed);
     }
+
+    /// Requests joined (`delta` > 0) or left (< 0) one of this model's wait queues.
+    pub fn queued_changed(&self, delta: i64) {
+        self.queued.fetch_add(delta, Relaxed);
+    }
+
+    /// What `/status` shows of this model: totals since the process started.
+    pub fn summary(&self) -> ModelSummary {
+        let count = |codes: &[AtomicU64]| codes.iter().map(|c| c.load(Relaxed)).sum::<u64>();
+        let other = self.other_codes.load(Relaxed);
+        let client_errors = count(&self.codes[400..500]);
+        let errors = count(&self.codes[500..CODES]) + other;
+        ModelSummary {
+            requests: count(&self.codes) + other,
+            client_errors,
+            errors,
+            prompt_tokens: self.prompt_tokens.load(Relaxed),
+            completion_tokens: self.completion_tokens.load(Relaxed),
+            ttfb: self.ttfb.snapshot(NANOS_PER_SEC),
+            queued: self.queued.load(Relaxed).max(0) as u64,
+        }
+    }
+}
+
+/// A model's totals for `/status` (see [`ModelStats::summary`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSummary {
+    pub requests: u64,
+    /// Answers with a 4xx status.
+    pub client_errors: u64,
+    /// Answers with a 5xx status (or a code above 599).
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub ttfb: HistogramSnapshot,
+    pub queued: u64,
+}
+
+/// A histogram read at one instant: cumulative counts per upper bound ([`bucket_bounds`]),
+/// the last one `+Inf` (so it is the count), and the sum in the exposed unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub cumulative: [u64; 17],
+    pub sum: f64,
+}
+
+/// The upper bounds (seconds) of the duration histograms, `+Inf` excluded.
+pub fn duration_bounds() -> [f64; 16] {
+    std::array::from_fn(|i| DURATION_BOUNDS[i].1 as f64 / NANOS_PER_SEC)
 }
 
 /// Duration in nanoseconds, saturating (584 years fit in a `u64`).
@@ -276,6 +359,14 @@ pub struct Metrics {
     replicas: Mutex<BTreeMap<(String, String), Arc<ReplicaStats>>>,
     /// Per-token rate-limit buckets, kept across reloads like the model stats.
     rate_buckets: crate::ratelimit::Buckets,
+    /// Requests refused with 429 `rate_limited` (shared with every routing table).
+    rate_limited: Arc<AtomicU64>,
+    /// The buffer pools' byte budget, once the server has made it.
+    budget: OnceLock<Arc<Budget>>,
+    /// The last errors, for `/status`.
+    recent: RecentErrors,
+    started: Instant,
+    started_wall: SystemTime,
 }
 
 /// A poisoned registry is still a valid registry (its values are only `Arc`s), so a panic
@@ -286,13 +377,86 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
+        process_epoch();
         Arc::new(Metrics {
             models: Mutex::new(BTreeMap::new()),
-            unrouted: Arc::new(ModelStats::new("")),
+            unrouted: Arc::new(ModelStats::new("", 0)),
             workers: Mutex::new(Vec::new()),
             replicas: Mutex::new(BTreeMap::new()),
             rate_buckets: crate::ratelimit::Buckets::default(),
+            rate_limited: Arc::new(AtomicU64::new(0)),
+            budget: OnceLock::new(),
+            recent: RecentErrors::default(),
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
         })
+    }
+
+    /// The buffer budget, rendered as `modelgate_buffer_bytes_{in_use,limit}`. Set once by
+    /// the server; later calls are ignored.
+    pub fn set_budget(&self, budget: Arc<Budget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// The buffer budget: (bytes in use, limit), when set.
+    pub fn buffer(&self) -> Option<(u64, u64)> {
+        self.budget
+            .get()
+            .map(|b| (b.used() as u64, b.limit() as u64))
+    }
+
+    /// The counter of 429 `rate_limited` refusals (the routing table increments it).
+    pub fn rate_limited_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.rate_limited)
+    }
+
+    /// Requests refused with 429 `rate_limited` so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Relaxed)
+    }
+
+    /// Time since these metrics were made (the process start).
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Wall-clock time of the start.
+    pub fn started_wall(&self) -> SystemTime {
+        self.started_wall
+    }
+
+    /// A request ended: listed in the error ring when it failed (`recent::is_listed`).
+    /// Called once per request; costs one compare unless it failed.
+    pub fn finished(&self, model: &ModelStats, status: u16, outcome: Outcome, now: Instant) {
+        if recent::is_listed(status, outcome) {
+            self.recent.push(model.id, status, outcome, now);
+        }
+    }
+
+    /// Errors listed since the start.
+    pub fn recent_total(&self) -> u64 {
+        self.recent.total()
+    }
+
+    /// The last errors, newest first, with the model name (None for unrouted requests or
+    /// an id that did not fit).
+    pub fn recent_errors(&self) -> Vec<(RecentError, Option<String>)> {
+        let entries = self.recent.snapshot();
+        let names: BTreeMap<u16, String> = lock(&self.models)
+            .values()
+            .filter(|m| entries.iter().any(|e| e.model == m.id))
+            .map(|m| (m.id, m.name.clone()))
+            .collect();
+        entries
+            .into_iter()
+            .map(|e| {
+                let name = match e.model {
+                    0 | UNKNOWN_MODEL => None,
+                    id => names.get(&id).cloned(),
+                };
+                (e, name)
+            })
+            .collect()
     }
 
     /// The stats of one model, created on first use and kept across reloads (a config
@@ -303,7 +467,9 @@ impl Metrics {
         if let Some(stats) = models.get(name) {
             return Arc::clone(stats);
         }
-        let stats = Arc::new(ModelStats::new(name));
+        // Ids are never reused: a model keeps its stats (and id) for the process's life.
+        let id = u16::try_from(models.len() + 1).unwrap_or(UNKNOWN_MODEL);
+        let stats = Arc::new(ModelStats::new(name, id));
         models.insert(name.to_owned(), Arc::clone(&stats));
         stats
     }
@@ -468,7 +634,18 @@ impl Metrics {
             let _ = writeln!(out, "{}", m.retries.load(Relaxed));
         }
 
-        let globals: [(&str, &str, &str, u64); 6] = [
+        family(
+            &mut out,
+            "modelgate_queued_requests",
+            "gauge",
+            "Requests waiting in a model's queues for a free replica slot.",
+        );
+        for m in &models {
+            sample(&mut out, "modelgate_queued_requests", "", &m.name, "");
+            let _ = writeln!(out, "{}", m.queued.load(Relaxed).max(0));
+        }
+
+        let globals: [(&str, &str, &str, u64); 7] = [
             (
                 "modelgate_in_flight_requests",
                 "gauge",
@@ -505,16 +682,57 @@ impl Metrics {
                 "Client connections open.",
                 total(|w| &w.connections),
             ),
+            (
+                "modelgate_rate_limited_total",
+                "counter",
+                "Requests refused with 429 rate_limited by a token's rate limit.",
+                self.rate_limited(),
+            ),
         ];
         for (name, kind, help, value) in globals {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        if let Some((used, limit)) = self.buffer() {
+            for (name, help, value) in [
+                (
+                    "modelgate_buffer_bytes_in_use",
+                    "Bytes of buffer blocks checked out of the maxBufferBytes budget.",
+                    used,
+                ),
+                (
+                    "modelgate_buffer_bytes_limit",
+                    "The buffer byte budget (maxBufferBytes); new work gets 503 when it is spent.",
+                    limit,
+                ),
+            ] {
+                family(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        family(
+            &mut out,
+            "modelgate_build_info",
+            "gauge",
+            "Always 1; the version label says which modelgate is running.",
+        );
+        let _ = writeln!(out, "modelgate_build_info{{version=\"{VERSION}\"}} 1");
+        family(
+            &mut out,
+            "modelgate_start_time_seconds",
+            "gauge",
+            "Unix time the process started, in seconds.",
+        );
+        let start = self
+            .started_wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let _ = writeln!(out, "modelgate_start_time_seconds {start:.3}");
         let replica_rows: Vec<(String, String, Arc<ReplicaStats>)> = lock(&self.replicas)
             .iter()
             .map(|((m, r), s)| (m.clone(), r.clone(), Arc::clone(s)))
             .collect();
-        replicas::render(&replica_rows, &mut out);
+        replicas::render(&replica_rows, Instant::now(), &mut out);
         out
     }
 }
@@ -734,9 +952,140 @@ mod tests {
             "modelgate_generation_tokens_per_second",
             "modelgate_upstream_idle_connections",
             "modelgate_client_connections",
+            "modelgate_queued_requests",
+            "modelgate_rate_limited_total",
+            "modelgate_build_info",
+            "modelgate_start_time_seconds",
         ] {
             assert!(types.contains_key(name), "{name} rendered");
         }
+    }
+
+    #[test]
+    fn build_info_start_time_rate_limits_and_the_buffer_budget_are_rendered() {
+        let metrics = Metrics::new();
+        let (samples, _) = parse(&metrics.render(0));
+        assert!(find(&samples, "modelgate_buffer_bytes_in_use", &[]).is_empty());
+        metrics.set_budget(crate::buf::Budget::new(1 << 20));
+        metrics.rate_limited_counter().fetch_add(3, Relaxed);
+        let (samples, _) = parse(&metrics.render(0));
+        assert_eq!(
+            value(&samples, "modelgate_build_info", &[("version", VERSION)]),
+            1.0
+        );
+        let start = value(&samples, "modelgate_start_time_seconds", &[]);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        assert!(
+            start > now - 3600.0 && start <= now + 1.0,
+            "{start} vs {now}"
+        );
+        assert_eq!(value(&samples, "modelgate_rate_limited_total", &[]), 3.0);
+        assert_eq!(value(&samples, "modelgate_buffer_bytes_in_use", &[]), 0.0);
+        assert_eq!(
+            value(&samples, "modelgate_buffer_bytes_limit", &[]),
+            f64::from(1u32 << 20)
+        );
+        assert_eq!(metrics.buffer(), Some((0, 1 << 20)));
+    }
+
+    #[test]
+    fn the_queue_gauge_follows_its_changes_and_never_shows_negative() {
+        let metrics = Metrics::new();
+        let m = metrics.model("m");
+        m.queued_changed(3);
+        m.queued_changed(-1);
+        let (samples, _) = parse(&metrics.render(0));
+        let q = "modelgate_queued_requests";
+        assert_eq!(value(&samples, q, &[("model", "m")]), 2.0);
+        assert_eq!(value(&samples, q, &[("model", "")]), 0.0);
+        m.queued_changed(-5);
+        let (samples, _) = parse(&metrics.render(0));
+        assert_eq!(value(&samples, q, &[("model", "m")]), 0.0);
+        assert_eq!(m.summary().queued, 0);
+    }
+
+    #[test]
+    fn a_replica_is_ejected_until_its_time_passes_or_it_is_readmitted() {
+        let metrics = Metrics::new();
+        let r = metrics.replica("m", "http://a");
+        let _ = metrics.replica("m", "http://b");
+        let now = Instant::now();
+        r.ejected(now + Duration::from_secs(60));
+        let ejected = |metrics: &Metrics, replica: &str| {
+            let (samples, _) = parse(&metrics.render(0));
+            value(
+                &samples,
+                "modelgate_replica_ejected",
+                &[("model", "m"), ("replica", replica)],
+            )
+        };
+        assert_eq!(ejected(&metrics, "http://a"), 1.0);
+        assert_eq!(ejected(&metrics, "http://b"), 0.0);
+        let left = r.ejected_for(now).expect("ejected");
+        assert!(left > Duration::from_secs(59) && left <= Duration::from_secs(60));
+        // A shorter ejection by another worker does not shorten the view.
+        r.ejected(now + Duration::from_secs(1));
+        assert!(r.ejected_for(now).expect("still") > Duration::from_secs(59));
+        assert_eq!(r.ejected_for(now + Duration::from_secs(61)), None);
+        r.readmitted();
+        assert_eq!(ejected(&metrics, "http://a"), 0.0);
+        // An ejection already over when it is read counts as none.
+        r.ejected(now);
+        assert_eq!(r.ejected_for(now + Duration::from_millis(1)), None);
+    }
+
+    #[test]
+    fn a_summary_counts_requests_by_class_and_reads_the_ttfb_histogram() {
+        let metrics = Metrics::new();
+        let m = metrics.model("m");
+        for code in [200, 200, 404, 429, 502, 503, 700] {
+            m.record(code, ms(5), Some(ms(30)), Some(2), Some(5), None);
+        }
+        m.record(200, ms(5), Some(ms(2_000)), None, None, None);
+        let s = m.summary();
+        assert_eq!(s.requests, 8);
+        assert_eq!(s.client_errors, 2);
+        assert_eq!(s.errors, 3, "5xx and codes above 599");
+        assert_eq!((s.prompt_tokens, s.completion_tokens), (14, 35));
+        let bounds = duration_bounds();
+        assert_eq!(bounds[0], 0.005);
+        assert_eq!(bounds[15], 600.0);
+        let at = |le: f64| s.ttfb.cumulative[bounds.iter().position(|&b| b == le).expect("bound")];
+        assert_eq!(at(0.025), 0);
+        assert_eq!(at(0.05), 7);
+        assert_eq!(at(2.5), 8);
+        assert_eq!(s.ttfb.cumulative[16], 8);
+        assert!((s.ttfb.sum - 2.21).abs() < 1e-9, "{}", s.ttfb.sum);
+    }
+
+    #[test]
+    fn failed_requests_are_listed_with_their_model_name() {
+        let metrics = Metrics::new();
+        let a = metrics.model("a");
+        let b = metrics.model("b");
+        let t = Instant::now();
+        metrics.finished(&a, 200, Outcome::Ok, t);
+        metrics.finished(&a, 404, Outcome::Rejected, t);
+        metrics.finished(&a, 502, Outcome::UpstreamError, t + ms(10));
+        metrics.finished(&b, 429, Outcome::Rejected, t + ms(20));
+        metrics.finished(&metrics.unrouted(), 503, Outcome::Rejected, t + ms(30));
+        let got: Vec<(u16, Option<String>)> = metrics
+            .recent_errors()
+            .into_iter()
+            .map(|(e, name)| (e.status, name))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (503, None),
+                (429, Some("b".to_owned())),
+                (502, Some("a".to_owned()))
+            ]
+        );
+        assert_eq!(metrics.recent_total(), 3);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -237,6 +238,8 @@ pub struct Routes {
     pub unrouted: Arc<ModelStats>,
     /// Some model has `routeMedia`: the body scanner also looks for media parts.
     pub media_routing: bool,
+    /// `modelgate_rate_limited_total`, shared with the metrics (and every later table).
+    pub rate_limited: Arc<AtomicU64>,
 }
 
 impl Routes {
@@ -350,6 +353,7 @@ impl Routes {
             created,
             unrouted: metrics.unrouted(),
             media_routing: config.models.values().any(|m| m.route_media.is_some()),
+            rate_limited: metrics.rate_limited_counter(),
         })
     }
 
@@ -422,9 +426,12 @@ impl Routes {
             .and_then(|i| self.token_policies.get(i))
             .and_then(|p| p.bucket.as_ref());
         match bucket.map(|b| b.try_acquire(now)) {
-            Some(Err(wait)) => Err(ApiError::RateLimited {
-                retry_after_secs: ratelimit::retry_after_secs(wait),
-            }),
+            Some(Err(wait)) => {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                Err(ApiError::RateLimited {
+                    retry_after_secs: ratelimit::retry_after_secs(wait),
+                })
+            }
             _ => Ok(()),
         }
     }

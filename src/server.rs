@@ -163,6 +163,7 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
         metrics: Arc::clone(&metrics),
         log: Some(spawn_log_writer()?),
     };
+    metrics.set_budget(Arc::clone(&shared.budget));
     let per_worker = (config.max_connections / worker_count).max(1);
     let mut workers = Workers {
         controls: Vec::with_capacity(worker_count),

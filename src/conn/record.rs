@@ -143,6 +143,7 @@ impl Record {
             self.usage.completion_tokens(),
             generation,
         );
+        obs.metrics.finished(stats, self.status, outcome, now);
         if routes.access_log {
             let entry = Entry {
                 ts: self.wall,

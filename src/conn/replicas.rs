@@ -38,7 +38,8 @@ impl Balancers {
 
     fn make(&mut self, route: &Route) -> balance::Shared {
         self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let b = Balancer::new(&route.limits(), &route.balance, self.seed);
+        let b = Balancer::new(&route.limits(), &route.balance, self.seed)
+            .with_queue_gauge(Arc::clone(&route.stats));
         std::rc::Rc::new(std::cell::RefCell::new(b))
     }
 
@@ -183,10 +184,8 @@ impl Hold {
             s.failed();
         }
         let ejected = lease.failed(now);
-        if ejected {
-            if let Some(s) = &self.stats {
-                s.ejected();
-            }
+        if let (true, Some(s)) = (ejected, &self.stats) {
+            s.ejected(lease.ejected_until().unwrap_or(now));
         }
         ejected
     }

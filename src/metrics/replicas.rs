@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
-use super::{escape_label, family};
+use super::{escape_label, family, nanos, process_epoch};
 
 /// One replica's counters, shared by every worker (relaxed atomics).
 #[derive(Debug, Default)]
@@ -17,6 +18,10 @@ pub struct ReplicaStats {
     outstanding: AtomicI64,
     /// The active health check last saw it down.
     down: AtomicBool,
+    /// When the latest ejection by any worker ends, in nanoseconds since
+    /// [`process_epoch`]; 0 when none is pending. Ejections are decided per worker: this is
+    /// the process-wide view for `/status` and `modelgate_replica_ejected`.
+    ejected_until: AtomicU64,
 }
 
 impl ReplicaStats {
@@ -35,12 +40,18 @@ impl ReplicaStats {
         self.failures.fetch_add(1, Relaxed);
     }
 
-    pub fn ejected(&self) {
+    /// A worker ejected it until `until` (the latest end across workers is kept).
+    pub fn ejected(&self, until: Instant) {
         self.ejections.fetch_add(1, Relaxed);
+        let until = nanos(until.saturating_duration_since(process_epoch())).max(1);
+        self.ejected_until.fetch_max(until, Relaxed);
     }
 
+    /// A trial request succeeded: the replica is back (for every worker's ejection too, as
+    /// far as the status view goes; each worker still probes its own).
     pub fn readmitted(&self) {
         self.readmissions.fetch_add(1, Relaxed);
+        self.ejected_until.store(0, Relaxed);
     }
 
     /// A request that failed here was sent to another replica.
@@ -51,56 +62,94 @@ impl ReplicaStats {
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Relaxed);
     }
+
+    /// The active health check last found it down.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Relaxed)
+    }
+
+    /// How long some worker still keeps it ejected after `now` (None: not ejected).
+    pub fn ejected_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.ejected_until.load(Relaxed);
+        let now = nanos(now.saturating_duration_since(process_epoch()));
+        (until > now).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// Requests in progress on it (only counted for replicas that are balanced or limited).
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Relaxed).max(0) as u64
+    }
+
+    /// Requests sent to it so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Failures (connect, reset before the head, ejecting status) so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
 }
 
-/// Renders every family for `(model, replica label, stats)` rows (nothing when empty).
-pub(super) fn render(rows: &[(String, String, std::sync::Arc<ReplicaStats>)], out: &mut String) {
+/// Renders every family for `(model, replica label, stats)` rows (nothing when empty);
+/// `now` decides which ejections are still running.
+pub(super) fn render(
+    rows: &[(String, String, std::sync::Arc<ReplicaStats>)],
+    now: Instant,
+    out: &mut String,
+) {
     if rows.is_empty() {
         return;
     }
-    type Get = fn(&ReplicaStats) -> i64;
-    let families: [(&str, &str, &str, Get); 7] = [
+    type Get = fn(&ReplicaStats, Instant) -> i64;
+    let families: [(&str, &str, &str, Get); 8] = [
         (
             "modelgate_replica_requests_total",
             "counter",
             "Requests sent to each replica of a model.",
-            |s| s.requests.load(Relaxed) as i64,
+            |s, _| s.requests.load(Relaxed) as i64,
         ),
         (
             "modelgate_replica_failures_total",
             "counter",
             "Connect failures, resets before the response head and ejecting statuses, by replica.",
-            |s| s.failures.load(Relaxed) as i64,
+            |s, _| s.failures.load(Relaxed) as i64,
         ),
         (
             "modelgate_replica_ejections_total",
             "counter",
             "Times a replica was ejected by passive health checking (counted per worker).",
-            |s| s.ejections.load(Relaxed) as i64,
+            |s, _| s.ejections.load(Relaxed) as i64,
         ),
         (
             "modelgate_replica_readmissions_total",
             "counter",
             "Times an ejected replica was readmitted after a successful trial request.",
-            |s| s.readmissions.load(Relaxed) as i64,
+            |s, _| s.readmissions.load(Relaxed) as i64,
         ),
         (
             "modelgate_replica_failovers_total",
             "counter",
             "Requests that failed on a replica before any response byte and were sent to another.",
-            |s| s.failovers.load(Relaxed) as i64,
+            |s, _| s.failovers.load(Relaxed) as i64,
         ),
         (
             "modelgate_replica_outstanding_requests",
             "gauge",
             "Requests in progress on each replica (streams count until they end).",
-            |s| s.outstanding.load(Relaxed).max(0),
+            |s, _| s.outstanding.load(Relaxed).max(0),
         ),
         (
             "modelgate_replica_up",
             "gauge",
             "0 when the active health check last found the replica down, else 1.",
-            |s| i64::from(!s.down.load(Relaxed)),
+            |s, _| i64::from(!s.down.load(Relaxed)),
+        ),
+        (
+            "modelgate_replica_ejected",
+            "gauge",
+            "1 while some worker keeps the replica ejected by passive health checking, else 0.",
+            |s, now| i64::from(s.ejected_for(now).is_some()),
         ),
     ];
     for (name, kind, help, get) in families {
@@ -111,7 +160,7 @@ pub(super) fn render(rows: &[(String, String, std::sync::Arc<ReplicaStats>)], ou
             escape_label(out, model);
             out.push_str("\",replica=\"");
             escape_label(out, replica);
-            let _ = writeln!(out, "\"}} {}", get(stats));
+            let _ = writeln!(out, "\"}} {}", get(stats, now));
         }
     }
 }
