@@ -17,6 +17,7 @@
 pub mod server;
 
 pub mod client;
+pub mod observed;
 pub mod process;
 pub mod upstream;
 pub mod websocket;
