@@ -128,6 +128,18 @@ impl Pool {
         })
     }
 
+    /// Charges `bytes` of memory held outside the blocks (an inflater's window, say) to the
+    /// byte budget until the returned [`Charge`] is dropped; None when the budget is spent.
+    pub fn charge(&self, bytes: usize) -> Option<Charge> {
+        if !self.inner.budget.reserve(bytes) {
+            return None;
+        }
+        Some(Charge {
+            budget: Arc::clone(&self.inner.budget),
+            bytes,
+        })
+    }
+
     /// Blocks waiting for reuse in this worker.
     pub fn free_blocks(&self) -> usize {
         self.inner.free.borrow().len()
@@ -143,6 +155,19 @@ impl Pool {
         let mut free = inner.free.borrow_mut();
         free.truncate(keep_free);
         free.shrink_to(keep_free.max(MIN_KEPT_BLOCKS));
+    }
+}
+
+/// Budget bytes held by something other than a block; given back on drop.
+#[derive(Debug)]
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
     }
 }
 
@@ -372,6 +397,19 @@ mod tests {
         pool.trim();
         pool.trim();
         assert_eq!(pool.free_blocks(), 1);
+    }
+
+    #[test]
+    fn a_charge_holds_budget_until_dropped() {
+        let budget = Budget::new(BLOCK_SIZE * 2);
+        let pool = Pool::new(budget.clone());
+        let charge = pool.charge(BLOCK_SIZE + 1).expect("within budget");
+        assert_eq!(budget.used(), BLOCK_SIZE + 1);
+        assert!(pool.take().is_none(), "a block no longer fits");
+        assert!(pool.charge(BLOCK_SIZE).is_none());
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+        assert!(pool.take().is_some());
     }
 
     #[test]

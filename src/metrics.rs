@@ -40,6 +40,8 @@ use crate::accesslog::Outcome;
 use crate::buf::Budget;
 
 mod recent;
+use crate::usage::Unread;
+
 mod replicas;
 pub use recent::{RecentError, RecentErrors, RECENT_ERRORS, UNKNOWN_MODEL};
 pub use replicas::ReplicaStats;
@@ -184,6 +186,8 @@ pub struct ModelStats {
     retries: AtomicU64,
     /// Requests waiting in this model's queues (all workers).
     queued: AtomicI64,
+    /// Answers whose usage could not be read, by [`Unread::index`].
+    usage_unread: [AtomicU64; Unread::ALL.len()],
 }
 
 impl ModelStats {
@@ -201,6 +205,7 @@ impl ModelStats {
             connect_errors: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             queued: AtomicI64::new(0),
+            usage_unread: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -211,9 +216,10 @@ impl ModelStats {
 
     /// One finished request: its status, total duration, time to the response head (None
     /// when no response came from upstream), and tokens when the response carried usage.
-    /// `generation` is the time spent generating (e.g. from the first response byte to the
-    /// last); with the completion count it feeds the tokens-per-second histogram, and is
-    /// ignored when either is missing or the duration is zero.
+    /// `generation` is the generation window of a streamed answer (`usage::AnswerUsage`: from
+    /// its first event to its last; None when the answer showed no generation); with the
+    /// completion count it feeds the tokens-per-second histogram, and is ignored when either
+    /// is missing or the duration is zero.
     pub fn record(
         &self,
         status: u16,
@@ -244,6 +250,13 @@ impl ModelStats {
                 self.generation_rate
                     .observe((n as f64 / secs * RATE_SCALE) as u64);
             }
+        }
+    }
+
+    /// An answer whose token counts could not be read, and why.
+    pub fn usage_unread(&self, reason: Unread) {
+        if let Some(count) = self.usage_unread.get(reason.index()) {
+            count.fetch_add(1, Relaxed);
         }
     }
 
@@ -573,7 +586,8 @@ impl Metrics {
             &mut out,
             "modelgate_generation_tokens_per_second",
             "histogram",
-            "Completion tokens per second of generation, for responses that reported usage.",
+            "Completion tokens of a streamed answer divided by the time from its first event \
+             to its last (answers with usage and at least two events at different times).",
         );
         for m in &models {
             m.generation_rate.render(
@@ -597,6 +611,22 @@ impl Metrics {
             ] {
                 sample(&mut out, "modelgate_tokens_total", "", &m.name, kind);
                 let _ = writeln!(out, "{}", count.load(Relaxed));
+            }
+        }
+
+        family(
+            &mut out,
+            "modelgate_usage_unread_total",
+            "counter",
+            "Answers whose token usage could not be read (br/zstd/other encodings not \
+             decoded, corrupt compressed data, no buffer budget), by model and reason.",
+        );
+        for m in &models {
+            for (reason, count) in Unread::ALL.iter().zip(&m.usage_unread) {
+                out.push_str("modelgate_usage_unread_total{model=\"");
+                escape_label(&mut out, &m.name);
+                let (reason, count) = (reason.label(), count.load(Relaxed));
+                let _ = writeln!(out, "\",reason=\"{reason}\"}} {count}");
             }
         }
 
@@ -1203,6 +1233,28 @@ mod tests {
             &[("model", "m")],
         );
         assert_eq!(count, 1.0);
+    }
+
+    #[test]
+    fn unread_usage_is_counted_by_model_and_reason() {
+        let metrics = Metrics::new();
+        let m = metrics.model("m");
+        m.usage_unread(Unread::Br);
+        m.usage_unread(Unread::Br);
+        m.usage_unread(Unread::Corrupt);
+        let (samples, types) = parse(&metrics.render(0));
+        let name = "modelgate_usage_unread_total";
+        assert_eq!(types.get(name).map(String::as_str), Some("counter"));
+        let m_ = ("model", "m");
+        assert_eq!(value(&samples, name, &[m_, ("reason", "br")]), 2.0);
+        assert_eq!(value(&samples, name, &[m_, ("reason", "corrupt")]), 1.0);
+        for reason in ["zstd", "other_encoding", "no_buffer"] {
+            assert_eq!(value(&samples, name, &[m_, ("reason", reason)]), 0.0);
+        }
+        assert_eq!(
+            value(&samples, name, &[("model", ""), ("reason", "br")]),
+            0.0
+        );
     }
 
     #[test]

@@ -36,6 +36,18 @@
 //! long runs of numbers with no quotes); inside strings it jumps with `memchr3` to the next
 //! `"`, `\` or line feed. Only the few bytes after a recognised key are looked at one by one.
 //! Nothing allocates.
+//!
+//! # Compressed answers and timing
+//! [`AnswerUsage`] (`usage/answer.rs`) is what a connection holds per answer: it feeds this
+//! scanner the body as it is or, for gzip and deflate, through an [`Inflater`]
+//! (`usage/inflate.rs`) on the side; it names why counts could not be read ([`Unread`]), and
+//! times a streamed answer's events for the generation rate.
+
+mod answer;
+mod inflate;
+
+pub use answer::{AnswerUsage, Unread};
+pub use inflate::{Corrupt, Inflater};
 
 use memchr::{memchr, memchr3};
 

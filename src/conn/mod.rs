@@ -1558,8 +1558,8 @@ impl Conn {
                         keep_alive,
                     } => {
                         let start = buf.len() - n;
-                        let usage = &mut self.rec.usage;
-                        match tracker.feed(&buf.filled()[start..], &mut |d| usage.feed(d)) {
+                        let (usage, now) = (&mut self.rec.usage, ctx.now);
+                        match tracker.feed(&buf.filled()[start..], &mut |d| usage.feed(d, now)) {
                             Ok(consumed) if consumed < n => {
                                 // Bytes past the framed end: never forwarded, never reused.
                                 *keep_alive = false;
@@ -1701,8 +1701,9 @@ impl Conn {
             let mut tracker = BodyTracker::for_response(head.framing);
             let mut keep_alive = head.keep_alive;
             let available = buf.len();
-            let usage = &mut self.rec.usage;
-            match tracker.feed(buf.filled(), &mut |d| usage.feed(d)) {
+            let (usage, now) = (&mut self.rec.usage, ctx.now);
+            usage.begin(head.coding, head.shape, ctx.pool);
+            match tracker.feed(buf.filled(), &mut |d| usage.feed(d, now)) {
                 Ok(consumed) if consumed < available => {
                     keep_alive = false;
                     buf.truncate(consumed);

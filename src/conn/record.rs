@@ -10,7 +10,7 @@ use crate::h1::RequestHead;
 use crate::metrics::{Metrics, WorkerCounters};
 use crate::net::Peer;
 use crate::router::{Route, Routes};
-use crate::usage::UsageScanner;
+use crate::usage::AnswerUsage;
 
 use super::{RequestId, RequestIds};
 
@@ -42,7 +42,8 @@ pub(super) struct Record {
     pub bytes_out: u64,
     /// When the response head came from the upstream.
     pub head_at: Option<Instant>,
-    pub usage: UsageScanner,
+    /// Token counts and event timing read from the answer (compressed or not).
+    pub usage: AnswerUsage,
     /// The backend of `route` the request went to (last one after a failover).
     pub replica: usize,
     /// Failovers to another replica.
@@ -66,7 +67,7 @@ impl Record {
             bytes_in: 0,
             bytes_out: 0,
             head_at: None,
-            usage: UsageScanner::new(),
+            usage: AnswerUsage::new(),
             replica: 0,
             retries: 0,
             ejections: 0,
@@ -107,7 +108,7 @@ impl Record {
         self.bytes_in = head.head_len as u64;
         self.bytes_out = 0;
         self.head_at = None;
-        self.usage = UsageScanner::new();
+        self.usage = AnswerUsage::new();
         self.replica = 0;
         self.retries = 0;
         self.ejections = 0;
@@ -133,7 +134,6 @@ impl Record {
         let ttfb = self
             .head_at
             .map(|t| t.saturating_duration_since(self.started));
-        let generation = self.head_at.map(|t| now.saturating_duration_since(t));
         let stats = self.route.as_ref().map_or(&routes.unrouted, |r| &r.stats);
         stats.record(
             self.status,
@@ -141,9 +141,14 @@ impl Record {
             ttfb,
             self.usage.prompt_tokens(),
             self.usage.completion_tokens(),
-            generation,
+            self.usage.generation(),
         );
         obs.metrics.finished(stats, self.status, outcome, now);
+        if let Some(reason) = self.usage.unread() {
+            stats.usage_unread(reason);
+        }
+        // An idle keep-alive connection must not hold an inflater (or its budget).
+        self.usage.release();
         if routes.access_log {
             let entry = Entry {
                 ts: self.wall,

@@ -24,7 +24,7 @@ pub mod rewrite;
 pub use chunked::{BodyTracker, ChunkedDecoder};
 pub(crate) use fields::put_u64;
 pub use request::{head_end, parse_request};
-pub use response::parse_response;
+pub use response::{body_shape, parse_response};
 pub use rewrite::{write_client_response_head, write_upstream_request_head};
 
 /// Largest request or response head (431 above it).
@@ -135,6 +135,38 @@ pub struct ResponseHead {
     pub framing: ResponseFraming,
     /// The upstream connection may be reused after this response, as far as its head says.
     pub keep_alive: bool,
+    /// How the body is encoded (`Content-Encoding`), for reading its token counts.
+    pub coding: ContentCoding,
+    /// Whether the body is a stream of events (`Content-Type`), for generation timing.
+    pub shape: BodyShape,
+}
+
+/// The content coding of a response body, as far as reading its token counts goes: the
+/// `Content-Encoding` list with `identity` and empty elements left out (RFC 9110 §8.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentCoding {
+    #[default]
+    Identity,
+    /// `gzip` (or its old alias `x-gzip`).
+    Gzip,
+    /// `deflate`: zlib-wrapped by the RFC, raw deflate from some servers.
+    Deflate,
+    Br,
+    Zstd,
+    /// Any other coding, several codings stacked, or a transfer coding besides `chunked`.
+    Other,
+}
+
+/// What a response body holds, from its `Content-Type` media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyShape {
+    /// One document (JSON, text, anything not below).
+    #[default]
+    Document,
+    /// `text/event-stream`: server-sent events.
+    Sse,
+    /// NDJSON / JSON Lines (`application/x-ndjson`, Ollama's streams): one document a line.
+    JsonLines,
 }
 
 impl ResponseHead {

@@ -1,10 +1,11 @@
 //! Response heads from upstreams: [`parse_response`] learns the status, the framing and
 //! whether the upstream connection may be reused. Same limits as requests.
 
-use super::fields::{ConnectionTokens, ContentLength, TransferEncoding};
+use super::fields::{list_elements, trim_ows, ConnectionTokens, ContentLength, TransferEncoding};
 use super::request::httparse_reason;
 use super::{
-    HeadError, Method, Parse, ResponseFraming, ResponseHead, Version, MAX_HEADERS, MAX_HEAD_BYTES,
+    BodyShape, ContentCoding, HeadError, Method, Parse, ResponseFraming, ResponseHead, Version,
+    MAX_HEADERS, MAX_HEAD_BYTES,
 };
 
 /// Parses a response head at the start of `buf`; `request_method` decides bodiless HEAD.
@@ -46,6 +47,8 @@ pub fn parse_response(
     let mut te = TransferEncoding::default();
     let mut cl = ContentLength::default();
     let mut connection = ConnectionTokens::default();
+    let mut codings = Codings::default();
+    let mut shape = None;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te.add(h.value);
@@ -53,7 +56,15 @@ pub fn parse_response(
             cl.add(h.value);
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection.add(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+            codings.add(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-type") && shape.is_none() {
+            shape = Some(body_shape(h.value));
         }
+    }
+    if te.has_other_coding() {
+        // `gzip, chunked`: the payload under the chunks is encoded too.
+        codings.stacked = true;
     }
 
     let framing = response_framing(status, request_method, &te, &cl)?;
@@ -70,7 +81,75 @@ pub fn parse_response(
         head_len,
         framing,
         keep_alive,
+        coding: codings.get(),
+        shape: shape.unwrap_or_default(),
     }))
+}
+
+/// The codings of `Content-Encoding` lines, folded into one list.
+#[derive(Debug, Default)]
+struct Codings {
+    first: Option<ContentCoding>,
+    stacked: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        for coding in list_elements(value) {
+            if coding.is_empty() || coding.eq_ignore_ascii_case(b"identity") {
+                continue;
+            }
+            let coding =
+                if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+                    ContentCoding::Gzip
+                } else if coding.eq_ignore_ascii_case(b"deflate") {
+                    ContentCoding::Deflate
+                } else if coding.eq_ignore_ascii_case(b"br") {
+                    ContentCoding::Br
+                } else if coding.eq_ignore_ascii_case(b"zstd") {
+                    ContentCoding::Zstd
+                } else {
+                    ContentCoding::Other
+                };
+            if self.first.is_some() {
+                self.stacked = true;
+            }
+            self.first = Some(coding);
+        }
+    }
+
+    fn get(&self) -> ContentCoding {
+        match self.first {
+            _ if self.stacked => ContentCoding::Other,
+            Some(coding) => coding,
+            None => ContentCoding::Identity,
+        }
+    }
+}
+
+/// The shape of a body from its `Content-Type` value (media type only, case-insensitive).
+pub fn body_shape(content_type: &[u8]) -> BodyShape {
+    let media = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    let media = trim_ows(media);
+    if media.eq_ignore_ascii_case(b"text/event-stream") {
+        BodyShape::Sse
+    } else if [
+        &b"application/x-ndjson"[..],
+        b"application/ndjson",
+        b"application/jsonl",
+        b"application/x-jsonlines",
+        b"application/jsonlines",
+    ]
+    .iter()
+    .any(|t| media.eq_ignore_ascii_case(t))
+    {
+        BodyShape::JsonLines
+    } else {
+        BodyShape::Document
+    }
 }
 
 /// Response framing, RFC 9112 §6.3 in hyper's `Client::decoder` order:
@@ -156,6 +235,74 @@ mod tests {
         assert_eq!(h.head_len, raw.len() - 12);
         assert_eq!(h.framing, ResponseFraming::Length(12));
         assert!(h.keep_alive);
+    }
+
+    fn coding_of(headers: &str) -> ContentCoding {
+        let raw = format!("HTTP/1.1 200 OK\r\n{headers}Content-Length: 0\r\n\r\n");
+        head(raw.as_bytes()).coding
+    }
+
+    #[test]
+    fn content_encoding_names_the_coding_case_insensitively() {
+        assert_eq!(coding_of(""), ContentCoding::Identity);
+        assert_eq!(
+            coding_of("Content-Encoding: identity\r\n"),
+            ContentCoding::Identity
+        );
+        assert_eq!(coding_of("Content-Encoding: GZip\r\n"), ContentCoding::Gzip);
+        assert_eq!(
+            coding_of("content-encoding: x-gzip\r\n"),
+            ContentCoding::Gzip
+        );
+        assert_eq!(
+            coding_of("Content-Encoding: deflate\r\n"),
+            ContentCoding::Deflate
+        );
+        assert_eq!(coding_of("Content-Encoding: br\r\n"), ContentCoding::Br);
+        assert_eq!(coding_of("Content-Encoding: zstd\r\n"), ContentCoding::Zstd);
+        assert_eq!(
+            coding_of("Content-Encoding: compress\r\n"),
+            ContentCoding::Other
+        );
+        assert_eq!(
+            coding_of("Content-Encoding: identity, , gzip\r\n"),
+            ContentCoding::Gzip
+        );
+    }
+
+    #[test]
+    fn stacked_codings_are_other() {
+        assert_eq!(
+            coding_of("Content-Encoding: deflate, gzip\r\n"),
+            ContentCoding::Other
+        );
+        assert_eq!(
+            coding_of("Content-Encoding: gzip\r\nContent-Encoding: br\r\n"),
+            ContentCoding::Other
+        );
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(head(raw).coding, ContentCoding::Other);
+    }
+
+    #[test]
+    fn content_type_gives_the_body_shape() {
+        assert_eq!(body_shape(b"text/event-stream"), BodyShape::Sse);
+        assert_eq!(
+            body_shape(b"Text/Event-Stream; charset=utf-8"),
+            BodyShape::Sse
+        );
+        assert_eq!(body_shape(b"application/x-ndjson"), BodyShape::JsonLines);
+        assert_eq!(body_shape(b"application/jsonl"), BodyShape::JsonLines);
+        assert_eq!(body_shape(b"application/json"), BodyShape::Document);
+        assert_eq!(body_shape(b""), BodyShape::Document);
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Type: x/y\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            head(raw).shape,
+            BodyShape::Sse,
+            "the first Content-Type counts"
+        );
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(head(raw).shape, BodyShape::Document);
     }
 
     #[test]
