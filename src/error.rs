@@ -35,8 +35,9 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     /// A local path with nothing there (404 `not_found`).
     NotFound,
-    /// 405 on a local endpoint with a wrong method.
-    MethodNotAllowed,
+    /// 405 on a local endpoint with a wrong method; `allow` is the `Allow` header's value
+    /// (RFC 9110 §15.5.6: a 405 names the methods the endpoint takes).
+    MethodNotAllowed { allow: &'static str },
     /// 400 `invalid_json` / `missing_model` / `invalid_model` / `duplicate_model`.
     Scan(ScanError),
     /// A multipart body that cannot be routed (400 `invalid_multipart` / `missing_model` /
@@ -106,7 +107,7 @@ impl ApiError {
             ApiError::InvalidApiKey => 401,
             ApiError::Forbidden(_) | ApiError::ModelNotAllowed(_) => 403,
             ApiError::ModelNotFound(_) | ApiError::NotFound => 404,
-            ApiError::MethodNotAllowed => 405,
+            ApiError::MethodNotAllowed { .. } => 405,
             ApiError::RequestTimeout => 408,
             ApiError::BodyTooLarge => 413,
             ApiError::UnsupportedMediaType => 415,
@@ -133,7 +134,7 @@ impl ApiError {
             ApiError::ModelNotAllowed(_) => "model_not_allowed",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Scan(ScanError::InvalidJson { .. }) => "invalid_json",
             ApiError::Scan(ScanError::MissingModel) => "missing_model",
             ApiError::Scan(ScanError::InvalidModel) => "invalid_model",
@@ -190,7 +191,9 @@ impl ApiError {
                 format!("Rate limit reached for this API key; retry in {retry_after_secs} s.")
             }
             ApiError::NotFound => "Not found".to_owned(),
-            ApiError::MethodNotAllowed => "Method not allowed on this endpoint".to_owned(),
+            ApiError::MethodNotAllowed { allow } => {
+                format!("Method not allowed on this endpoint (it takes {allow})")
+            }
             ApiError::Scan(ScanError::InvalidJson { offset, reason }) => {
                 format!("The request body is not valid JSON: {reason} at byte {offset}")
             }
@@ -279,6 +282,11 @@ pub fn write_error_response_with_id(
     match (status, err) {
         (401, _) => out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
         (503, _) => out.extend_from_slice(b"Retry-After: 1\r\n"),
+        (_, ApiError::MethodNotAllowed { allow }) => {
+            out.extend_from_slice(b"Allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         (_, ApiError::RateLimited { retry_after_secs }) => {
             out.extend_from_slice(b"Retry-After: ");
             push_u64(out, *retry_after_secs);
@@ -444,7 +452,7 @@ mod tests {
             ApiError::Forbidden("local only"),
             ApiError::ModelNotFound("gpt-x".into()),
             ApiError::NotFound,
-            ApiError::MethodNotAllowed,
+            ApiError::MethodNotAllowed { allow: "GET, HEAD" },
             ApiError::Scan(ScanError::InvalidJson {
                 offset: 7,
                 reason: "expected value",
@@ -613,6 +621,18 @@ mod tests {
         }));
         let m = v["error"]["message"].as_str().unwrap();
         assert!(m.contains("1234") && m.contains("trailing data"), "{m}");
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_allowed_methods() {
+        let mut out = Vec::new();
+        let err = ApiError::MethodNotAllowed { allow: "POST" };
+        write_error_response(&err, false, false, &mut out);
+        let (status, hs, _) = parse(&out);
+        assert_eq!(status, 405);
+        assert_eq!(header(&hs, "allow"), Some("POST"));
+        let (_, _, v) = respond(&err);
+        assert_eq!(v["error"]["code"], "method_not_allowed");
     }
 
     #[test]

@@ -533,6 +533,53 @@ fn base_path_is_joined_with_exactly_one_slash() {
     }
 }
 
+#[test]
+fn a_v1_base_url_does_not_double_v1_for_sdk_paths() {
+    // Base URLs as providers document them, and the paths SDK clients send (SPEC §5).
+    let cases: [(&str, &str, &str, &str); 8] = [
+        (
+            "/v1",
+            "POST",
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+        ),
+        (
+            "/v1/",
+            "POST",
+            "/v1/chat/completions?x=1",
+            "/v1/chat/completions?x=1",
+        ),
+        (
+            "/api/v1",
+            "POST",
+            "/v1/chat/completions",
+            "/api/v1/chat/completions",
+        ),
+        ("", "POST", "/v1/chat/completions", "/v1/chat/completions"),
+        ("/v1", "GET", "/route/m/v1/models", "/v1/models"),
+        ("/v1", "GET", "/route/m/v1", "/v1"),
+        // Only a whole `/v1` segment is not doubled; every other join is as before.
+        ("/v1", "GET", "/route/m/v10/x", "/v1/v10/x"),
+        (
+            "/openai/v1",
+            "GET",
+            "/route/m/api/v1/x",
+            "/openai/v1/api/v1/x",
+        ),
+    ];
+    for (base, method, path, want) in cases {
+        let up = echo_upstream("m");
+        let mg = start(&[("m", &format!("{}{base}", up.url()))]);
+        let r = send(mg.addr(), method, path, &[], br#"{"model":"m"}"#);
+        assert_eq!(r.status, 200, "{}", dump(&r));
+        assert_eq!(
+            only_request(&up).target,
+            want,
+            "base {base:?}, {method} {path}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Header rules at the upstream (SPEC §5).
 
@@ -901,6 +948,33 @@ fn auth_applies_to_local_model_endpoints_and_route_paths() {
         b"",
     );
     assert_eq!(r.status, 200, "{}", dump(&r));
+    assert_eq!(up.request_count(), 0);
+}
+
+#[test]
+fn a_wrong_method_on_health_needs_the_token_first() {
+    let (up, mg) = auth_gate();
+    // Only GET and HEAD /health are open.
+    assert_eq!(send(mg.addr(), "GET", "/health", &[], b"").status, 200);
+    assert_eq!(send(mg.addr(), "HEAD", "/health", &[], b"").status, 200);
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        assert_401(&send(mg.addr(), method, "/health", &[], b"{}"));
+        assert_401(&send(
+            mg.addr(),
+            method,
+            "/health",
+            &["Authorization: Bearer wrong"],
+            b"",
+        ));
+    }
+    // With the token, the wrong method gets 405 naming the methods the endpoint takes.
+    let auth = "Authorization: Bearer tok-2";
+    for path in ["/health", "/v1/models", "/v1/models/m", "/metrics"] {
+        let r = send(mg.addr(), "POST", path, &[auth], b"{}");
+        assert_error(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{path}");
+        assert_401(&send(mg.addr(), "POST", path, &[], b"{}"));
+    }
     assert_eq!(up.request_count(), 0);
 }
 
@@ -1988,6 +2062,89 @@ fn route_path_body_over_cap_is_413() {
     assert_error(&r, 413, "body_too_large");
     assert!(c.is_closed_within(CLOSE_WAIT));
     assert_eq!(up.request_count(), 0);
+}
+
+/// Sends a `/route/` request with a chunked body of `pieces` × 600 bytes and returns the
+/// client (the body is cut short if modelgate answers first).
+fn route_chunked(mg: &Modelgate, model: &str, pieces: usize) -> Client {
+    let mut c = client(mg.addr());
+    c.send(
+        format!(
+            "POST /route/{model}/v1/files HTTP/1.1\r\nHost: mg.test\r\n\
+             Transfer-Encoding: chunked\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    for _ in 0..pieces {
+        let mut chunk = b"258\r\n".to_vec();
+        chunk.extend_from_slice(&[b'a'; 600]);
+        chunk.extend_from_slice(b"\r\n");
+        if c.try_send(&chunk).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c
+}
+
+/// The access log line of the request answered `status`, waited for.
+fn log_line_with_status(mg: &Modelgate, status: u64) -> serde_json::Value {
+    let mut found = None;
+    assert!(
+        wait_until(CLOSE_WAIT, || {
+            found = mg
+                .json_lines()
+                .into_iter()
+                .find(|l| l["status"].as_u64() == Some(status));
+            found.is_some()
+        }),
+        "no access log line with status {status}: {:?}",
+        mg.stderr_lines()
+    );
+    found.unwrap_or_default()
+}
+
+#[test]
+fn route_path_chunked_body_past_the_global_cap_is_413_logged_rejected() {
+    // Only the global cap is set; the body's length is known only by reading it.
+    let (up, mg) = capped(1000);
+    let mut c = route_chunked(&mg, "m", 4);
+    let r = c.read_response();
+    assert_error(&r, 413, "body_too_large");
+    assert!(c.is_closed_within(CLOSE_WAIT));
+    let line = log_line_with_status(&mg, 413);
+    assert_eq!(line["outcome"], "rejected", "{line}");
+    assert_eq!(line["model"], "m", "{line}");
+    // The upstream had the head and the first piece: it never got an answer to give, and the
+    // next request on a fresh connection is served normally.
+    assert_eq!(
+        up.request_count(),
+        0,
+        "no complete request reached the upstream"
+    );
+    let ok = post_json(mg.addr(), "/route/m/v1/files", "{}");
+    assert_eq!(ok.status, 200, "{}", dump(&ok));
+}
+
+#[test]
+fn route_path_chunked_body_past_a_model_cap_is_413() {
+    let up = echo_upstream("m");
+    let mg = Modelgate::start(
+        &json!({
+            "listen": "127.0.0.1:0",
+            "maxBodyBytes": 0,
+            "models": {"m": {"url": up.url(), "maxBodyBytes": 1000}},
+        })
+        .to_string(),
+    );
+    let mut c = route_chunked(&mg, "m", 4);
+    assert_error(&c.read_response(), 413, "body_too_large");
+    assert!(c.is_closed_within(CLOSE_WAIT));
+    assert_eq!(log_line_with_status(&mg, 413)["outcome"], "rejected");
+    // Within the cap the same request streams through.
+    let mut c = route_chunked(&mg, "m", 1);
+    c.send(b"0\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
 }
 
 #[test]

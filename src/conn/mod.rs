@@ -724,8 +724,11 @@ impl Conn {
             }
             Target::ByBody => Decision::ByBody,
         };
-        let needs_auth =
-            !routes.auth_tokens.is_empty() && !matches!(decision, Decision::Local(Local::Health));
+        // Only `GET`/`HEAD /health` is open (SPEC §11): a wrong method anywhere needs the
+        // token before it may learn the endpoint's methods.
+        let open_health = matches!(decision, Decision::Local(Local::Health))
+            && admin::method_allowed(head.method);
+        let needs_auth = !routes.auth_tokens.is_empty() && !open_health;
         self.token = None;
         if needs_auth {
             let presented = head
@@ -746,7 +749,8 @@ impl Conn {
             Decision::Reject(err) => self.reject(err, close_on_error),
             Decision::Local(local) => {
                 if !admin::method_allowed(head.method) {
-                    return self.reject(ApiError::MethodNotAllowed, close_on_error);
+                    let allow = "GET, HEAD";
+                    return self.reject(ApiError::MethodNotAllowed { allow }, close_on_error);
                 }
                 let json = "application/json";
                 let body = match local {
@@ -796,7 +800,8 @@ impl Conn {
             Decision::ByBody => self.start_body(head, routes),
             Decision::AdminReload => {
                 if head.method != Method::Post {
-                    return self.reject(ApiError::MethodNotAllowed, close_on_error);
+                    let allow = "POST";
+                    return self.reject(ApiError::MethodNotAllowed { allow }, close_on_error);
                 }
                 // Never reachable from afar, whatever token the caller holds.
                 let peer_ip = match self.peer {
@@ -1497,7 +1502,13 @@ impl Conn {
         ex.req_payload += payload;
         self.rec.bytes_in += consumed as u64;
         if ex.max_body > 0 && ex.req_payload > ex.max_body {
-            return Err(Flow::Close);
+            // The bytes over the cap never go upstream. While the client has had no response
+            // byte it gets the 413 every other path gives (SPEC §4); the upstream, which has
+            // part of the body, is dropped with the exchange.
+            if ex.head_sent {
+                return Err(Flow::Close);
+            }
+            return Err(self.reject(ApiError::BodyTooLarge, true));
         }
         if consumed < buf.len() {
             // A pipelined request follows the body: keep it for after this exchange, or, when

@@ -212,6 +212,11 @@ fn method_bytes(head: &RequestHead) -> &'static [u8] {
 
 /// `base_path` + the target's path, joined by exactly one `/`; then `?base_query&query`.
 /// The client's query is forwarded verbatim (an empty `?` too, when there is no base query).
+///
+/// Base URLs as providers document them (`https://api.openai.com/v1`, `http://vllm:8000/v1`,
+/// `https://openrouter.ai/api/v1`) meet SDK clients that send `/v1/...`: when the base path
+/// ends in the segment `/v1` and the path is `/v1` or starts with `/v1/`, that `/v1` is not
+/// doubled (SPEC §5). Every other join is unchanged.
 fn write_joined_target(
     base_path: &str,
     base_query: Option<&str>,
@@ -224,11 +229,28 @@ fn write_joined_target(
     };
     // Config strips a trailing `/` from base paths; be robust to one anyway.
     let base = base_path.strip_suffix('/').unwrap_or(base_path);
+    let after_v1 = path
+        .strip_prefix(b"/v1")
+        .filter(|after| base.ends_with("/v1") && (after.is_empty() || after[0] == b'/'));
     out.extend_from_slice(base.as_bytes());
+    let path = match after_v1 {
+        // The request was `/v1` itself: the base already ends with it.
+        Some([]) => {
+            write_query(base_query, query, out);
+            return;
+        }
+        Some(after) => after,
+        None => path,
+    };
     if path.first() != Some(&b'/') {
         out.push(b'/');
     }
     out.extend_from_slice(path);
+    write_query(base_query, query, out);
+}
+
+/// `?base_query&query`, as much of it as there is.
+fn write_query(base_query: Option<&str>, query: Option<&[u8]>, out: &mut Vec<u8>) {
     match (base_query.filter(|q| !q.is_empty()), query) {
         (Some(b), Some(c)) if !c.is_empty() => {
             out.push(b'?');
@@ -525,6 +547,36 @@ mod tests {
     #[test]
     fn trailing_slash_in_base_is_not_doubled() {
         assert_eq!(joined("/v1/", None, b"/x"), "/v1/x");
+    }
+
+    #[test]
+    fn a_v1_base_does_not_double_v1() {
+        assert_eq!(
+            joined("/v1", None, b"/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            joined("/api/v1", None, b"/v1/chat/completions?x=1"),
+            "/api/v1/chat/completions?x=1"
+        );
+        assert_eq!(joined("/v1/", None, b"/v1/models"), "/v1/models");
+        assert_eq!(joined("/v1", None, b"/v1"), "/v1");
+        assert_eq!(joined("/v1", None, b"/v1?a=b"), "/v1?a=b");
+        assert_eq!(joined("/v1", Some("k=v"), b"/v1"), "/v1?k=v");
+        assert_eq!(joined("/v1", None, b"/v1/"), "/v1/");
+    }
+
+    #[test]
+    fn other_joins_keep_v1_as_it_is() {
+        // Only a whole `/v1` segment at both ends counts.
+        assert_eq!(joined("/v1", None, b"/v10/x"), "/v1/v10/x");
+        assert_eq!(joined("/v1", None, b"/v1x"), "/v1/v1x");
+        assert_eq!(joined("/xv1", None, b"/v1/x"), "/xv1/v1/x");
+        assert_eq!(joined("/v1/extra", None, b"/v1/x"), "/v1/extra/v1/x");
+        assert_eq!(joined("/v2", None, b"/v1/x"), "/v2/v1/x");
+        assert_eq!(joined("", None, b"/v1/x"), "/v1/x");
+        assert_eq!(joined("/v1", None, b"/x/v1/y"), "/v1/x/v1/y");
+        assert_eq!(joined("/v1", None, b"/api/v1/x"), "/v1/api/v1/x");
     }
 
     #[test]
