@@ -94,7 +94,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 MOCK_URLS=()
 for i in 1 2 3; do
     p=$(free_port)
-    "$MOCK" --listen "127.0.0.1:$p" --name "r$i" 2>"$WORK/mock$i.log" &
+    "$MOCK" --listen "127.0.0.1:$p" --name "r$i" --no-pacing 2>"$WORK/mock$i.log" &
     PIDS+=($!)
     wait_port "$p"
     MOCK_URLS+=("http://127.0.0.1:$p")

@@ -235,7 +235,7 @@ for b in "$MOCK_BIN" "$EX/sse_bench" "$EX/idle_conns" "$MG_BIN"; do
 done
 
 : >"$OUT/mock.log"
-"$MOCK_BIN" --listen 127.0.0.1:0 --name bench 2>"$OUT/mock.log" &
+"$MOCK_BIN" --listen 127.0.0.1:0 --name bench --no-pacing 2>"$OUT/mock.log" &
 MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 MOCK_ADDR=$(wait_line "$OUT/mock.log" 'listening on' "$MOCK_PID" mock-upstream | sed 's/.*listening on //')

@@ -103,7 +103,7 @@ wait_http() { # URL SECONDS
     done
 }
 
-"$MOCK" --listen "127.0.0.1:$MOCK_PORT" --name mock 2>"$WORK/mock.log" &
+"$MOCK" --listen "127.0.0.1:$MOCK_PORT" --name mock --no-pacing 2>"$WORK/mock.log" &
 PIDS+=($!)
 MGPID=("" "" "" "")
 start_mg() { # N LOG

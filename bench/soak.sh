@@ -37,9 +37,9 @@ wait_line() { # file pattern -> the line, within 10 s
     echo "soak: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
 }
 
-"$BIN/examples/mock-upstream" --listen 127.0.0.1:0 --name alpha 2>"$OUT/alpha.err" &
+"$BIN/examples/mock-upstream" --listen 127.0.0.1:0 --name alpha --no-pacing 2>"$OUT/alpha.err" &
 PIDS+=($!)
-"$BIN/examples/mock-upstream" --listen 127.0.0.1:0 --name beta 2>"$OUT/beta.err" &
+"$BIN/examples/mock-upstream" --listen 127.0.0.1:0 --name beta --no-pacing 2>"$OUT/beta.err" &
 PIDS+=($!)
 ALPHA=$(wait_line "$OUT/alpha.err" 'listening on' | awk '{print $NF}')
 BETA=$(wait_line "$OUT/beta.err" 'listening on' | awk '{print $NF}')

@@ -58,7 +58,7 @@ wait_line() { # file regex pid
     die "no '$2' in $1"
 }
 
-"$MOCK_BIN" --listen 127.0.0.1:0 --name bench 2>"$OUT/sys-mock.log" &
+"$MOCK_BIN" --listen 127.0.0.1:0 --name bench --no-pacing 2>"$OUT/sys-mock.log" &
 PIDS+=($!)
 MOCK_ADDR=$(wait_line "$OUT/sys-mock.log" 'listening on' "${PIDS[0]}" | sed 's/.*listening on //')
 

@@ -12,6 +12,13 @@
 //!   delta and `finish_reason: "stop"`, then, **only when `stream_options.include_usage` is
 //!   true** (as OpenAI and vLLM do), a usage chunk with `choices: []`, then `data: [DONE]`.
 //! - `POST /v1/completions`: the same for `text_completion` (`choices[].text`).
+//! - `POST /v1/responses`: the Responses API. Not streamed: a `response` object whose output
+//!   message holds the same tokens, with `usage` (`input_tokens`, `output_tokens`). With
+//!   `"stream": true`: `event:`/`data:` SSE events `response.created`, one
+//!   `response.output_text.delta` per token, then `response.completed` carrying the usage.
+//! - `POST /v1/audio/transcriptions` and `/v1/audio/translations`: a multipart upload; answers
+//!   `{"text":"mock transcription of N bytes","usage":{...}}` (N: the file part's size;
+//!   `input_tokens` N/100, at least 1), or that text alone with `response_format=text`.
 //! - `POST /v1/embeddings`: one 4-dimensional vector per input, with `usage`.
 //! - `GET /v1/models`: a list with one model whose id is the mock's name.
 //! - `GET`/`HEAD /health`: `{"status":"ok"}`.
@@ -20,10 +27,22 @@
 //! Usage numbers are deterministic: `prompt_tokens` = request body bytes / 4 (at least 1),
 //! `completion_tokens` = the number of tokens sent (`sse_events`, also for non-streamed answers).
 //!
+//! Compression, as LiteLLM and hosted APIs do it: a generated answer, embeddings, a
+//! transcription and the model list are gzip'd when the request's `Accept-Encoding` accepts
+//! gzip (else zlib `deflate` when it accepts that), with `Content-Encoding` and
+//! `Vary: Accept-Encoding`; a stream is compressed as one gzip stream sync-flushed after each
+//! event, so every event still arrives in its own chunk. `X-Mock-Content-Encoding: gzip |
+//! deflate | deflate-raw | br | identity` forces one (`deflate-raw`: raw deflate labelled
+//! `deflate`; `br`: the body as it is, labelled `br`, since the mock has no brotli encoder).
+//! `/health` and errors are never compressed.
+//!
 //! Every response carries `X-Mock-Name: NAME`. Per-request overrides (request headers, so a
 //! test can script one request through modelgate without a new mock): `X-Mock-Sse-Events: N`,
 //! `X-Mock-Sse-Interval-Ms: MS`, `X-Mock-Latency-Ms: MS` (sleep before the response head),
 //! `X-Mock-Status: CODE` (answer that status with an OpenAI-shaped error body).
+//!
+//! Pacing: `Options::default()` (what the test harness starts) sends events back to back;
+//! the `mock-upstream` binary paces them 100 ms apart unless told otherwise.
 //!
 //! Performance: one thread per connection, keep-alive, `TCP_NODELAY`, buffers reused per
 //! connection, the request body scanned (not parsed into a tree) for `model`/`stream`, and each
@@ -663,16 +682,23 @@ fn respond(
     }
     let method = req.method();
     let path = req.path();
+    let enc = Encoding::for_request(req);
     match (method, path) {
         ("POST", "/v1/chat/completions") => {
-            generate(s, req, opts, keep_alive, out, body, Kind::Chat)
+            generate(s, req, opts, keep_alive, out, body, Kind::Chat, enc)
         }
         ("POST", "/v1/completions") => {
-            generate(s, req, opts, keep_alive, out, body, Kind::Completion)
+            generate(s, req, opts, keep_alive, out, body, Kind::Completion, enc)
+        }
+        ("POST", "/v1/responses") => responses(s, req, opts, keep_alive, out, body, enc),
+        ("POST", "/v1/audio/transcriptions" | "/v1/audio/translations") => {
+            let content_type = transcription(req, body);
+            encoded_response(out, 200, content_type, body, opts, keep_alive, false, enc);
+            s.write_all(out)
         }
         ("POST", "/v1/embeddings") => {
             embeddings(req, opts, body);
-            json_response(out, 200, body, opts, keep_alive, false);
+            encoded_response(out, 200, JSON, body, opts, keep_alive, false, enc);
             s.write_all(out)
         }
         ("GET", "/v1/models") => {
@@ -682,7 +708,7 @@ fn respond(
                 json_str(&opts.name),
                 now_secs()
             );
-            json_response(out, 200, body, opts, keep_alive, false);
+            encoded_response(out, 200, JSON, body, opts, keep_alive, false, enc);
             s.write_all(out)
         }
         ("GET" | "HEAD", "/health") => {
@@ -712,6 +738,8 @@ fn status_reason(code: u16) -> &'static str {
     }
 }
 
+const JSON: &str = "application/json";
+
 fn head(out: &mut Vec<u8>, code: u16, content_type: &str, opts: &Options, keep_alive: bool) {
     let _ = write!(
         out,
@@ -734,7 +762,44 @@ fn json_response(
     keep_alive: bool,
     head_only: bool,
 ) {
-    head(out, code, "application/json", opts, keep_alive);
+    encoded_response(
+        out,
+        code,
+        JSON,
+        body,
+        opts,
+        keep_alive,
+        head_only,
+        Encoding::Identity,
+    );
+}
+
+/// A complete response with `body` encoded as `enc` says (and `Content-Encoding` naming it).
+#[allow(clippy::too_many_arguments)]
+fn encoded_response(
+    out: &mut Vec<u8>,
+    code: u16,
+    content_type: &str,
+    body: &[u8],
+    opts: &Options,
+    keep_alive: bool,
+    head_only: bool,
+    enc: Encoding,
+) {
+    head(out, code, content_type, opts, keep_alive);
+    enc.write_headers(out);
+    let encoded;
+    let body = match enc {
+        Encoding::Identity | Encoding::FakeBr => body,
+        _ => {
+            let mut e = Encoder::new(enc);
+            let mut whole = Vec::with_capacity(body.len() / 2 + 32);
+            e.piece(body, &mut whole);
+            e.finish(&mut whole);
+            encoded = whole;
+            &encoded
+        }
+    };
     let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
     if !head_only {
         out.extend_from_slice(body);
@@ -765,6 +830,236 @@ pub fn json_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Compressed answers: what `Accept-Encoding` offers, as LiteLLM and hosted APIs do.
+
+/// How an answer's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    /// zlib-wrapped deflate, as RFC 9110 defines `deflate`.
+    Deflate,
+    /// Raw deflate labelled `deflate`, as some servers send it.
+    DeflateRaw,
+    /// Labelled `br` but sent as it is (the mock has no brotli encoder): for tests of what a
+    /// router does with a coding it cannot read.
+    FakeBr,
+}
+
+impl Encoding {
+    /// `X-Mock-Content-Encoding` (`identity`, `gzip`, `deflate`, `deflate-raw`, `br`) when
+    /// set, else the first of gzip and deflate that `Accept-Encoding` accepts (`q=0` refuses;
+    /// `*` accepts gzip), else identity.
+    pub fn for_request(req: &Request) -> Encoding {
+        if let Some(forced) = req.header("x-mock-content-encoding") {
+            return match forced.trim() {
+                "gzip" => Encoding::Gzip,
+                "deflate" => Encoding::Deflate,
+                "deflate-raw" => Encoding::DeflateRaw,
+                "br" => Encoding::FakeBr,
+                _ => Encoding::Identity,
+            };
+        }
+        let accepted = |coding: &str| {
+            (0..req.headers.len())
+                .filter(|&i| req.header_name(i).eq_ignore_ascii_case("accept-encoding"))
+                .filter_map(|i| std::str::from_utf8(req.header_value(i)).ok())
+                .flat_map(|v| v.split(','))
+                .any(|item| {
+                    let mut parts = item.split(';').map(str::trim);
+                    let name = parts.next().unwrap_or("");
+                    let refused = parts.any(|p| {
+                        p.strip_prefix("q=")
+                            .and_then(|q| q.parse::<f32>().ok())
+                            .is_some_and(|q| q <= 0.0)
+                    });
+                    (name.eq_ignore_ascii_case(coding) || name == "*") && !refused
+                })
+        };
+        if accepted("gzip") {
+            Encoding::Gzip
+        } else if accepted("deflate") {
+            Encoding::Deflate
+        } else {
+            Encoding::Identity
+        }
+    }
+
+    fn write_headers(self, out: &mut Vec<u8>) {
+        let name = match self {
+            Encoding::Identity => return,
+            Encoding::Gzip => "gzip",
+            Encoding::Deflate | Encoding::DeflateRaw => "deflate",
+            Encoding::FakeBr => "br",
+        };
+        let _ = write!(out, "Content-Encoding: {name}\r\nVary: Accept-Encoding\r\n");
+    }
+}
+
+/// A body encoder that is flushed after each SSE event, so each event reaches the client
+/// as soon as it is written (as a streaming server with gzip does).
+pub enum Encoder {
+    Identity,
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Zlib(flate2::write::ZlibEncoder<Vec<u8>>),
+    Raw(flate2::write::DeflateEncoder<Vec<u8>>),
+}
+
+impl Encoder {
+    pub fn new(enc: Encoding) -> Encoder {
+        let level = flate2::Compression::default();
+        match enc {
+            Encoding::Identity | Encoding::FakeBr => Encoder::Identity,
+            Encoding::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(Vec::new(), level)),
+            Encoding::Deflate => Encoder::Zlib(flate2::write::ZlibEncoder::new(Vec::new(), level)),
+            Encoding::DeflateRaw => {
+                Encoder::Raw(flate2::write::DeflateEncoder::new(Vec::new(), level))
+            }
+        }
+    }
+
+    /// Encodes `data`, sync-flushes, and appends what is ready to `out`.
+    pub fn piece(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        fn flushed<W: Write>(w: &mut W, data: &[u8]) {
+            let _ = w.write_all(data);
+            let _ = w.flush();
+        }
+        match self {
+            Encoder::Identity => out.extend_from_slice(data),
+            Encoder::Gzip(e) => {
+                flushed(e, data);
+                out.append(e.get_mut());
+            }
+            Encoder::Zlib(e) => {
+                flushed(e, data);
+                out.append(e.get_mut());
+            }
+            Encoder::Raw(e) => {
+                flushed(e, data);
+                out.append(e.get_mut());
+            }
+        }
+    }
+
+    /// Ends the stream (the gzip trailer, say), appending the last bytes to `out`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        let rest = match self {
+            Encoder::Identity => Ok(Vec::new()),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zlib(e) => e.finish(),
+            Encoder::Raw(e) => e.finish(),
+        };
+        out.extend_from_slice(&rest.unwrap_or_default());
+    }
+}
+
+/// Writes a `text/event-stream` answer, one event per HTTP chunk, `interval` apart (the first
+/// at once), each written as soon as it is made when paced.
+struct SseWriter<'a> {
+    s: &'a mut Stream,
+    out: &'a mut Vec<u8>,
+    encoder: Encoder,
+    interval: Duration,
+    events: usize,
+    piece: Vec<u8>,
+}
+
+impl<'a> SseWriter<'a> {
+    fn start(
+        s: &'a mut Stream,
+        out: &'a mut Vec<u8>,
+        opts: &Options,
+        keep_alive: bool,
+        interval: Duration,
+        enc: Encoding,
+    ) -> SseWriter<'a> {
+        head(out, 200, "text/event-stream", opts, keep_alive);
+        enc.write_headers(out);
+        out.extend_from_slice(b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n");
+        SseWriter {
+            s,
+            out,
+            encoder: Encoder::new(enc),
+            interval,
+            events: 0,
+            piece: Vec::new(),
+        }
+    }
+
+    /// Sends the event text in `body` (then cleared) as one chunk.
+    fn event(&mut self, body: &mut Vec<u8>) -> io::Result<()> {
+        self.piece.clear();
+        self.encoder.piece(body, &mut self.piece);
+        body.clear();
+        self.chunk()?;
+        if !self.interval.is_zero() {
+            if self.events > 0 {
+                thread::sleep(self.interval);
+            }
+            self.s.write_all(self.out)?;
+            self.out.clear();
+        }
+        self.events += 1;
+        Ok(())
+    }
+
+    fn chunk(&mut self) -> io::Result<()> {
+        if !self.piece.is_empty() {
+            let _ = write!(self.out, "{:x}\r\n", self.piece.len());
+            self.out.extend_from_slice(&self.piece);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.piece.clear();
+        let encoder = std::mem::replace(&mut self.encoder, Encoder::Identity);
+        encoder.finish(&mut self.piece);
+        self.chunk()?;
+        self.out.extend_from_slice(b"0\r\n\r\n");
+        self.s.write_all(self.out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generation endpoints.
+
+/// What a generation request asks for: the model to echo, events and their pacing.
+struct Ask<'a> {
+    model: std::borrow::Cow<'a, str>,
+    events: usize,
+    interval: Duration,
+    prompt_tokens: usize,
+    fields: TopLevel,
+}
+
+fn ask<'a>(req: &'a Request, opts: &Options) -> Ask<'a> {
+    let fields = scan_top_level(&req.body);
+    let model = match &fields.model {
+        // The raw bytes between the quotes are a valid JSON string body as they are.
+        Some(r) => std::borrow::Cow::Borrowed(
+            std::str::from_utf8(&req.body[r.clone()]).unwrap_or_default(),
+        ),
+        None => {
+            let quoted = json_str(&opts.name);
+            std::borrow::Cow::Owned(quoted[1..quoted.len() - 1].to_string())
+        }
+    };
+    Ask {
+        model,
+        events: req
+            .header("x-mock-sse-events")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(opts.sse_events),
+        interval: header_ms(req, "x-mock-sse-interval-ms").unwrap_or(opts.sse_interval),
+        prompt_tokens: (req.body.len() / 4).max(1),
+        fields,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn generate(
     s: &mut Stream,
     req: &Request,
@@ -773,23 +1068,15 @@ fn generate(
     out: &mut Vec<u8>,
     body: &mut Vec<u8>,
     kind: Kind,
+    enc: Encoding,
 ) -> io::Result<()> {
-    let fields = scan_top_level(&req.body);
-    let model_owned;
-    let model: &str = match &fields.model {
-        // The raw bytes between the quotes are a valid JSON string body as they are.
-        Some(r) => std::str::from_utf8(&req.body[r.clone()]).unwrap_or_default(),
-        None => {
-            model_owned = json_str(&opts.name);
-            &model_owned[1..model_owned.len() - 1]
-        }
-    };
-    let events = req
-        .header("x-mock-sse-events")
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(opts.sse_events);
-    let interval = header_ms(req, "x-mock-sse-interval-ms").unwrap_or(opts.sse_interval);
-    let prompt_tokens = (req.body.len() / 4).max(1);
+    let Ask {
+        model,
+        events,
+        interval,
+        prompt_tokens,
+        fields,
+    } = ask(req, opts);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let created = now_secs();
     let (object, prefix) = match kind {
@@ -824,7 +1111,7 @@ fn generate(
             ",\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{events},\"total_tokens\":{}}}}}",
             prompt_tokens + events
         );
-        json_response(out, 200, body, opts, keep_alive, false);
+        encoded_response(out, 200, JSON, body, opts, keep_alive, false, enc);
         return s.write_all(out);
     }
 
@@ -833,24 +1120,7 @@ fn generate(
         Kind::Chat => "chat.completion.chunk",
         Kind::Completion => "text_completion",
     };
-    head(out, 200, "text/event-stream", opts, keep_alive);
-    out.extend_from_slice(b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n");
-    let flush_each = !interval.is_zero();
-    let mut event = |out: &mut Vec<u8>, body: &mut Vec<u8>, first: bool| -> io::Result<()> {
-        // body holds the event text; frame it as one chunk.
-        let _ = write!(out, "{:x}\r\n", body.len());
-        out.extend_from_slice(body);
-        out.extend_from_slice(b"\r\n");
-        body.clear();
-        if flush_each {
-            if !first {
-                thread::sleep(interval);
-            }
-            s.write_all(out)?;
-            out.clear();
-        }
-        Ok(())
-    };
+    let mut sse = SseWriter::start(s, out, opts, keep_alive, interval, enc);
     for i in 0..events {
         let _ = write!(
             body,
@@ -871,7 +1141,7 @@ fn generate(
             }
         }
         body.extend_from_slice(b",\"finish_reason\":null}]}\n\n");
-        event(out, body, i == 0)?;
+        sse.event(body)?;
     }
     let _ = write!(
         body,
@@ -882,19 +1152,167 @@ fn generate(
         Kind::Completion => body.extend_from_slice(b"\"text\":\"\""),
     }
     body.extend_from_slice(b",\"finish_reason\":\"stop\"}]}\n\n");
-    event(out, body, events == 0)?;
+    sse.event(body)?;
     if fields.include_usage {
         let _ = write!(
             body,
             "data: {{\"id\":\"{prefix}-mock-{id}\",\"object\":\"{object}\",\"created\":{created},\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\n",
             prompt_tokens + events
         );
-        event(out, body, false)?;
+        sse.event(body)?;
     }
     body.extend_from_slice(b"data: [DONE]\n\n");
-    event(out, body, false)?;
-    out.extend_from_slice(b"0\r\n\r\n");
-    s.write_all(out)
+    sse.event(body)?;
+    sse.finish()
+}
+
+/// The Responses API object: `status`, the output text message (when `text` is given) and
+/// `usage` (when `usage` is given).
+fn response_object(
+    body: &mut Vec<u8>,
+    id: u64,
+    model: &str,
+    status: &str,
+    text: Option<&str>,
+    usage: Option<(usize, usize)>,
+) {
+    let created = now_secs();
+    let _ = write!(
+        body,
+        "{{\"id\":\"resp_mock{id}\",\"object\":\"response\",\"created_at\":{created},\"status\":\"{status}\",\"model\":\"{model}\",\"output\":["
+    );
+    if let Some(text) = text {
+        let _ = write!(
+            body,
+            "{{\"type\":\"message\",\"id\":\"msg_mock{id}\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{{\"type\":\"output_text\",\"text\":{},\"annotations\":[]}}]}}",
+            json_str(text)
+        );
+    }
+    body.extend_from_slice(
+        b"],\"parallel_tool_calls\":true,\"tool_choice\":\"auto\",\"tools\":[],",
+    );
+    match usage {
+        Some((input, output)) => {
+            let _ = write!(
+                body,
+                "\"usage\":{{\"input_tokens\":{input},\"input_tokens_details\":{{\"cached_tokens\":0}},\"output_tokens\":{output},\"output_tokens_details\":{{\"reasoning_tokens\":0}},\"total_tokens\":{}}}}}",
+                input + output
+            );
+        }
+        None => body.extend_from_slice(b"\"usage\":null}"),
+    }
+}
+
+/// `POST /v1/responses`: the Responses API, streamed (`response.created`, one
+/// `response.output_text.delta` per token, `response.completed` with usage) or not.
+fn responses(
+    s: &mut Stream,
+    req: &Request,
+    opts: &Options,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    enc: Encoding,
+) -> io::Result<()> {
+    let a = ask(req, opts);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let text: String = (0..a.events).map(|i| format!("tok{i} ")).collect();
+    let usage = Some((a.prompt_tokens, a.events));
+    if !a.fields.stream {
+        response_object(body, id, &a.model, "completed", Some(&text), usage);
+        encoded_response(out, 200, JSON, body, opts, keep_alive, false, enc);
+        return s.write_all(out);
+    }
+    let mut sse = SseWriter::start(s, out, opts, keep_alive, a.interval, enc);
+    let mut seq = 0;
+    let mut object = Vec::new();
+    let mut event = |sse: &mut SseWriter, body: &mut Vec<u8>, kind: &str, rest: &[u8]| {
+        let _ = write!(
+            body,
+            "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{seq},"
+        );
+        body.extend_from_slice(rest);
+        body.extend_from_slice(b"}\n\n");
+        seq += 1;
+        sse.event(body)
+    };
+    response_object(&mut object, id, &a.model, "in_progress", None, None);
+    let mut rest = b"\"response\":".to_vec();
+    rest.extend_from_slice(&object);
+    event(&mut sse, body, "response.created", &rest)?;
+    for i in 0..a.events {
+        let delta = format!(
+            "\"item_id\":\"msg_mock{id}\",\"output_index\":0,\"content_index\":0,\"delta\":\"tok{i} \""
+        );
+        event(
+            &mut sse,
+            body,
+            "response.output_text.delta",
+            delta.as_bytes(),
+        )?;
+    }
+    object.clear();
+    response_object(&mut object, id, &a.model, "completed", Some(&text), usage);
+    let mut rest = b"\"response\":".to_vec();
+    rest.extend_from_slice(&object);
+    event(&mut sse, body, "response.completed", &rest)?;
+    sse.finish()
+}
+
+/// `POST /v1/audio/transcriptions` (and translations): a multipart upload; answers
+/// `{"text": "mock transcription of N bytes", "usage": …}` (N: the file part's size), or the
+/// text alone for `response_format=text`. Returns the content type.
+fn transcription(req: &Request, body: &mut Vec<u8>) -> &'static str {
+    let mut file_bytes = 0;
+    let mut text_format = false;
+    let boundary = req
+        .header("content-type")
+        .and_then(|ct| {
+            ct.split(';')
+                .find_map(|p| p.trim().strip_prefix("boundary="))
+        })
+        .map(|b| format!("--{}", b.trim_matches('"')));
+    if let Some(boundary) = boundary {
+        let data = &req.body;
+        let mut starts: Vec<usize> = Vec::new();
+        let mut at = 0;
+        while let Some(i) = find(&data[at..], boundary.as_bytes()) {
+            starts.push(at + i);
+            at += i + boundary.len();
+        }
+        for w in starts.windows(2) {
+            let part = &data[w[0] + boundary.len()..w[1]];
+            let Some(split) = find(part, b"\r\n\r\n") else {
+                continue;
+            };
+            let (headers, value) = (&part[..split], &part[split + 4..]);
+            let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+            let headers = String::from_utf8_lossy(headers);
+            if headers.contains("filename=") {
+                file_bytes += value.len();
+            } else if headers.contains("name=\"response_format\"") {
+                text_format = value == b"text";
+            }
+        }
+    }
+    let text = format!("mock transcription of {file_bytes} bytes");
+    if text_format {
+        body.extend_from_slice(text.as_bytes());
+        return "text/plain; charset=utf-8";
+    }
+    let input = (file_bytes / 100).max(1);
+    let output = text.split(' ').count();
+    let _ = write!(
+        body,
+        "{{\"text\":{},\"usage\":{{\"type\":\"tokens\",\"input_tokens\":{input},\"input_token_details\":{{\"text_tokens\":0,\"audio_tokens\":{input}}},\"output_tokens\":{output},\"total_tokens\":{}}}}}",
+        json_str(&text),
+        input + output
+    );
+    JSON
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn embeddings(req: &Request, opts: &Options, body: &mut Vec<u8>) {
