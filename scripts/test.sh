@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh [cargo test args...]      e.g. scripts/test.sh --test openai_sdk
 #
-# Creates (once) a venv at target/sdk-venv with the `openai` package, exports
+# Creates (once) a venv at target/sdk-venv with the `openai` package (pinned: OPENAI_VERSION
+# below, so CI runs are reproducible; a venv with another version is rebuilt), exports
 # MODELGATE_SDK_PYTHON so tests/openai_sdk.rs (and the SDK audio upload test in tests/multipart.rs)
 # run, then runs `cargo test --all-targets`.
 # Idempotent: with the venv in place it only runs cargo. Set MODELGATE_SDK_PYTHON yourself
@@ -13,12 +14,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV="$ROOT/target/sdk-venv"
+# The openai SDK the tests drive; bump deliberately (and run the suite) to test a newer one.
+OPENAI_VERSION=3.63.0
 
 say() { printf '[test.sh] %s\n' "$*" >&2; }
 die() { printf '[test.sh] ERROR: %s\n' "$*" >&2; exit 1; }
 
 venv_works() {
-    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1
+    [ -x "$VENV/bin/python" ] \
+        && [ "$("$VENV/bin/python" -c 'import openai; print(openai.__version__)' 2>/dev/null)" = "$OPENAI_VERSION" ]
 }
 
 make_venv() {
@@ -35,14 +39,14 @@ make_venv() {
             || die "python3 -m venv does not work even after installing python3-venv"
     fi
     rm -rf "$probe"
-    say "creating $VENV with the openai package"
+    say "creating $VENV with openai==$OPENAI_VERSION"
     rm -rf "$VENV"
     mkdir -p "$ROOT/target"
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check openai \
-        || die "pip install openai failed (is PyPI reachable?)"
-    venv_works || die "the venv at $VENV cannot import openai"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION" \
+        || die "pip install openai==$OPENAI_VERSION failed (is PyPI reachable?)"
+    venv_works || die "the venv at $VENV cannot import openai $OPENAI_VERSION"
 }
 
 install_python() {
