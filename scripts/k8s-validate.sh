@@ -3,7 +3,9 @@
 #   1. every manifest validates (strict: unknown fields are errors) against the Kubernetes
 #      1.30 OpenAPI schemas that kubernetes-validate ships inside its wheel (no network, no
 #      cluster); 1.30 is the oldest version the manifests support (preStop `sleep`);
-#   2. kustomization.yaml lists exactly the manifests in the directory;
+#   2. kustomization.yaml lists exactly the manifests in the directory but
+#      secret.example.yaml, and no Secret at all (`kubectl apply -k` must never overwrite a
+#      real Secret with the example's placeholders);
 #   3. the ConfigMap's config.json passes `modelgate --check` (reads no secret).
 # Needs python3 with venv and pip (for the one-time `pip install` into target/k8s-venv).
 # Runtime: ~20 s the first time (venv + pip), ~3 s after, plus a debug build if missing.
@@ -50,12 +52,24 @@ import os, sys, yaml
 d, out = sys.argv[1], sys.argv[2]
 k = yaml.safe_load(open(os.path.join(d, "kustomization.yaml")))
 listed = set(k.get("resources", []))
+example = "secret.example.yaml"
 present = {f for f in os.listdir(d) if f.endswith(".yaml") and f != "kustomization.yaml"}
 ok = True
-for f in sorted(present - listed):
+for f in sorted(present - listed - {example}):
     print(f"FAIL kustomization.yaml does not list {f}"); ok = False
 for f in sorted(listed - present):
     print(f"FAIL kustomization.yaml lists missing {f}"); ok = False
+if example in listed:
+    print(f"FAIL kustomization.yaml lists {example}: apply -k would overwrite the real Secret"); ok = False
+for gen in ("secretGenerator",):
+    for g in k.get(gen) or []:
+        for src in (g.get("literals") or []) + (g.get("files") or []):
+            if "REPLACE" in str(src):
+                print(f"FAIL {gen} carries a placeholder: {src}"); ok = False
+for f in sorted(listed & present):
+    for doc in yaml.safe_load_all(open(os.path.join(d, f))):
+        if doc and doc.get("kind") == "Secret":
+            print(f"FAIL {f} is a Secret listed in kustomization.yaml"); ok = False
 found = []
 for f in sorted(present):
     for doc in yaml.safe_load_all(open(os.path.join(d, f))):
@@ -68,7 +82,7 @@ else:
 sys.exit(0 if ok else 1)
 PY
 then
-    echo "PASS kustomization.yaml lists every manifest"
+    echo "PASS kustomization.yaml lists every manifest, and no Secret"
 else
     fail=1
 fi
