@@ -11,9 +11,14 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzz: skipped (no nightly toolchain)"
     exit 0
 fi
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: installing cargo-fuzz"
-    cargo install cargo-fuzz
+# cargo-fuzz at a pinned version, built with its own lock file (`--locked`), installed under
+# target/ (not ~/.cargo/bin), so every CI run fuzzes with the same tool.
+CARGO_FUZZ_VERSION=0.13.2
+TOOLS="$(cd .. && pwd)/target/tools"
+export PATH="$TOOLS/bin:$PATH"
+if [ "$(cargo +nightly fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION into $TOOLS"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS"
 fi
 
 cargo +nightly fuzz build
