@@ -1,4 +1,5 @@
-//! Command line (SPEC.md §1): `modelgate [--config PATH] [--check] [--version] [--help]`.
+//! Command line (SPEC.md §1): `modelgate [--config PATH] [--check] [--version] [--help]`,
+//! and `modelgate wait-ready URL [--path PATH] [--interval S] [--timeout S]` (see `ready`).
 //!
 //! Owns: turning arguments into a [`Command`]. It prints nothing and exits nothing; `main`
 //! does that. Go-style single-dash long options (`-config PATH`, `-check`) are accepted
@@ -6,6 +7,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{parse_upstream_url, Scheme};
+use crate::ready::WaitReady;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -20,7 +25,12 @@ pub enum Command {
     },
     Version,
     Help,
+    /// `modelgate wait-ready URL`: poll until the endpoint answers 2xx.
+    WaitReady(WaitReady),
 }
+
+/// `wait-ready`'s pause between attempts when `--interval` is not given.
+pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The config file used when `--config` is not given (relative to the working directory).
 pub const DEFAULT_CONFIG: &str = "config.json";
@@ -32,6 +42,7 @@ pub const HELP: &str = "\
 modelgate - a tiny, fast, stateless HTTP router for OpenAI-compatible LLM APIs
 
 Usage: modelgate [--config PATH] [--check] [--version] [--help]
+       modelgate wait-ready URL [--path PATH] [--interval SECONDS] [--timeout SECONDS]
 
 Options:
   --config PATH   The JSON config file [default: ./config.json].
@@ -48,6 +59,14 @@ Options:
                   prints \"config ok\" and exits 0, or prints every problem and exits 1.
   -V, --version   Print the version and exit.
   -h, --help      Print this help and exit.
+
+wait-ready URL:
+  Polls URL with GET until it answers 2xx, then exits 0; refused connections, timeouts
+  and other statuses are retried every --interval (default 2 s), and each new reason is
+  printed once. With --timeout it gives up after that many seconds and exits 1. URL is
+  http://HOST:PORT/PATH or unix:///SOCKET (then the path is --path PATH; default /).
+  Made for systemd ExecStartPost= lines: the unit counts as started only once the
+  endpoint answers, without curl. https:// is not supported.
 
 modelgate accepts OpenAI-compatible HTTP requests and forwards each one, streamed and
 byte for byte, to the upstream configured for its model: the top-level \"model\" of the
@@ -74,6 +93,9 @@ const OPTIONS: &[&str] = &["--config", "--check", "--version", "--help"];
 
 /// Parses the arguments after the program name.
 pub fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
+    if args.first().is_some_and(|a| a == "wait-ready") {
+        return parse_wait_ready(args.into_iter().skip(1).collect());
+    }
     let mut args = pico_args::Arguments::from_vec(args.into_iter().map(go_style).collect());
 
     if args.contains(["-h", "--help"]) {
@@ -96,6 +118,84 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Command, String> {
     } else {
         Command::Run { config, explicit }
     })
+}
+
+/// `wait-ready URL [--path PATH] [--interval SECONDS] [--timeout SECONDS]`.
+fn parse_wait_ready(args: Vec<OsString>) -> Result<Command, String> {
+    let mut args = pico_args::Arguments::from_vec(args);
+    if args.contains(["-h", "--help"]) {
+        return Ok(Command::Help);
+    }
+    let path: Option<String> = args
+        .opt_value_from_str("--path")
+        .map_err(|_| "wait-ready: --path needs a path, like --path /health".to_string())?;
+    let interval = args
+        .opt_value_from_fn("--interval", seconds)
+        .map_err(|e| seconds_error("--interval", e))?
+        .unwrap_or(DEFAULT_READY_INTERVAL);
+    let timeout = args
+        .opt_value_from_fn("--timeout", seconds)
+        .map_err(|e| seconds_error("--timeout", e))?;
+    let rest = args.finish();
+    if let Some(option) = rest.iter().find(|a| a.to_string_lossy().starts_with('-')) {
+        return Err(format!(
+            "wait-ready: unknown option '{}'; see modelgate --help",
+            option.to_string_lossy()
+        ));
+    }
+    let url =
+        match rest.as_slice() {
+            [url] => url.to_str().ok_or("wait-ready: the URL must be UTF-8")?,
+            [] => return Err(
+                "wait-ready needs a URL, like: modelgate wait-ready http://127.0.0.1:8080/health"
+                    .into(),
+            ),
+            _ => return Err("wait-ready takes one URL".into()),
+        };
+    let upstream = parse_upstream_url(url).map_err(|e| format!("wait-ready: the URL {e}"))?;
+    if upstream.scheme == Scheme::Https {
+        return Err("wait-ready speaks plain HTTP: use http:// or unix://".into());
+    }
+    let in_url = match &upstream.query {
+        Some(q) => format!("{}?{q}", upstream.base_path),
+        None => upstream.base_path.clone(),
+    };
+    let target = match path {
+        Some(_) if !in_url.is_empty() => {
+            return Err("wait-ready: give the path in the URL or with --path, not both".into())
+        }
+        Some(p) if !p.starts_with('/') => {
+            return Err("wait-ready: --path must start with '/', like --path /health".into())
+        }
+        Some(p) => p,
+        None if in_url.is_empty() => "/".to_string(),
+        None => in_url,
+    };
+    Ok(Command::WaitReady(WaitReady {
+        upstream,
+        target,
+        interval,
+        timeout,
+    }))
+}
+
+/// A positive number of seconds, fractions allowed (`2`, `0.5`), at most a day.
+fn seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "'{value}' is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
+fn seconds_error(option: &str, e: pico_args::Error) -> String {
+    match e {
+        pico_args::Error::Utf8ArgumentParsingFailed { cause, .. } => {
+            format!("wait-ready: {option}: {cause}")
+        }
+        _ => format!("wait-ready: {option} needs a number of seconds, like {option} 2"),
+    }
 }
 
 /// `-config`, `-check`, `-version`, `-help` (with or without `=VALUE`) → the `--` forms.
@@ -335,6 +435,87 @@ mod tests {
         ] {
             assert!(HELP.contains(needle), "{needle}");
         }
+    }
+
+    fn ready(args: &[&str]) -> WaitReady {
+        match parse(args) {
+            Ok(Command::WaitReady(w)) => w,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wait_ready_takes_the_target_from_the_url() {
+        let w = ready(&["wait-ready", "http://127.0.0.1:8101/health"]);
+        assert_eq!(w.upstream.authority, "127.0.0.1:8101");
+        assert_eq!(w.target, "/health");
+        assert_eq!(w.interval, DEFAULT_READY_INTERVAL);
+        assert_eq!(w.timeout, None);
+        assert_eq!(ready(&["wait-ready", "http://[::1]:9"]).target, "/");
+        assert_eq!(
+            ready(&["wait-ready", "http://h:1/v1/models?x=1"]).target,
+            "/v1/models?x=1"
+        );
+    }
+
+    #[test]
+    fn wait_ready_on_a_unix_socket_takes_path() {
+        let w = ready(&["wait-ready", "unix:///run/w/http.sock", "--path", "/health"]);
+        assert_eq!(
+            w.upstream.unix_path.as_deref(),
+            Some(std::path::Path::new("/run/w/http.sock"))
+        );
+        assert_eq!(w.target, "/health");
+        assert_eq!(ready(&["wait-ready", "unix:///run/w.sock"]).target, "/");
+    }
+
+    #[test]
+    fn wait_ready_interval_and_timeout_in_seconds() {
+        let w = ready(&[
+            "wait-ready",
+            "--interval",
+            "0.25",
+            "http://127.0.0.1:1/h",
+            "--timeout=90",
+        ]);
+        assert_eq!(w.interval, Duration::from_millis(250));
+        assert_eq!(w.timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn wait_ready_rejects_what_it_cannot_do() {
+        for (args, needle) in [
+            (&["wait-ready"][..], "needs a URL"),
+            (&["wait-ready", "a", "b"], "one URL"),
+            (&["wait-ready", "https://h/x"], "plain HTTP"),
+            (&["wait-ready", "127.0.0.1:80/health"], "http://"),
+            (&["wait-ready", "http://h/x", "--path", "/y"], "not both"),
+            (
+                &["wait-ready", "unix:///s", "--path", "health"],
+                "start with '/'",
+            ),
+            (
+                &["wait-ready", "http://h/x", "--interval", "0"],
+                "--interval",
+            ),
+            (
+                &["wait-ready", "http://h/x", "--timeout", "soon"],
+                "--timeout",
+            ),
+            (
+                &["wait-ready", "http://h/x", "--bogus"],
+                "unknown option '--bogus'",
+            ),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn wait_ready_help_is_the_help() {
+        assert_eq!(parse(&["wait-ready", "--help"]), Ok(Command::Help));
+        assert!(HELP.contains("wait-ready URL"));
     }
 
     #[test]

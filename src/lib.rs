@@ -4,7 +4,7 @@
 //! - L0 pure: `buf`, `timer`, `config`, `secrets`, `auth`, `ratelimit`, `scan`, `multipart`, `router`, `h1`, `error`
 //! - L1 transport: `net`
 //! - L2 protocol: `conn`, `upstream`, `admin`
-//! - L3 runtime: `cli`, `server`, `worker` (and `main.rs`)
+//! - L3 runtime: `cli`, `server`, `worker`, `ready` (and `main.rs`)
 //!
 //! See `docs/ARCHITECTURE.md`.
 
@@ -36,6 +36,7 @@ pub mod upstream;
 pub mod cli;
 pub mod health;
 pub mod prober;
+pub mod ready;
 pub mod resolver;
 pub mod server;
 pub mod worker;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use modelgate::cli::{self, Command};
 use modelgate::config;
 use modelgate::discovery;
+use modelgate::ready;
 use modelgate::secrets::ProcessEnv;
 use modelgate::server;
 
@@ -38,6 +39,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::WaitReady(spec) => {
+            let name = format!("{}{}", spec.upstream, spec.target);
+            match ready::wait(&spec, |line| {
+                eprintln!("modelgate wait-ready: {name}: {line}")
+            }) {
+                Ok(took) => {
+                    eprintln!(
+                        "modelgate wait-ready: {name}: ready after {:.1} s",
+                        took.as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("modelgate wait-ready: {name}: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config, explicit } if !explicit && absent(&config) => run_embedded(),
         Command::Run { config, .. } => {
             let loaded = match config::load(&config, Some(&ProcessEnv)) {

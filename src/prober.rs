@@ -99,15 +99,34 @@ fn run(
 
 /// One `GET /v1/models` on a fresh connection: the model ids, or why there are none.
 pub fn probe(backend: &Discover) -> Result<Vec<String>, String> {
-    let up = &backend.upstream;
     let request = discovery::probe_request(backend);
-    let answer = match (up.scheme, &up.unix_path) {
+    let answer = fetch(
+        &backend.upstream,
+        &request,
+        discovery::answer_complete,
+        discovery::MAX_ANSWER_BYTES,
+    )?;
+    discovery::parse_answer(&answer)
+}
+
+/// Sends `request` on a fresh connection to `up` (`http://` or `unix://`) and reads the
+/// answer until `complete` says it is whole, EOF, `max_bytes` or [`ANSWER_TIMEOUT`]. Used by
+/// discovery and by `modelgate wait-ready`.
+pub fn fetch(
+    up: &Upstream,
+    request: &[u8],
+    complete: fn(&[u8]) -> bool,
+    max_bytes: usize,
+) -> Result<Vec<u8>, String> {
+    match (up.scheme, &up.unix_path) {
         (Scheme::Unix, Some(path)) => {
             let stream = UnixStream::connect(path).map_err(|e| reason(&e))?;
             stream
                 .set_write_timeout(Some(ANSWER_TIMEOUT))
                 .map_err(|e| reason(&e))?;
-            exchange(stream, &request, |s, t| s.set_read_timeout(t))?
+            exchange(stream, request, complete, max_bytes, |s, t| {
+                s.set_read_timeout(t)
+            })
         }
         (Scheme::Http, _) => {
             let stream = connect_tcp(up)?;
@@ -115,11 +134,12 @@ pub fn probe(backend: &Discover) -> Result<Vec<String>, String> {
             stream
                 .set_write_timeout(Some(ANSWER_TIMEOUT))
                 .map_err(|e| reason(&e))?;
-            exchange(stream, &request, |s, t| s.set_read_timeout(t))?
+            exchange(stream, request, complete, max_bytes, |s, t| {
+                s.set_read_timeout(t)
+            })
         }
-        _ => return Err("only http:// and unix:// backends can be probed".into()),
-    };
-    discovery::parse_answer(&answer)
+        _ => Err("only http:// and unix:// backends can be probed".into()),
+    }
 }
 
 /// Connects to the first address of `up` that accepts within [`CONNECT_TIMEOUT`].
@@ -144,6 +164,8 @@ fn connect_tcp(up: &Upstream) -> Result<TcpStream, String> {
 fn exchange<S: Read + Write>(
     mut stream: S,
     request: &[u8],
+    complete: fn(&[u8]) -> bool,
+    max_bytes: usize,
     set_read_timeout: impl Fn(&S, Option<Duration>) -> std::io::Result<()>,
 ) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + ANSWER_TIMEOUT;
@@ -170,10 +192,10 @@ fn exchange<S: Read + Write>(
             return Ok(answer);
         }
         answer.extend_from_slice(read);
-        if answer.len() > discovery::MAX_ANSWER_BYTES {
-            return Err("the model list is too large".into());
+        if answer.len() > max_bytes {
+            return Err("the answer is too large".into());
         }
-        if discovery::answer_complete(&answer) {
+        if complete(&answer) {
             return Ok(answer);
         }
     }

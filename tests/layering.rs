@@ -11,7 +11,7 @@ fn layer(module: &str) -> Option<u8> {
         | "multipart" | "ratelimit" | "profile" => 0,
         "net" => 1,
         "conn" | "upstream" | "admin" => 2,
-        "cli" | "server" | "worker" | "resolver" | "health" | "prober" | "main" => 3,
+        "cli" | "server" | "worker" | "resolver" | "health" | "prober" | "ready" | "main" => 3,
         _ => return None,
     })
 }
