@@ -11,8 +11,8 @@
 #     (${cred:NAME} for `credentials`, ${env:NAME} for `environmentFile`, ${file:PATH}).
 #   - /etc/modelgate/config.json points at the store file and `reloadTriggers` make
 #     `nixos-rebuild switch` reload (SIGHUP) instead of restarting when only the config changed.
-#   - a worker's unit is active only once it answers its health endpoint (ExecStartPost
-#     polls it); modelgate is ordered after its workers, so its routes go live when they answer,
+#   - a worker's unit is active only once it answers its health endpoint (ExecStartPost runs
+#     `modelgate wait-ready`); modelgate is ordered after its workers, so its routes go live when they answer,
 #     and (sequentialStart) each worker after the previous one, so two models never race for
 #     GPU memory at boot.
 #   - nothing a worker's attribute name could break reaches a unit name: such a worker only
@@ -461,8 +461,6 @@ let
         # What oci-containers names a container's unit (its serviceName default).
         unit = if container then "${backend}-${containerName}" else "modelgate-${kind}-${name}";
         url = if useSocket then "unix://${socketPath}" else "http://127.0.0.1:${toString w.port}";
-        probeUrl =
-          if useSocket then "unix://${socketPath}${w.healthPath}" else "http://127.0.0.1:${toString w.port}${w.healthPath}";
       }
       // lib.optionalAttrs container {
         extraOptions = defaults.extraOptions ++ w.extraOptions;
@@ -493,24 +491,27 @@ let
   startAfterPrevious =
     w: lib.optional (cfg.sequentialStart && previousUnit.${w.unit} != null) "${previousUnit.${w.unit}}.service";
 
-  # Polls the health endpoint until it answers 2xx; systemd's TimeoutStartSec bounds it.
-  probeScript =
+  # A worker's unit counts as started once its ExecStartPost= exits: `modelgate wait-ready`
+  # polls the health endpoint until it answers 2xx (systemd's TimeoutStartSec bounds it),
+  # retrying refused connections and 503s while the model loads. No curl in the closure.
+  readyCommand =
     w:
-    pkgs.writeShellScript "modelgate-${w.kind}-${w.name}-ready" ''
-      set -u
-      while true; do
-        if ${pkgs.curl}/bin/curl --silent --fail --max-time 5 --output /dev/null \
-          ${
-            if w.useSocket then
-              "--unix-socket ${w.socketPath} http://localhost${w.healthPath}"
-            else
-              "http://127.0.0.1:${toString w.port}${w.healthPath}"
-          }; then
-          exit 0
-        fi
-        sleep 2
-      done
-    '';
+    lib.escapeShellArgs (
+      [
+        (lib.getExe cfg.package)
+        "wait-ready"
+      ]
+      ++ (
+        if w.useSocket then
+          [
+            "unix://${w.socketPath}"
+            "--path"
+            w.healthPath
+          ]
+        else
+          [ "http://127.0.0.1:${toString w.port}${w.healthPath}" ]
+      )
+    );
 
   # ---- the rendered config -----------------------------------------------------------------
   workerRoutes = lib.listToAttrs (
@@ -955,7 +956,7 @@ in
                   ++ renderFlags llamaCppOnOffFlags w.settings
                   ++ w.extraArgs
                 );
-                ExecStartPost = [ "${probeScript w}" ];
+                ExecStartPost = [ (readyCommand w) ];
                 TimeoutStartSec = w.startTimeout;
                 Restart = "on-failure";
                 RestartSec = "5s";
@@ -1076,7 +1077,7 @@ in
             before = lib.optional cfg.waitForWorkers "modelgate.service";
             after = startAfterPrevious w;
             serviceConfig = {
-              ExecStartPost = [ "${probeScript w}" ];
+              ExecStartPost = [ (readyCommand w) ];
               # oci-containers sets 0 (no limit); loading a model is bounded instead.
               TimeoutStartSec = lib.mkForce w.startTimeout;
             };

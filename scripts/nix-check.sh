@@ -72,7 +72,11 @@ stub=nix/tests/eval-stub.nix
 summary=$(nix-instantiate --eval --strict "$stub" -A summary 2>&1) || failed=1
 # The whole list, so a reader of the CI log sees what was covered; then, for each check that
 # failed, its own evaluation error (or `false`).
-results=$(nix-instantiate --eval --strict --json "$stub" -A results)
+results=$(nix-instantiate --eval --strict --json "$stub" -A results) || {
+    say "FAIL: the checks do not evaluate (an error that tryEval cannot catch, shown above:"
+    say "a missing attribute such as an alias the stub's pkgs lacks, or an infinite recursion)"
+    exit 1
+}
 mapfile -t failing < <(python3 -c 'import json, sys
 for name, ok in sorted(json.loads(sys.argv[1]).items()):
     print(("  ok    " if ok else "  FAIL  ") + name, file=sys.stderr)

@@ -1,5 +1,5 @@
-# Evaluates nix/module.nix (and flake.nix, and the eval-only checks of nix/tests/eval-nixos.nix)
-# without nixpkgs: on the stub module system of ./stub/lib.nix with the NixOS stand-ins of
+# Evaluates nix/module.nix (and flake.nix, the eval-only checks of nix/tests/eval-nixos.nix,
+# and the VM test's machine) without nixpkgs: on the stub module system of ./stub/lib.nix with
 # ./stub/nixos.nix, and checks what comes out. scripts/nix-check.sh runs it:
 #
 #   nix-instantiate --eval --strict nix/tests/eval-stub.nix -A summary
@@ -275,6 +275,12 @@ let
       nixos.pkgs
       // {
         stdenv.hostPlatform.system = system;
+        # So that the module's package can be told from the flake's.
+        callPackage = _path: _args: {
+          name = "modelgate-from-flake";
+          outPath = "/nix/store/00000000000000000000000000000000-modelgate-from-flake";
+          meta.mainProgram = "modelgate";
+        };
         pkgsStatic = nixos.pkgs;
         nixfmt = {
           name = "nixfmt";
@@ -306,6 +312,15 @@ let
         settings.models.gpt.url = "https://api.openai.com";
       };
     }
+  ];
+
+  # The VM test's machine (and its specialisation), on the stub: it uses options that exist,
+  # with values of their types, and no assertion fails.
+  vmMachine = (import ./vm.nix { modelgateModule = ../module.nix; }).nodes.machine;
+  vm = evalSystem [ vmMachine ];
+  vmSpecialised = evalSystem [
+    vmMachine
+    vm.specialisation.more-models.configuration
   ];
 
   # The settings the module rendered: what the fake `formats.json.generate` was given, reached
@@ -418,9 +433,12 @@ let
       contains "'--host' '/run/modelgate-llama-cpp-small/http.sock'" (execStart workers "modelgate-llama-cpp-small")
       && smallSc.RuntimeDirectory == "modelgate-llama-cpp-small";
     "a disabled worker has no unit and no route" = !(wsvc ? modelgate-llama-cpp-off) && !(workersJson.models ? off);
-    "readiness probe before the unit counts as started" =
-      contains "http://127.0.0.1:8101/health" (b.head qwenSc.ExecStartPost)
-      && contains "/run/modelgate-llama-cpp-small/http.sock" (b.head smallSc.ExecStartPost);
+    "readiness: ExecStartPost runs modelgate wait-ready on the health URL (no curl)" =
+      b.head qwenSc.ExecStartPost
+      == "'/nix/store/00000000000000000000000000000000-modelgate/bin/modelgate' 'wait-ready' 'http://127.0.0.1:8101/health'"
+      && b.head smallSc.ExecStartPost
+        == "'/nix/store/00000000000000000000000000000000-modelgate/bin/modelgate' 'wait-ready' 'unix:///run/modelgate-llama-cpp-small/http.sock' '--path' '/health'"
+      && !(contains "curl" (b.head qwenSc.ExecStartPost));
     "workers registered as routes" =
       workersJson.models.qwen.url == "http://127.0.0.1:8101"
       && workersJson.models."org/small".url == "unix:///run/modelgate-llama-cpp-small/http.sock"
@@ -470,7 +488,7 @@ let
       (eval (workersConfig // { vllm.models.pinned = workersConfig.vllm.models.pinned // { imageDigest = "latest"; }; })).virtualisation.oci-containers.containers.modelgate-vllm-pinned.image
     );
     "container units: readiness probe, TimeoutStartSec overrides oci-containers' 0 (mkForce)" =
-      contains "http://127.0.0.1:8102/health" (b.head wsvc.podman-modelgate-vllm-big.serviceConfig.ExecStartPost)
+      contains "'wait-ready' 'http://127.0.0.1:8102/health'" (b.head wsvc.podman-modelgate-vllm-big.serviceConfig.ExecStartPost)
       && wsvc.podman-modelgate-vllm-big.serviceConfig.TimeoutStartSec == "30min"
       && wsvc.podman-modelgate-vllm-big.serviceConfig.Type == "notify";
     "podman host: the module leaves the backend to oci-containers (podman enabled by it)" =
@@ -532,13 +550,24 @@ let
 
     # -- flake.nix
     "flake: packages, apps (with meta), formatter nixfmt, on pkgs without aliases" =
-      flake.packages.x86_64-linux.modelgate.name == "modelgate"
-      && flake.apps.aarch64-linux.default.program == "/nix/store/00000000000000000000000000000000-modelgate/bin/modelgate"
+      flake.packages.x86_64-linux.modelgate.name == "modelgate-from-flake"
+      && flake.apps.aarch64-linux.default.program == "/nix/store/00000000000000000000000000000000-modelgate-from-flake/bin/modelgate"
       && b.isString flake.apps.x86_64-linux.default.meta.description
       && flake.formatter.x86_64-linux.name == "nixfmt";
     "flake: nixosModules.default sets the package without pkgs.system" =
-      viaFlake.services.modelgate.package.name == "modelgate" && !(fails viaFlake._toplevel);
+      viaFlake.services.modelgate.package.name == "modelgate-from-flake" && !(fails viaFlake._toplevel);
     "flake: the eval-* checks evaluate (on the stub)" = evalChecksPass;
+
+    # -- the VM test's configuration
+    "vm test: the machine and its specialisation evaluate, no failed assertion" =
+      !(fails vm._toplevel)
+      && failedAssertions vm == [ ]
+      && !(fails vmSpecialised._toplevel)
+      && (renderedSettings vmSpecialised).models ? added;
+    "vm test: two stand-in llama.cpp workers, the second after the first" =
+      b.elem "modelgate-llama-cpp-first.service" vm.systemd.services.modelgate-llama-cpp-second.after
+      && contains "fake-llama-cpp/bin/llama-server" (execStart vm "modelgate-llama-cpp-first")
+      && contains "'--flash-attn' 'on'" (execStart vm "modelgate-llama-cpp-second");
   };
 
   # A check that throws counts as failed (nix-check.sh then shows its error).

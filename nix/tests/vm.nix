@@ -1,7 +1,10 @@
 # NixOS VM test: the real check of nix/module.nix (`nix build .#checks.x86_64-linux.vm`, needs
 # KVM). modelgate runs from socket units (TCP + unix), gets its secrets as credentials, routes
 # to a mock upstream, reloads on SIGHUP, and picks up a config change with a reload (same PID)
-# when the system switches to a specialisation with one more model.
+# when the system switches to a specialisation with one more model. Two llama.cpp workers (a
+# stand-in llama-server that answers /health with 503 for its first 5 s) show that a worker
+# unit is active only once `modelgate wait-ready` sees a 2xx, that the second starts after the
+# first (sequentialStart), and that shared defaults and --flash-attn on reach its command line.
 {
   modelgateModule ? ../module.nix,
 }:
@@ -39,6 +42,48 @@
 
         ThreadingHTTPServer(("127.0.0.1", 9001), Handler).serve_forever()
       '';
+      # Stands in for llama.cpp's llama-server: --port and --alias as llama-server takes them,
+      # /health 503 while "loading" (5 s), and chat completions that echo its argv.
+      fakeLlamaCpp = pkgs.writeTextFile {
+        name = "fake-llama-cpp";
+        destination = "/bin/llama-server";
+        executable = true;
+        text = ''
+          #!${pkgs.python3}/bin/python3
+          import json, sys, time
+          from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+          argv = sys.argv[1:]
+          port = int(argv[argv.index("--port") + 1])
+          alias = argv[argv.index("--alias") + 1]
+          started = time.monotonic()
+
+          class Handler(BaseHTTPRequestHandler):
+              protocol_version = "HTTP/1.1"
+
+              def reply(self, code, doc):
+                  body = json.dumps(doc).encode()
+                  self.send_response(code)
+                  self.send_header("Content-Type", "application/json")
+                  self.send_header("Content-Length", str(len(body)))
+                  self.end_headers()
+                  self.wfile.write(body)
+
+              def do_GET(self):
+                  loaded = time.monotonic() - started >= 5
+                  if self.path == "/health":
+                      self.reply(200 if loaded else 503, {"status": "ok" if loaded else "loading model"})
+                  else:
+                      self.reply(404, {"error": "not found"})
+
+              def do_POST(self):
+                  n = int(self.headers.get("Content-Length") or 0)
+                  self.rfile.read(n)
+                  self.reply(200, {"object": "chat.completion", "model": alias, "argv": argv})
+
+          ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+        '';
+      };
     in
     {
       imports = [ modelgateModule ];
@@ -77,6 +122,22 @@
             url = "http://127.0.0.1:9001";
             headers.Authorization = "Bearer \${cred:upstream-key}";
           };
+        };
+        llama-cpp.defaults = {
+          package = fakeLlamaCpp;
+          settings = {
+            flash-attn = true;
+            ctx-size = 4096;
+          };
+        };
+        llama-cpp.models.first = {
+          model = "/var/empty/first.gguf";
+          port = 8201;
+        };
+        llama-cpp.models.second = {
+          model = "/var/empty/second.gguf";
+          port = 8202;
+          settings.ctx-size = 8192;
         };
       };
 
@@ -150,6 +211,29 @@
         )
         assert machine.succeed("systemctl show -p MainPID --value modelgate").strip() == pid
         assert chat("added")["model"] == "added"
+
+    with subtest("llama.cpp workers: active only once /health is 2xx, one after the other"):
+        def mono(unit, prop):
+            return int(machine.succeed(f"systemctl show -p {prop} --value {unit}").strip())
+        first, second = "modelgate-llama-cpp-first.service", "modelgate-llama-cpp-second.service"
+        machine.wait_for_unit(first)
+        machine.wait_for_unit(second)
+        # The stand-in answers 503 for 5 s: wait-ready held the unit in "activating" meanwhile.
+        assert mono(first, "ActiveEnterTimestampMonotonic") - mono(first, "ExecMainStartTimestampMonotonic") >= 5_000_000
+        machine.succeed(f"journalctl -u {first} -o cat | grep -q 'answered 503'")
+        # sequentialStart: the second worker's process started after the first was ready.
+        assert mono(second, "ExecMainStartTimestampMonotonic") >= mono(first, "ActiveEnterTimestampMonotonic")
+        # modelgate itself waited for both (waitForWorkers).
+        assert mono("modelgate.service", "ActiveEnterTimestampMonotonic") >= mono(second, "ActiveEnterTimestampMonotonic")
+
+    with subtest("worker routes, with the shared defaults and --flash-attn on on the command line"):
+        r = chat("second")
+        assert r["model"] == "second", r
+        argv = r["argv"]
+        assert argv[argv.index("--flash-attn") + 1] == "on", argv
+        assert argv[argv.index("--ctx-size") + 1] == "8192", argv
+        argv = chat("first")["argv"]
+        assert argv[argv.index("--ctx-size") + 1] == "4096", argv
 
     with subtest("hardening is in force"):
         print(machine.succeed("systemd-analyze security modelgate.service | tail -n 1"))

@@ -276,11 +276,12 @@ let
   };
 
   # ---- evaluation ---------------------------------------------------------------------------
-  # A module as { options, config, freeformType, imports }; an attribute set without those
-  # keys is all config (the shorthand form).
+  # A module as { options, config, freeformType, imports }. As in nixpkgs, a module with
+  # neither `options` nor `config` is the shorthand form: all of it is config except
+  # `imports`, `freeformType` and the bookkeeping keys.
   normalize =
     m:
-    if m ? options || m ? config || m ? imports || m ? freeformType then
+    if m ? options || m ? config then
       {
         options = m.options or { };
         config = m.config or { };
@@ -291,11 +292,15 @@ let
       {
         options = { };
         config = removeAttrs m [
+          "_class"
           "_file"
           "key"
+          "disabledModules"
+          "imports"
+          "freeformType"
         ];
-        freeformType = null;
-        imports = [ ];
+        freeformType = m.freeformType or null;
+        imports = m.imports or [ ];
       };
 
   # Option declarations of several modules as one tree (an option declared twice is an error;

@@ -143,6 +143,8 @@ let
     };
 
   pkgs = {
+    # The system's pkgs (nixpkgs.hostPlatform is not modelled): x86_64-linux.
+    stdenv.hostPlatform.system = "x86_64-linux";
     formats.json =
       { }:
       {
@@ -151,17 +153,13 @@ let
       };
     callPackage = _path: _args: fakePkg "modelgate";
     runCommand = name: env: script: (fakePkg name) // { inherit env script; };
-    # The module interpolates scripts into ExecStartPost=; the stub's "store path" carries the
-    # script text so the checks can read it back.
-    writeShellScript =
-      name: text:
-      (fakePkg name)
-      // {
-        outPath = "/nix/store/00000000000000000000000000000000-${name} <<SCRIPT ${text}";
-      };
-    curl = fakePkg "curl";
     coreutils = fakePkg "coreutils";
     llama-cpp = fakePkg "llama-cpp";
+    python3 = fakePkg "python3";
+    curl = fakePkg "curl";
+    iproute2 = fakePkg "iproute2";
+    writeScript = name: _text: fakePkg name;
+    writeTextFile = { name, ... }: fakePkg name;
     podman = fakePkg "podman";
     docker = fakePkg "docker";
   };
@@ -180,9 +178,25 @@ let
       environment.etc = mkOption {
         type = types.attrsOf (
           types.submodule {
-            options.source = mkOption { type = types.path; };
+            options.source = mkOption {
+              type = types.nullOr types.path;
+              default = null;
+            };
+            options.text = mkOption {
+              type = types.nullOr types.lines;
+              default = null;
+            };
           }
         );
+        default = { };
+      };
+      environment.systemPackages = mkOption {
+        type = types.listOf types.package;
+        default = [ ];
+      };
+      # Each is a whole other system in NixOS; here only carried (the checks evaluate it).
+      specialisation = mkOption {
+        type = types.attrsOf types.anything;
         default = { };
       };
       networking.firewall.allowedTCPPorts = mkOption {
