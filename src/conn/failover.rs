@@ -1,0 +1,214 @@
+//! Upstream failures, failover to another replica, and the wait queue of a full model.
+
+use std::sync::Arc;
+
+use crate::balance::Pick;
+use crate::error::ApiError;
+use crate::router::{Backend, Route};
+
+use super::exchange::{Exchange, Failure};
+use super::outbox::{Chunk, Outbox};
+use super::replicas::{Hold, Resend};
+use super::start::build_upstream_head;
+use super::{Conn, Ctx, Flow, Phase, Want, MAX_ADDRESSES};
+
+impl Conn {
+    /// The route whose queue this connection waits in.
+    pub fn queued_route(&self) -> Option<&Arc<Route>> {
+        match &self.phase {
+            Phase::Proxy(ex) if ex.queued.is_some() => Some(&ex.route),
+            _ => None,
+        }
+    }
+
+    /// A waiting request tries for a replica again: None while every replica is still
+    /// full, else what to do next (connect, or the 503 answer).
+    pub fn try_dequeue(&mut self, ctx: &mut Ctx<'_>) -> Option<Want> {
+        let Phase::Proxy(ex) = &self.phase else {
+            return Some(Want::Wait);
+        };
+        ex.queued?;
+        let route = Arc::clone(&ex.route);
+        let balancer = ctx.balancers.get(&route)?;
+        let hold = match Hold::take(&route, &balancer, ctx.now, 0) {
+            Ok(hold) => hold,
+            Err(Pick::Full) => return None,
+            Err(_) => {
+                let flow = self.with_exchange(|conn, ex| {
+                    let close = ex.req_body.is_some() || !ex.client_keep_alive;
+                    conn.reject(ApiError::UpstreamUnavailable, close)
+                });
+                return Some(self.finish_turn(flow, ctx));
+            }
+        };
+        let flow = self.with_exchange(|conn, ex| conn.dequeued(ex, hold, ctx));
+        Some(self.finish_turn(flow, ctx))
+    }
+
+    /// The model's queue is full: 503 `overloaded` with `Retry-After`.
+    pub fn queue_refused(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        let flow = self.with_exchange(|conn, ex| {
+            let close = ex.req_body.is_some() || !ex.client_keep_alive;
+            conn.to_client = Outbox::default();
+            conn.reject(ApiError::Overloaded, close)
+        });
+        match flow {
+            Flow::Again => self.drive(ctx),
+            other => self.finish_turn(other, ctx),
+        }
+    }
+
+    /// The upstream request head for `backend`, from the copy kept for sending again.
+    pub(super) fn resend_head(
+        &self,
+        resend: &Resend,
+        backend: &Backend,
+        ctx: &mut Ctx<'_>,
+    ) -> Chunk {
+        let raw = resend.raw.bytes();
+        let target = match &resend.target {
+            Some(t) => &t[..],
+            None => raw.get(resend.head.target.clone()).unwrap_or(b"/"),
+        };
+        build_upstream_head(
+            raw,
+            &resend.head,
+            backend,
+            target,
+            (self.peer, self.secure),
+            self.rec.request_id.get(),
+            resend.strip_authorization,
+            ctx,
+        )
+    }
+
+    /// Out of the queue with a replica: build the request head for it and connect.
+    pub(super) fn dequeued(&mut self, ex: &mut Exchange, hold: Hold, ctx: &mut Ctx<'_>) -> Flow {
+        let (Some(resend), Some(backend)) = (ex.resend.as_ref(), hold.backend(&ex.route)) else {
+            let close = ex.req_body.is_some() || !ex.client_keep_alive;
+            return self.reject(ApiError::UpstreamUnavailable, close);
+        };
+        let head_chunk = self.resend_head(resend, backend, ctx);
+        ex.to_upstream.prepend(head_chunk);
+        self.rec.replica = hold.index;
+        ex.hold = hold;
+        ex.queued = None;
+        ex.connect_started = ctx.now;
+        Flow::Upstream
+    }
+
+    /// The upstream failed: retry, answer 502/504, or cut the client off.
+    pub(super) fn upstream_failed(
+        &mut self,
+        ex: &mut Exchange,
+        failure: Failure,
+        ctx: &mut Ctx<'_>,
+    ) -> Flow {
+        if let Some(up) = self.upstream.take() {
+            self.dead.push(up);
+        }
+        let was_connecting = ex.connecting;
+        ex.connecting = false;
+        if ex.head_sent {
+            ex.truncated = true;
+            let tail = Some(&ex.resp_buf);
+            return Flow::Again.or_close_if(self.to_client.drained(&self.client, tail));
+        }
+        if failure == Failure::Connect || failure == Failure::NoAddress {
+            // The name may have moved: ask for a fresh lookup.
+            self.refresh_name = ex
+                .hold
+                .backend(&ex.route)
+                .and_then(|b| b.resolve_key.clone());
+        }
+        // One count per failed attempt: an address that refused, or a name with no address
+        // at all (running out after failed attempts was already counted).
+        if failure == Failure::Connect || (failure == Failure::NoAddress && ex.addr_attempt == 0) {
+            ex.route.stats.connect_error();
+        }
+        if !ex.upstream_spoke {
+            if failure == Failure::Connect && ex.addr_attempt < MAX_ADDRESSES {
+                ex.addr_attempt += 1;
+                ex.to_upstream.rewind();
+                return Flow::Upstream;
+            }
+            let retryable = ex.reused && !ex.retried && ex.to_upstream.is_retaining();
+            if retryable && failure == Failure::Broken {
+                ex.route.stats.retry();
+                ex.retried = true;
+                ex.fresh_only = true;
+                ex.addr_attempt = 0;
+                ex.to_upstream.rewind();
+                ex.request_sent = None;
+                return Flow::Upstream;
+            }
+            // This replica failed the request before answering: note it (passive health),
+            // then send the request to another one while nothing has reached the client.
+            let replica_failed = match failure {
+                Failure::NoAddress | Failure::Broken => true,
+                Failure::Timeout => was_connecting,
+                Failure::Connect | Failure::BadResponse => false,
+            };
+            if replica_failed {
+                self.rec.ejections += u32::from(ex.hold.failed(ctx.now));
+                if self.fail_over(ex, ctx) {
+                    return Flow::Upstream;
+                }
+            }
+        }
+        let err = match failure {
+            Failure::Timeout => ApiError::UpstreamTimeout,
+            _ => ApiError::UpstreamUnavailable,
+        };
+        let _ = ctx;
+        // The request is complete unless its body was still streaming.
+        let close = ex.req_body.is_some() || !ex.client_keep_alive || self.draining;
+        self.to_client = Outbox::default();
+        self.reject(err, close)
+    }
+
+    /// Moves the request to a replica it has not tried yet (rebuilding its head for that
+    /// backend); false when none is left, retries are spent, or the body is not buffered.
+    pub(super) fn fail_over(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> bool {
+        let Some(resend) = ex.resend.as_ref() else {
+            return false;
+        };
+        if !ex.to_upstream.is_retaining() || ex.rec_failovers >= ex.route.balance.retries {
+            return false;
+        }
+        let Some(balancer) = ctx.balancers.get(&ex.route) else {
+            return false;
+        };
+        let tried = ex.tried | replica_bit(ex.hold.index);
+        let Ok(next) = Hold::take(&ex.route, &balancer, ctx.now, tried) else {
+            return false;
+        };
+        let Some(backend) = next.backend(&ex.route) else {
+            return false;
+        };
+        let head_chunk = self.resend_head(resend, backend, ctx);
+        ex.hold.failed_over();
+        ex.route.stats.retry();
+        ex.to_upstream.replace_first(head_chunk);
+        ex.to_upstream.rewind();
+        ex.tried = tried;
+        ex.rec_failovers += 1;
+        self.rec.retries += 1;
+        self.rec.replica = next.index;
+        ex.hold = next;
+        ex.addr_attempt = 0;
+        ex.reused = false;
+        ex.retried = false;
+        ex.fresh_only = false;
+        ex.request_sent = None;
+        true
+    }
+}
+
+/// Bit `i` of a replica mask (none past the mask's width).
+pub(super) fn replica_bit(i: usize) -> u64 {
+    u32::try_from(i)
+        .ok()
+        .and_then(|i| 1u64.checked_shl(i))
+        .unwrap_or(0)
+}
