@@ -10,7 +10,7 @@ use crate::net::Io;
 use crate::router::{Route, Routes};
 use crate::scan::ScanError;
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Failover};
 use super::ids::InFlight;
 use super::outbox::{copy_chunk, Chunk, Flush, Outbox};
 use super::replicas::Resend;
@@ -385,7 +385,7 @@ impl Conn {
                     slot,
                     ctx.now,
                 );
-                ex.resend = resend;
+                ex.failover = Failover::with(resend);
                 self.enter_proxy(ex, hold, ctx.now)
             }
         }

@@ -6,7 +6,7 @@ use crate::balance::Pick;
 use crate::error::ApiError;
 use crate::router::{Backend, Route};
 
-use super::exchange::{Exchange, Failure};
+use super::exchange::{Exchange, Failover, Failure, Link, Resp};
 use super::outbox::{Chunk, Outbox};
 use super::replicas::{Hold, Resend};
 use super::start::build_upstream_head;
@@ -16,7 +16,7 @@ impl Conn {
     /// The route whose queue this connection waits in.
     pub fn queued_route(&self) -> Option<&Arc<Route>> {
         match &self.phase {
-            Phase::Proxy(ex) if ex.queued.is_some() => Some(&ex.route),
+            Phase::Proxy(ex) if matches!(ex.link, Link::Queued { .. }) => Some(&ex.route),
             _ => None,
         }
     }
@@ -27,7 +27,9 @@ impl Conn {
         let Phase::Proxy(ex) = &self.phase else {
             return Some(Want::Wait);
         };
-        ex.queued?;
+        if !matches!(ex.link, Link::Queued { .. }) {
+            return None;
+        }
         let route = Arc::clone(&ex.route);
         let balancer = ctx.balancers.get(&route)?;
         let hold = match Hold::take(&route, &balancer, ctx.now, 0) {
@@ -35,8 +37,7 @@ impl Conn {
             Err(Pick::Full) => return None,
             Err(_) => {
                 let flow = self.with_exchange(|conn, ex| {
-                    let close = ex.req_body.is_some() || !ex.client_keep_alive;
-                    conn.reject(ApiError::UpstreamUnavailable, close)
+                    conn.reject(ApiError::UpstreamUnavailable, ex.close_on_error())
                 });
                 return Some(self.finish_turn(flow, ctx));
             }
@@ -48,9 +49,8 @@ impl Conn {
     /// The model's queue is full: 503 `overloaded` with `Retry-After`.
     pub fn queue_refused(&mut self, ctx: &mut Ctx<'_>) -> Want {
         let flow = self.with_exchange(|conn, ex| {
-            let close = ex.req_body.is_some() || !ex.client_keep_alive;
             conn.to_client = Outbox::default();
-            conn.reject(ApiError::Overloaded, close)
+            conn.reject(ApiError::Overloaded, ex.close_on_error())
         });
         match flow {
             Flow::Again => self.drive(ctx),
@@ -84,15 +84,19 @@ impl Conn {
 
     /// Out of the queue with a replica: build the request head for it and connect.
     pub(super) fn dequeued(&mut self, ex: &mut Exchange, hold: Hold, ctx: &mut Ctx<'_>) -> Flow {
-        let (Some(resend), Some(backend)) = (ex.resend.as_ref(), hold.backend(&ex.route)) else {
-            let close = ex.req_body.is_some() || !ex.client_keep_alive;
-            return self.reject(ApiError::UpstreamUnavailable, close);
+        let (Failover::Ready { resend, .. }, Some(backend)) =
+            (&ex.failover, hold.backend(&ex.route))
+        else {
+            return self.reject(ApiError::UpstreamUnavailable, ex.close_on_error());
         };
         let head_chunk = self.resend_head(resend, backend, ctx);
         ex.to_upstream.prepend(head_chunk);
         self.rec.replica = hold.index;
         ex.hold = hold;
-        ex.queued = None;
+        ex.link = Link::Wanted {
+            attempt: 0,
+            fresh_only: false,
+        };
         ex.connect_started = ctx.now;
         Flow::Upstream
     }
@@ -107,10 +111,8 @@ impl Conn {
         if let Some(up) = self.upstream.take() {
             self.dead.push(up);
         }
-        let was_connecting = ex.connecting;
-        ex.connecting = false;
-        if ex.head_sent {
-            ex.truncated = true;
+        if ex.head_sent() {
+            ex.resp = Resp::Truncated;
             let tail = Some(&ex.resp_buf);
             return Flow::Again.or_close_if(self.to_client.drained(&self.client, tail));
         }
@@ -121,27 +123,45 @@ impl Conn {
                 .backend(&ex.route)
                 .and_then(|b| b.resolve_key.clone());
         }
+        let (attempt, fresh_only) = match ex.link {
+            Link::Wanted {
+                attempt,
+                fresh_only,
+            }
+            | Link::Connecting {
+                attempt,
+                fresh_only,
+            } => (attempt, fresh_only),
+            _ => (0, false),
+        };
         // One count per failed attempt: an address that refused, or a name with no address
         // at all (running out after failed attempts was already counted).
-        if failure == Failure::Connect || (failure == Failure::NoAddress && ex.addr_attempt == 0) {
+        if failure == Failure::Connect || (failure == Failure::NoAddress && attempt == 0) {
             ex.route.stats.connect_error();
         }
-        if !ex.upstream_spoke {
-            if failure == Failure::Connect && ex.addr_attempt < MAX_ADDRESSES {
-                ex.addr_attempt += 1;
+        if !matches!(ex.link, Link::Answered) {
+            if failure == Failure::Connect && attempt < MAX_ADDRESSES {
+                ex.link = Link::Wanted {
+                    attempt: attempt + 1,
+                    fresh_only,
+                };
                 ex.to_upstream.rewind();
                 return Flow::Upstream;
             }
-            let retryable = ex.reused && !ex.retried && ex.to_upstream.is_retaining();
-            if retryable && failure == Failure::Broken {
+            // A pooled connection that failed before any answer may just have gone stale:
+            // send once more on a fresh one (which is never `reused`, so never again).
+            let stale = matches!(ex.link, Link::Sent { reused: true });
+            if stale && failure == Failure::Broken && ex.to_upstream.is_retaining() {
                 ex.route.stats.retry();
-                ex.retried = true;
-                ex.fresh_only = true;
-                ex.addr_attempt = 0;
+                ex.link = Link::Wanted {
+                    attempt: 0,
+                    fresh_only: true,
+                };
                 ex.to_upstream.rewind();
                 ex.request_sent = None;
                 return Flow::Upstream;
             }
+            let was_connecting = matches!(ex.link, Link::Connecting { .. });
             // This replica failed the request before answering: note it (passive health),
             // then send the request to another one while nothing has reached the client.
             let replica_failed = match failure {
@@ -160,9 +180,8 @@ impl Conn {
             Failure::Timeout => ApiError::UpstreamTimeout,
             _ => ApiError::UpstreamUnavailable,
         };
-        let _ = ctx;
         // The request is complete unless its body was still streaming.
-        let close = ex.req_body.is_some() || !ex.client_keep_alive || self.draining;
+        let close = ex.close_on_error() || self.draining;
         self.to_client = Outbox::default();
         self.reject(err, close)
     }
@@ -170,16 +189,21 @@ impl Conn {
     /// Moves the request to a replica it has not tried yet (rebuilding its head for that
     /// backend); false when none is left, retries are spent, or the body is not buffered.
     pub(super) fn fail_over(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> bool {
-        let Some(resend) = ex.resend.as_ref() else {
+        let Failover::Ready {
+            resend,
+            tried,
+            done,
+        } = &ex.failover
+        else {
             return false;
         };
-        if !ex.to_upstream.is_retaining() || ex.rec_failovers >= ex.route.balance.retries {
+        if !ex.to_upstream.is_retaining() || *done >= ex.route.balance.retries {
             return false;
         }
         let Some(balancer) = ctx.balancers.get(&ex.route) else {
             return false;
         };
-        let tried = ex.tried | replica_bit(ex.hold.index);
+        let tried = tried | replica_bit(ex.hold.index);
         let Ok(next) = Hold::take(&ex.route, &balancer, ctx.now, tried) else {
             return false;
         };
@@ -191,15 +215,17 @@ impl Conn {
         ex.route.stats.retry();
         ex.to_upstream.replace_first(head_chunk);
         ex.to_upstream.rewind();
-        ex.tried = tried;
-        ex.rec_failovers += 1;
+        if let Failover::Ready { tried: t, done, .. } = &mut ex.failover {
+            *t = tried;
+            *done += 1;
+        }
         self.rec.retries += 1;
         self.rec.replica = next.index;
         ex.hold = next;
-        ex.addr_attempt = 0;
-        ex.reused = false;
-        ex.retried = false;
-        ex.fresh_only = false;
+        ex.link = Link::Wanted {
+            attempt: 0,
+            fresh_only: false,
+        };
         ex.request_sent = None;
         true
     }

@@ -38,7 +38,7 @@ pub use ids::{InFlight, RequestIds};
 use outbox::Outbox;
 
 use body::BodyRead;
-use exchange::{Exchange, Failure, Resp};
+use exchange::{Exchange, Failure, Link, Resp};
 pub use record::Obs;
 use record::Record;
 pub use replicas::{needs_balancer, Balancers};
@@ -258,12 +258,12 @@ impl Conn {
             }
             Phase::Body(_) => self.reject(ApiError::RequestTimeout, true),
             Phase::Proxy(_) => self.with_exchange(|conn, ex| {
-                if ex.queued.is_some() {
+                if matches!(ex.link, Link::Queued { .. }) {
                     // Waited the model's queue timeout for a free replica.
-                    let close = ex.req_body.is_some() || !ex.client_keep_alive || conn.draining;
+                    let close = ex.close_on_error() || conn.draining;
                     conn.to_client = Outbox::default();
                     conn.reject(ApiError::Overloaded, close)
-                } else if ex.head_sent {
+                } else if ex.head_sent() {
                     // Idle mid-stream: the only honest signal left is a close.
                     Flow::Close
                 } else {
@@ -286,23 +286,22 @@ impl Conn {
                 self.last_activity + t.idle
             }
             Phase::Linger { until, .. } => *until,
-            Phase::Proxy(ex) if ex.queued.is_some() => {
-                let since = ex.queued.unwrap_or(self.last_activity);
-                since + ex.route.balance.queue_timeout
-            }
             Phase::Tunnel(_) => self.last_activity + t.idle,
             Phase::Proxy(ex) => {
                 let handshaking = self
                     .upstream
                     .as_ref()
                     .is_some_and(|up| up.stream.is_handshaking());
-                if ex.connecting || handshaking {
-                    ex.connect_started + t.connect
-                } else {
-                    let idle = self.last_activity + t.idle;
-                    match (&ex.resp, t.first_byte, ex.request_sent) {
-                        (Resp::Head, Some(limit), Some(sent)) => idle.min(sent + limit),
-                        _ => idle,
+                match ex.link {
+                    Link::Queued { since } => since + ex.route.balance.queue_timeout,
+                    Link::Connecting { .. } => ex.connect_started + t.connect,
+                    _ if handshaking => ex.connect_started + t.connect,
+                    _ => {
+                        let idle = self.last_activity + t.idle;
+                        match (&ex.resp, t.first_byte, ex.request_sent) {
+                            (Resp::Head, Some(limit), Some(sent)) => idle.min(sent + limit),
+                            _ => idle,
+                        }
                     }
                 }
             }

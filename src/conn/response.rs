@@ -3,7 +3,7 @@
 use crate::h1::{self, BodyTracker, Parse, ResponseFraming, MAX_HEAD_BYTES};
 use crate::net::Io;
 
-use super::exchange::{Exchange, Failure, Resp};
+use super::exchange::{Exchange, Failover, Failure, Link, Resp};
 use super::outbox::{copy_chunk, Chunk};
 use super::{Conn, Ctx, Flow};
 
@@ -30,45 +30,47 @@ impl Conn {
             Io::Done(n) => {
                 buf.commit(n);
                 self.last_activity = ctx.now;
-                if !ex.upstream_spoke {
-                    ex.upstream_spoke = true;
+                if !matches!(ex.link, Link::Answered) {
+                    ex.link = Link::Answered;
                     // A status in `retryOnStatus` may still send the request elsewhere: keep
                     // it until the final head is judged.
-                    if ex.route.balance.retry_on_status.is_empty() || ex.resend.is_none() {
+                    let failover = matches!(ex.failover, Failover::Ready { .. });
+                    if ex.route.balance.retry_on_status.is_empty() || !failover {
                         ex.to_upstream.release_written();
                         // No failover from here on: give the head copy's block back.
-                        ex.resend = None;
+                        ex.failover = Failover::Off;
                     }
                 }
                 match &mut ex.resp {
                     Resp::Head => self.parse_response(ex, ctx).map(|()| true),
                     Resp::Body {
                         tracker,
-                        keep_alive,
+                        reusable,
+                        close_client,
                     } => {
                         let start = buf.len() - n;
                         let (usage, now) = (&mut self.rec.usage, ctx.now);
                         match tracker.feed(&buf.filled()[start..], &mut |d| usage.feed(d, now)) {
                             Ok(consumed) if consumed < n => {
                                 // Bytes past the framed end: never forwarded, never reused.
-                                *keep_alive = false;
+                                *reusable = false;
                                 buf.truncate(start + consumed);
                             }
                             Ok(_) => {}
                             Err(_) => {
                                 // Invalid chunking from the upstream: cut the stream.
                                 buf.truncate(start);
-                                ex.truncated = true;
+                                ex.resp = Resp::Truncated;
                                 return Ok(true);
                             }
                         }
                         if tracker.is_done() {
-                            let keep_alive = *keep_alive;
-                            ex.upstream_finished(keep_alive);
+                            let (reusable, close_client) = (*reusable, *close_client);
+                            ex.upstream_finished(reusable, close_client);
                         }
                         Ok(true)
                     }
-                    Resp::Done { .. } | Resp::Switched => Ok(false),
+                    Resp::Done { .. } | Resp::Truncated | Resp::Switched => Ok(false),
                 }
             }
             Io::WouldBlock => {
@@ -78,10 +80,10 @@ impl Conn {
             Io::Eof | Io::Failed(_) => {
                 if let Resp::Body { tracker, .. } = &ex.resp {
                     if tracker.is_until_close() {
-                        ex.upstream_finished(false);
-                        ex.client_close = true;
+                        // The close is the end of this body: a complete response.
+                        ex.upstream_finished(false, true);
                     } else {
-                        ex.truncated = true;
+                        ex.resp = Resp::Truncated;
                     }
                     return Ok(true);
                 }
@@ -112,7 +114,7 @@ impl Conn {
             if head.is_informational() {
                 // 1xx passes through; the final response follows (PITFALLS 10). A byte has
                 // reached the client: no status failover any more.
-                ex.resend = None;
+                ex.failover = Failover::Off;
                 self.to_client
                     .push(Chunk::Owned(buf.filled()[..head.head_len].to_vec()));
                 buf.consume(head.head_len);
@@ -133,7 +135,6 @@ impl Conn {
                     ctx.scratch,
                 );
                 self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
-                ex.head_sent = true;
                 self.rec.status = 101;
                 self.rec.head_at = Some(ctx.now);
                 buf.consume(head.head_len);
@@ -142,7 +143,7 @@ impl Conn {
             }
             let retry_status = ex.route.balance.retry_on_status.contains(&head.status);
             let mut failure_counted = false;
-            if retry_status && ex.resend.is_some() {
+            if retry_status && matches!(ex.failover, Failover::Ready { .. }) {
                 // Configured to try another replica on this status (e.g. 429): nothing has
                 // reached the client, and the whole request is still retained.
                 if ex.route.balance.eject_on_status.contains(&head.status) {
@@ -154,32 +155,28 @@ impl Conn {
                         self.dead.push(up);
                     }
                     ex.resp_buf.clear();
-                    ex.upstream_spoke = false;
-                    ex.connecting = false;
                     return Err(Flow::Upstream);
                 }
             }
-            if ex.to_upstream.is_retaining() && ex.upstream_spoke {
+            if ex.to_upstream.is_retaining() && matches!(ex.link, Link::Answered) {
                 ex.to_upstream.release_written();
             }
-            ex.resend = None;
-            let buf = &mut ex.resp_buf;
-            ex.client_close = ex.client_close
-                || !ex.client_keep_alive
+            ex.failover = Failover::Off;
+            let close_client = !ex.client_keep_alive
                 || head.framing == ResponseFraming::UntilClose
-                || ex.req_body.is_some()
+                || ex.body_streaming()
                 || self.draining;
+            let buf = &mut ex.resp_buf;
             ctx.scratch.clear();
             h1::write_client_response_head(
                 buf.filled(),
                 &head,
                 self.rec.request_id.get(),
-                ex.client_close,
+                close_client,
                 ctx.scratch,
             );
-            self.announce_keep_alive(ex.client_close, ctx.scratch);
+            self.announce_keep_alive(close_client, ctx.scratch);
             self.to_client.push(copy_chunk(ctx.scratch, ctx.pool));
-            ex.head_sent = true;
             if ex.route.balance.eject_on_status.contains(&head.status) {
                 // (Unless already counted when the status was considered for a retry.)
                 if !failure_counted {
@@ -192,27 +189,29 @@ impl Conn {
             self.rec.head_at = Some(ctx.now);
             buf.consume(head.head_len);
             let mut tracker = BodyTracker::for_response(head.framing);
-            let mut keep_alive = head.keep_alive;
+            let mut reusable = head.keep_alive;
             let available = buf.len();
             let (usage, now) = (&mut self.rec.usage, ctx.now);
             usage.begin(head.coding, head.shape, ctx.pool);
             match tracker.feed(buf.filled(), &mut |d| usage.feed(d, now)) {
                 Ok(consumed) if consumed < available => {
-                    keep_alive = false;
+                    reusable = false;
                     buf.truncate(consumed);
                 }
                 Ok(_) => {}
                 Err(_) => {
                     buf.clear();
-                    ex.truncated = true;
+                    ex.resp = Resp::Truncated;
+                    return Ok(());
                 }
             }
             if tracker.is_done() {
-                ex.upstream_finished(keep_alive);
+                ex.upstream_finished(reusable, close_client);
             } else {
                 ex.resp = Resp::Body {
                     tracker,
-                    keep_alive,
+                    reusable,
+                    close_client,
                 };
             }
             return Ok(());

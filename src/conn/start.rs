@@ -9,7 +9,7 @@ use crate::h1::{self, BodyTracker, RequestFraming, RequestHead, UpstreamRequest}
 use crate::net::Peer;
 use crate::router::{Backend, Route, Routes};
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, Failover, Link};
 use super::ids::InFlight;
 use super::outbox::{copy_chunk, Chunk, Outbox};
 use super::replicas::{Hold, Resend};
@@ -145,7 +145,7 @@ impl Conn {
             slot,
             ctx.now,
         );
-        ex.resend = resend;
+        ex.failover = Failover::with(resend);
         ex.upgrade = upgrade;
         self.enter_proxy(ex, hold, ctx.now)
     }
@@ -163,7 +163,7 @@ impl Conn {
                 Flow::Upstream
             }
             None => {
-                ex.queued = Some(now);
+                ex.link = Link::Queued { since: now };
                 Flow::Queue
             }
         };
