@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Scheme;
-use crate::resolver::{self, Subscribers};
+use crate::control::{self, Control, Subscribers};
+use crate::resolver;
 use crate::router::{Backend, Route, Routes};
-use crate::worker::Control;
 
 /// Longest status line read from a health answer.
 const MAX_STATUS_LINE: usize = 1024;
@@ -79,14 +79,11 @@ fn run(rx: Receiver<Arc<Routes>>, routes: Arc<Routes>, workers: Subscribers) {
                 break;
             }
             backend.stats.set_down(!up);
-            for (tx, waker) in &workers {
-                let _ = tx.send(Control::ReplicaHealth {
-                    route: Arc::clone(&t.route),
-                    replica: t.replica,
-                    up,
-                });
-                let _ = waker.wake();
-            }
+            control::broadcast(&workers, || Control::ReplicaHealth {
+                route: Arc::clone(&t.route),
+                replica: t.replica,
+                up,
+            });
             t.next = Instant::now() + check.interval;
         }
         if let Some(routes) = reloaded {

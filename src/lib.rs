@@ -1,10 +1,12 @@
 //! modelgate: a tiny, fast, stateless HTTP router for OpenAI-compatible LLM inference.
 //!
 //! Layers (imports point downward only; `tests/layering.rs` enforces it):
-//! - L0 pure: `buf`, `timer`, `config`, `secrets`, `auth`, `ratelimit`, `scan`, `multipart`, `router`, `h1`, `error`
+//! - L0 pure: `buf`, `balance`, `slab`, `timer`, `config`, `secrets`, `auth`, `ratelimit`, `scan`,
+//!   `multipart`, `router`, `h1`, `error`, `usage`, `metrics`, `accesslog`, `discovery`, `profile`
 //! - L1 transport: `net`
 //! - L2 protocol: `conn`, `upstream`, `admin`
-//! - L3 runtime: `cli`, `server`, `worker`, `ready` (and `main.rs`)
+//! - L3 runtime: `cli`, `control`, `server`, `worker`, `resolver`, `health`, `prober`, `ready`
+//!   (and `main.rs`)
 //!
 //! See `docs/ARCHITECTURE.md`.
 
@@ -34,6 +36,7 @@ pub mod conn;
 pub mod upstream;
 
 pub mod cli;
+pub mod control;
 pub mod health;
 pub mod prober;
 pub mod ready;

@@ -11,9 +11,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use crate::config::{Discover, Scheme, Upstream};
+use crate::control::ToServer;
 use crate::discovery::{self, Found};
 use crate::resolver;
-use crate::worker::ToServer;
 
 /// How long a probe may wait for the TCP connection (per address).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -9,9 +9,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::Waker;
-
-use crate::worker::Control;
+use crate::control::{self, Control, Subscribers};
 
 /// How often resolved names are looked up again.
 const REFRESH: Duration = Duration::from_secs(30);
@@ -32,9 +30,6 @@ struct Entry {
     next: Instant,
     last: Option<Instant>,
 }
-
-/// Where answers go: each worker's control channel and waker.
-pub type Subscribers = Vec<(Sender<Control>, Arc<Waker>)>;
 
 /// The channel workers and the server use to reach the resolver thread.
 pub fn channel() -> (Sender<Request>, Receiver<Request>) {
@@ -112,13 +107,10 @@ fn run(
                     eprintln!("modelgate: upstream {name} resolves to {addrs:?}");
                     entry.addrs = Some(addrs.clone());
                     let shared: Arc<[SocketAddr]> = addrs.into();
-                    for (tx, waker) in &workers {
-                        let _ = tx.send(Control::Resolved {
-                            name: name.clone(),
-                            addrs: Arc::clone(&shared),
-                        });
-                        let _ = waker.wake();
-                    }
+                    control::broadcast(&workers, || Control::Resolved {
+                        name: name.clone(),
+                        addrs: Arc::clone(&shared),
+                    });
                 }
                 Some(_) => {}
                 None if entry.addrs.is_none() => {

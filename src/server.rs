@@ -13,13 +13,14 @@ use mio::{Poll, Waker};
 
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
+use crate::control::{Control, ListenerTls, ToServer};
 use crate::discovery::{self, Found};
 use crate::metrics::Metrics;
 use crate::net::{self, systemd, tls, Listener};
 use crate::prober;
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
-use crate::worker::{self, Control, ListenerTls, Shared, ToServer, Worker};
+use crate::worker::{self, Shared, Worker};
 use crate::{health, resolver};
 
 /// Resolves an upstream host while a routing table is built (startup and reload, on the
@@ -391,7 +392,7 @@ mod watch {
     use std::sync::mpsc::Sender;
     use std::time::Duration;
 
-    use crate::worker::ToServer;
+    use crate::control::ToServer;
 
     const POLL: Duration = Duration::from_secs(1);
 
@@ -428,7 +429,7 @@ mod watch {
 mod signals {
     use std::sync::mpsc::Sender;
 
-    use crate::worker::ToServer;
+    use crate::control::ToServer;
 
     pub enum Signal {
         Reload,

@@ -1,6 +1,8 @@
 //! Keeps the layer map of docs/ARCHITECTURE.md honest: a module may use modules of its own
-//! layer or below, never above (L0 pure < L1 transport < L2 protocol < L3 runtime).
+//! layer or below, never above (L0 pure < L1 transport < L2 protocol < L3 runtime), and no
+//! two modules import each other, directly or through others.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
@@ -11,7 +13,8 @@ fn layer(module: &str) -> Option<u8> {
         | "multipart" | "ratelimit" | "profile" => 0,
         "net" => 1,
         "conn" | "upstream" | "admin" => 2,
-        "cli" | "server" | "worker" | "resolver" | "health" | "prober" | "ready" | "main" => 3,
+        "cli" | "control" | "server" | "worker" | "resolver" | "health" | "prober" | "ready"
+        | "main" => 3,
         _ => return None,
     })
 }
@@ -111,4 +114,82 @@ fn the_checker_sees_grouped_and_plain_uses() {
     assert!(refs.contains(&"net".to_string()));
     assert!(refs.contains(&"buf".to_string()));
     assert!(refs.contains(&"worker".to_string()));
+}
+
+/// Which top-level modules each module uses (its own name and `lib` left out).
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let module = module_of(&file, &src);
+        if module == "lib" {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("readable file");
+        let uses = graph.entry(module.clone()).or_default();
+        for used in crate_refs(&text) {
+            if used != module && layer(&used).is_some() {
+                uses.insert(used);
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle through `graph`, if there is one (depth-first search with a path stack).
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        if let Some(cycle) = visit(node, graph, &mut Vec::new(), &mut done) {
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    let graph = module_graph();
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!("import cycle: {}", cycle.join(" -> "));
+    }
+}
+
+#[test]
+fn the_cycle_finder_finds_a_cycle_and_accepts_a_dag() {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    graph.entry("a".into()).or_default().insert("b".into());
+    graph.entry("b".into()).or_default().insert("c".into());
+    graph.entry("a".into()).or_default().insert("c".into());
+    assert_eq!(find_cycle(&graph), None);
+    graph.entry("c".into()).or_default().insert("a".into());
+    let cycle = find_cycle(&graph).expect("a -> b -> c -> a");
+    assert_eq!(cycle.first(), cycle.last());
+    assert_eq!(cycle.len(), 4);
 }
