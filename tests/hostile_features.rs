@@ -1,4 +1,4 @@
-//! Hostile input on the surfaces added by issues 9-11 (upgrades, multipart, profiles, scoped
+//! Hostile input on the features beyond plain forwarding (upgrades, multipart, profiles, scoped
 //! tokens, discovery): every case is a real socket exchange against the real binary, and ends
 //! with a check that the process still answers `/health` and logged no panic. The rule under
 //! test: a request reaches only the upstream the router chose for it, bytes are tunnelled
