@@ -13,6 +13,13 @@
 //! `error`); it never touches the `Poll`. When it needs an upstream socket it returns
 //! [`Want::Upstream`] and the worker attaches one; sockets it is done with are left in
 //! `released` (reusable) or `dead` (to close) for the worker to collect.
+//!
+//! This file keeps the phases, the turn loop and the deadlines; each phase has its own file:
+//! `head` (reading a head, deciding what it asks for), `body` (reading and scanning a body
+//! to route it), `start` (`/route/` requests, choosing a replica, the upstream head),
+//! `exchange` (the exchange's states and pump), `response` (the upstream's answer),
+//! `failover` (upstream failures, failover, the wait queue), `local` (local answers, errors,
+//! linger) and `tunnel` (WebSocket).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
