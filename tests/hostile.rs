@@ -357,6 +357,50 @@ fn connect_authority_form_is_400_and_close() {
     );
 }
 
+/// SPEC §11: CONNECT and PRI are refused at the edge whatever their target form (origin,
+/// absolute, asterisk, a `/route/` path, a routable body), with 400 and a close: the bytes
+/// after such a head (tunnel bytes, an HTTP/2 preface's frames) are never read as a request,
+/// and the upstream sees nothing at all. 400, not 405: authority-form CONNECT was already 400
+/// as a malformed target, a 405 must list the allowed methods in `Allow` (a router of
+/// arbitrary backends cannot), and either way the connection must close.
+#[test]
+fn connect_and_pri_are_400_and_close_in_every_target_form() {
+    let body = r#"{"model":"m","messages":[]}"#;
+    for method in ["CONNECT", "PRI"] {
+        for target in [
+            "/v1/chat/completions",
+            "/route/m/v1/chat/completions",
+            "http://mg.test/v1/chat/completions",
+            "*",
+            "upstream.example:443",
+        ] {
+            let raw = format!(
+                "{method} {target} HTTP/1.1\r\nHost: mg.test\r\nContent-Length: {}\r\n\r\n{body}\
+                 GET /health HTTP/1.1\r\nHost: mg.test\r\n\r\n",
+                body.len()
+            );
+            let up = echo_upstream();
+            let mg = start(&up, json!({}));
+            let (resps, eof) = exchange(mg.addr(), raw.as_bytes());
+            assert_eq!(resps.len(), 1, "{method} {target}: {resps:?}");
+            assert_error(&resps[0], 400, "bad_request");
+            let message = resps[0].json()["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            assert!(message.starts_with(method), "{method} {target}: {message}");
+            assert!(resps[0].header_has_token("connection", "close"));
+            assert!(eof, "{method} {target}: the connection must close");
+            assert_eq!(
+                up.connections(),
+                0,
+                "{method} {target}: the upstream saw a connection"
+            );
+            assert_eq!(up.request_count(), 0);
+        }
+    }
+}
+
 #[test]
 fn absolute_form_without_path_is_routed_as_root() {
     // Pinned: `http://x` is absolute-form with an empty path, i.e. `/`, which is routed by

@@ -47,6 +47,9 @@ pub enum Method {
     Delete,
     Patch,
     Options,
+    /// Refused by `parse_request`; known so that a 2xx answer to it is framed as the tunnel it
+    /// would be (never pooled).
+    Connect,
     Other,
 }
 

@@ -58,6 +58,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Parse<RequestHead>, HeadError> {
         _ => return Err(HeadError::Malformed("unsupported HTTP version")),
     };
     let method = method_of(req.method.unwrap_or(""));
+    if let Some(why) = not_proxied(req.method.unwrap_or("")) {
+        return Err(HeadError::Malformed(why));
+    }
     let target = target_range(buf, req.path.unwrap_or(""))?;
 
     let mut fields = Fields::default();
@@ -204,6 +207,19 @@ impl Fields {
     }
 }
 
+/// Methods modelgate refuses in any target form (SPEC §11), before the target is looked at:
+/// `CONNECT` asks for a tunnel (RFC 9110 §9.3.6), which a router to HTTP backends never
+/// opens, and whose 2xx answer an upstream would follow with raw bytes; `PRI` is the HTTP/2
+/// connection preface (RFC 9113 §3.4), which this HTTP/1.1 server does not speak. Both are
+/// 400 and close: the bytes after such a head are not HTTP/1.1 requests.
+fn not_proxied(method: &str) -> Option<&'static str> {
+    match method {
+        "CONNECT" => Some("CONNECT is not supported: modelgate is not a forward proxy"),
+        "PRI" => Some("PRI (the HTTP/2 preface) is not supported: modelgate speaks HTTP/1.1"),
+        _ => None,
+    }
+}
+
 /// Methods are case-sensitive (RFC 9110 §9.1): `get` is `Other`.
 fn method_of(m: &str) -> Method {
     match m {
@@ -214,6 +230,7 @@ fn method_of(m: &str) -> Method {
         "DELETE" => Method::Delete,
         "PATCH" => Method::Patch,
         "OPTIONS" => Method::Options,
+        "CONNECT" => Method::Connect,
         _ => Method::Other,
     }
 }
@@ -976,6 +993,34 @@ mod tests {
     fn asterisk_form_is_malformed() {
         let raw = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(matches!(err(raw), HeadError::Malformed(_)));
+    }
+
+    #[test]
+    fn connect_and_pri_are_refused_in_every_target_form() {
+        for raw in [
+            &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n"[..],
+            b"CONNECT /v1/chat/completions HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT http://a/v1/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT /x HTTP/1.0\r\n\r\n",
+            b"PRI /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}",
+            b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PRI http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let got = parse(raw);
+            assert!(
+                matches!(got, Err(HeadError::Malformed(why)) if why.starts_with("CONNECT") || why.starts_with("PRI")),
+                "{:?}: {got:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // The HTTP/2 preface itself never gets that far: its version is refused.
+        assert!(parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").is_err());
+        // Methods are case-sensitive: `connect` is an unknown method, forwarded as such.
+        assert!(matches!(
+            parse(b"connect /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Ok(Parse::Complete(_))
+        ));
     }
 
     #[test]

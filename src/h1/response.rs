@@ -156,14 +156,17 @@ pub fn body_shape(content_type: &[u8]) -> BodyShape {
 /// 1. `101 Switching Protocols` → until close (the engine tunnels it after a WebSocket handshake
 ///    and refuses it otherwise; the framing is not used either way).
 /// 2. Any other 1xx → no body; `Transfer-Encoding` on a 1xx is invalid (nginx#1427) → error.
-/// 3. `204`, `304`, and any answer to `HEAD` → no body, whatever the headers say.
-/// 4. `Transfer-Encoding` and `Content-Length` together → error (nginx answers 502 too): an
+/// 3. A 2xx to `CONNECT` → until close: the connection is a tunnel from the empty line on
+///    (§6.3 rule 2), which this parser does not model. `parse_request` refuses `CONNECT`, so
+///    no such answer is ever awaited; if one were, the upstream would never be pooled.
+/// 4. `204`, `304`, and any answer to `HEAD` → no body, whatever the headers say.
+/// 5. `Transfer-Encoding` and `Content-Length` together → error (nginx answers 502 too): an
 ///    intermediary would have to drop the `Content-Length`, and we forward headers as sent.
-/// 5. `Transfer-Encoding`: `chunked` twice → error; `chunked` last → chunked; otherwise →
+/// 6. `Transfer-Encoding`: `chunked` twice → error; `chunked` last → chunked; otherwise →
 ///    until close (§6.3 rule 4 for responses). Other codings (`gzip, chunked`) are fine:
 ///    the body is forwarded as is and only the chunked layer is observed.
-/// 6. `Content-Length`: strict digits, identical repeats → length; else error.
-/// 7. Neither → until close.
+/// 7. `Content-Length`: strict digits, identical repeats → length; else error.
+/// 8. Neither → until close.
 fn response_framing(
     status: u16,
     method: Method,
@@ -178,6 +181,9 @@ fn response_framing(
             return Err(HeadError::BadFraming("Transfer-Encoding on a 1xx response"));
         }
         return Ok(ResponseFraming::Empty);
+    }
+    if method == Method::Connect && (200..300).contains(&status) {
+        return Ok(ResponseFraming::UntilClose);
     }
     if status == 204 || status == 304 || method == Method::Head {
         return Ok(ResponseFraming::Empty);
@@ -224,6 +230,20 @@ mod tests {
             Err(e) => e,
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_2xx_to_connect_is_a_tunnel_never_reused() {
+        let raw = b"HTTP/1.1 200 Connection established\r\nContent-Length: 0\r\n\r\n";
+        let h = head_for(raw, Method::Connect);
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+        // A refusal of the tunnel is an ordinary framed answer.
+        let raw = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(
+            head_for(raw, Method::Connect).framing,
+            ResponseFraming::Length(2)
+        );
     }
 
     #[test]

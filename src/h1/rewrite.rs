@@ -207,6 +207,7 @@ fn method_bytes(head: &RequestHead) -> &'static [u8] {
         Method::Delete => b"DELETE",
         Method::Patch => b"PATCH",
         Method::Options => b"OPTIONS",
+        Method::Connect => b"CONNECT",
     }
 }
 
