@@ -683,6 +683,74 @@ fn slow_reader_gets_large_response_intact_with_upstream_paused_and_rss_bounded()
     );
 }
 
+/// SPEC §11: `timeouts.idle` cuts a connection where nothing moves, and a client still taking
+/// bytes is not idle. The client here reads a long SSE stream at 160 KB/s: far slower than
+/// the upstream writes, so modelgate's socket buffers stay full and modelgate gets no
+/// writable edge (no write of its own) for longer than `idle` (1 s), while the client steadily
+/// drains them. It must get the whole stream; before issue 23 it was cut at exactly `idle`.
+#[test]
+fn a_slow_but_steady_reader_of_a_long_stream_is_not_cut_by_the_idle_timeout() {
+    const TOTAL: usize = 24 << 20;
+    let up = ScriptedUpstream::start(move |conn| {
+        if conn.read_request().is_none() {
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {TOTAL}\r\n\r\n"
+        );
+        if conn.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        // 1 KiB events, as fast as the socket takes them.
+        let mut event = b"data: ".to_vec();
+        event.resize(1022, b'x');
+        event.extend_from_slice(b"\n\n");
+        let mut at = 0;
+        while at < TOTAL {
+            let n = event.len().min(TOTAL - at);
+            if conn.write_all(&event[..n]).is_err() {
+                return;
+            }
+            at += n;
+        }
+        let _ = conn.read_request();
+    });
+    let mg = start(
+        &[("m", &up.url())],
+        json!({"timeouts": {"idle": 1}, "workers": 1}),
+    );
+    let mut c = Client::connect(mg.addr());
+    c.send(&request_bytes("GET", "/route/m/events", &[], b""));
+    let resp = c.try_read_head().expect("head");
+    assert_eq!(resp.status, 200);
+    let mut got = c.buffered().len();
+    c.set_read_timeout(Duration::from_secs(10));
+    // Slow phase: 16 KiB every 100 ms for 6 s (six idle periods).
+    let mut piece = vec![0u8; 16 * 1024];
+    let slow_end = Instant::now() + ms(6000);
+    while Instant::now() < slow_end {
+        let n = c.stream().read(&mut piece).unwrap_or(0);
+        assert!(
+            n > 0,
+            "cut after {got} bytes, {:?} before the slow phase ended",
+            slow_end.saturating_duration_since(Instant::now())
+        );
+        got += n;
+        thread::sleep(ms(100));
+    }
+    assert!(
+        got < TOTAL / 2,
+        "the stream ended while reading slowly: test too small"
+    );
+    let mut big = vec![0u8; 1 << 20];
+    while got < TOTAL {
+        let n = c.stream().read(&mut big).unwrap_or(0);
+        assert!(n > 0, "EOF after {got} of {TOTAL} bytes");
+        got += n;
+    }
+    assert_eq!(got, TOTAL);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Admission control.
 

@@ -165,7 +165,14 @@ pub struct Conn {
     /// The current request's bearer token (its index in the routes the request started
     /// with; None when auth is off): its model scope is checked once the model is known.
     token: Option<usize>,
+    /// The client's send queue as last sampled by the idle timer, and when: a client that
+    /// drains it is still reading, however slowly (SPEC §11).
+    send_probe: Option<(usize, Instant)>,
 }
+
+/// How long the idle timer watches a client's send queue, once it fires with bytes still
+/// queued there, before deciding the client stopped taking them.
+const SEND_PROBE: Duration = Duration::from_secs(1);
 
 enum Flow {
     Again,
@@ -202,6 +209,7 @@ impl Conn {
             pending_head: 0,
             http10: false,
             token: None,
+            send_probe: None,
         }
     }
 
@@ -245,8 +253,57 @@ impl Conn {
         Want::Yield
     }
 
+    /// The idle timer of a phase that writes to the client fired: is the client still taking
+    /// bytes out of its send queue? Bytes moving only inside the kernel (a slow reader of a
+    /// long stream drains megabytes of socket buffers long after our last write) produce no
+    /// event, so the queue is sampled here: a first sample starts a probe of `SEND_PROBE`; a
+    /// later one that shows the queue shrank counts as activity. A client that took nothing
+    /// is cut at most `SEND_PROBE` after `timeouts.idle`.
+    fn client_still_reading(&mut self, now: Instant) -> bool {
+        let queued = match self.client.stream.unsent() {
+            Some(n) if n > 0 => n,
+            _ => {
+                self.send_probe = None;
+                return false;
+            }
+        };
+        match self.send_probe {
+            // A sample taken since the last byte we moved: compare.
+            Some((before, at)) if at >= self.last_activity => {
+                if queued < before {
+                    self.last_activity = now;
+                    self.send_probe = Some((queued, now));
+                    true
+                } else {
+                    false
+                }
+            }
+            // None yet, or one older than our last write: start a probe.
+            _ => {
+                self.send_probe = Some((queued, now));
+                true
+            }
+        }
+    }
+
+    /// `last_activity + idle`, or the end of a running send-queue probe.
+    fn idle_deadline(&self, t: &Timeouts) -> Instant {
+        match self.send_probe {
+            Some((_, at)) if at > self.last_activity => at + SEND_PROBE.min(t.idle),
+            _ => self.last_activity + t.idle,
+        }
+    }
+
     /// A deadline passed: decide what it means in the current phase.
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        let writes_to_client = match &self.phase {
+            Phase::Tunnel(_) | Phase::Respond { .. } => true,
+            Phase::Proxy(ex) => ex.head_sent(),
+            _ => false,
+        };
+        if writes_to_client && self.client_still_reading(ctx.now) {
+            return Want::Wait;
+        }
         self.close_outcome = Outcome::Timeout;
         let flow = match &self.phase {
             Phase::Idle
@@ -289,11 +346,9 @@ impl Conn {
         match &self.phase {
             Phase::Idle => self.last_activity + t.keep_alive,
             Phase::Head { started, .. } => *started + t.header,
-            Phase::Body(_) | Phase::Respond { .. } | Phase::Reloading { .. } | Phase::Closed => {
-                self.last_activity + t.idle
-            }
+            Phase::Body(_) | Phase::Reloading { .. } | Phase::Closed => self.last_activity + t.idle,
             Phase::Linger { until, .. } => *until,
-            Phase::Tunnel(_) => self.last_activity + t.idle,
+            Phase::Tunnel(_) | Phase::Respond { .. } => self.idle_deadline(t),
             Phase::Proxy(ex) => {
                 let handshaking = self
                     .upstream
@@ -304,7 +359,7 @@ impl Conn {
                     Link::Connecting { .. } => ex.connect_started + t.connect,
                     _ if handshaking => ex.connect_started + t.connect,
                     _ => {
-                        let idle = self.last_activity + t.idle;
+                        let idle = self.idle_deadline(t);
                         match (&ex.resp, t.first_byte, ex.request_sent) {
                             (Resp::Head, Some(limit), Some(sent)) => idle.min(sent + limit),
                             _ => idle,

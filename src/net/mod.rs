@@ -248,6 +248,20 @@ impl Stream {
         };
     }
 
+    /// Bytes written to this socket that the peer has not taken yet (the kernel's send queue,
+    /// `SIOCOUTQ`: unacknowledged TCP bytes, or unread ones on a unix socket). None when the
+    /// kernel will not say. A TLS stream's ciphertext not yet written is not included.
+    pub fn unsent(&self) -> Option<usize> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer; the fd is ours.
+        let rc = unsafe { libc::ioctl(self.raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc == 0 {
+            usize::try_from(queued).ok()
+        } else {
+            None
+        }
+    }
+
     pub fn raw_fd(&self) -> i32 {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
