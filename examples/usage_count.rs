@@ -2,12 +2,12 @@
 //! (BENCHMARKS.md, "Counting tokens of compressed answers"): no clock, no randomness, so runs
 //! and builds compare exactly.
 //!
-//! `valgrind --tool=callgrind --callgrind-out-file=OUT target/release/examples/usage_count MODE`
+//! `valgrind --tool=callgrind --callgrind-out-file=OUT target/release/examples/usage_count MODE [json|sse]`
 //!
-//! MODE is `setup` (build and compress the answers, count nothing), `plain` (count the
+//! The second argument counts only that answer (both by default). MODE is `setup` (build and compress the answers, count nothing), `plain` (count the
 //! uncompressed answers), `gzip` or `deflate` (count the compressed ones). Every mode builds
 //! the same answers, so `MODE − setup` is the counting alone. The answers: a non-streamed chat
-//! completion (4 KB of text, one read) and an SSE stream of 400 chunks with its usage event
+//! completion (4.7 KB, one read) and an SSE stream of 400 chunks with its usage event
 //! (~110 KB, one read per event; compressed as one stream sync-flushed after every event, as
 //! a streaming server does), each counted 50 times through `usage::AnswerUsage`, the reader a
 //! connection holds.
@@ -107,6 +107,7 @@ fn answer(shape: BodyShape, plain: Vec<Vec<u8>>) -> Answer {
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "plain".into());
+    let only = std::env::args().nth(2);
     let mut seed = 7;
     let json = format!(
         r#"{{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"{}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":812,"completion_tokens":700,"total_tokens":1512}}}}"#,
@@ -132,6 +133,14 @@ fn main() {
     let mut counted = 0u64;
     for _ in 0..ROUNDS {
         for a in &answers {
+            let wanted = match only.as_deref() {
+                Some("json") => a.shape == BodyShape::Document,
+                Some("sse") => a.shape == BodyShape::Sse,
+                _ => true,
+            };
+            if !wanted {
+                continue;
+            }
             let (coding, pieces) = match mode.as_str() {
                 "setup" => continue,
                 "gzip" => (ContentCoding::Gzip, &a.gzip),
@@ -147,16 +156,22 @@ fn main() {
             assert!(usage.unread().is_none());
         }
     }
-    let bytes = |f: fn(&Answer) -> &Vec<Vec<u8>>| -> usize {
-        answers
-            .iter()
-            .map(|a| f(a).iter().map(Vec::len).sum::<usize>())
-            .sum()
-    };
+    let sizes: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            let len = |p: &Vec<Vec<u8>>| p.iter().map(Vec::len).sum::<usize>();
+            format!(
+                "{:?} {} pieces: {} plain bytes, {} gzip, {} deflate",
+                a.shape,
+                a.plain.len(),
+                len(&a.plain),
+                len(&a.gzip),
+                len(&a.deflate)
+            )
+        })
+        .collect();
     println!(
-        "{mode}: {counted} completion tokens counted; per round {} plain bytes, {} gzip, {} deflate",
-        bytes(|a| &a.plain),
-        bytes(|a| &a.gzip),
-        bytes(|a| &a.deflate)
+        "{mode}: {counted} completion tokens counted; {}",
+        sizes.join("; ")
     );
 }
