@@ -192,7 +192,10 @@ impl Conn {
             let mut reusable = head.keep_alive;
             let available = buf.len();
             let (usage, now) = (&mut self.rec.usage, ctx.now);
-            usage.begin(head.coding, head.shape, ctx.pool);
+            if head.framing != ResponseFraming::Empty {
+                // (A bodiless answer needs no inflater, whatever it is labelled.)
+                usage.begin(head.coding, head.shape, ctx.pool);
+            }
             match tracker.feed(buf.filled(), &mut |d| usage.feed(d, now)) {
                 Ok(consumed) if consumed < available => {
                     reusable = false;
