@@ -297,7 +297,8 @@ impl AnswerUsage {
 mod tests {
     use super::*;
     use crate::buf::{Budget, BLOCK_SIZE};
-    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+    use crate::usage::inflate::tests::{gzip, raw, zlib};
+    use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
 
@@ -309,24 +310,6 @@ mod tests {
 
     fn pool() -> Pool {
         Pool::new(Budget::new(usize::MAX))
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut e = GzEncoder::new(Vec::new(), Compression::default());
-        e.write_all(data).expect("gzip");
-        e.finish().expect("gzip")
-    }
-
-    fn zlib(data: &[u8]) -> Vec<u8> {
-        let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
-        e.write_all(data).expect("zlib");
-        e.finish().expect("zlib")
-    }
-
-    fn raw(data: &[u8]) -> Vec<u8> {
-        let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
-        e.write_all(data).expect("deflate");
-        e.finish().expect("deflate")
     }
 
     fn read(coding: ContentCoding, shape: BodyShape, pieces: &[&[u8]]) -> AnswerUsage {

@@ -351,7 +351,7 @@ fn after_comment(flags: u8) -> Stage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
     use flate2::{Compression, GzBuilder};
@@ -359,19 +359,19 @@ mod tests {
 
     const TEXT: &[u8] = include_bytes!("../../tests/data/openai-chat-stream.sse");
 
-    fn gzip(data: &[u8]) -> Vec<u8> {
+    pub(in crate::usage) fn gzip(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), Compression::default());
         e.write_all(data).expect("gzip");
         e.finish().expect("gzip")
     }
 
-    fn zlib(data: &[u8]) -> Vec<u8> {
+    pub(in crate::usage) fn zlib(data: &[u8]) -> Vec<u8> {
         let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
         e.write_all(data).expect("zlib");
         e.finish().expect("zlib")
     }
 
-    fn raw(data: &[u8]) -> Vec<u8> {
+    pub(in crate::usage) fn raw(data: &[u8]) -> Vec<u8> {
         let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
         e.write_all(data).expect("deflate");
         e.finish().expect("deflate")
