@@ -335,9 +335,21 @@ pub struct WorkerCounters {
     log_dropped: AtomicU64,
     idle_upstreams: AtomicU64,
     connections: AtomicU64,
+    fd_exhausted: AtomicU64,
+    accept_paused: AtomicU64,
 }
 
 impl WorkerCounters {
+    /// An accept or upstream connect the kernel refused for lack of descriptors.
+    pub fn add_fd_exhausted(&self) {
+        self.fd_exhausted.fetch_add(1, Relaxed);
+    }
+
+    /// Accepting paused to keep descriptors in reserve for accepted clients.
+    pub fn add_accept_paused(&self) {
+        self.accept_paused.fetch_add(1, Relaxed);
+    }
+
     /// Access log lines dropped because the writer thread fell behind.
     pub fn add_log_dropped(&self, lines: u64) {
         self.log_dropped.fetch_add(lines, Relaxed);
@@ -675,7 +687,7 @@ impl Metrics {
             let _ = writeln!(out, "{}", m.queued.load(Relaxed).max(0));
         }
 
-        let globals: [(&str, &str, &str, u64); 7] = [
+        let globals: [(&str, &str, &str, u64); 9] = [
             (
                 "modelgate_in_flight_requests",
                 "gauge",
@@ -711,6 +723,18 @@ impl Metrics {
                 "gauge",
                 "Client connections open.",
                 total(|w| &w.connections),
+            ),
+            (
+                "modelgate_fd_exhausted_total",
+                "counter",
+                "Accepts and upstream connects the kernel refused for lack of file descriptors (EMFILE/ENFILE); such requests get 503.",
+                total(|w| &w.fd_exhausted),
+            ),
+            (
+                "modelgate_accept_paused_total",
+                "counter",
+                "Times a worker stopped accepting to keep file descriptors for the clients it accepted.",
+                total(|w| &w.accept_paused),
             ),
             (
                 "modelgate_rate_limited_total",

@@ -141,6 +141,9 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // The descriptor reserve: what is open now (listeners, stdio) plus each worker's epoll,
+    // waker and copy of every listener (net::fds).
+    net::fds::init(worker_count, 2 + listeners.len());
     let (resolver_tx, resolver_rx) = resolver::channel();
     let (events_tx, events) = mpsc::channel::<ToServer>();
     signals::forward(signals, events_tx.clone())?;

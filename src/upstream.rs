@@ -36,8 +36,16 @@ pub struct Sock {
     pub read_closed: bool,
 }
 
+impl Drop for Sock {
+    fn drop(&mut self) {
+        crate::net::fds::closed();
+    }
+}
+
 impl Sock {
+    /// A socket the worker holds, counted against the descriptor limit until dropped.
     pub fn new(stream: Stream, token: usize) -> Sock {
+        crate::net::fds::opened();
         Sock {
             stream,
             token,

@@ -277,6 +277,17 @@ impl Conn {
         self.finish_turn(flow, ctx)
     }
 
+    /// No descriptor was left for the upstream socket (`EMFILE`/`ENFILE`): the process is
+    /// short, not the upstream, so the request gets 503 `overloaded` with `Retry-After` and
+    /// the replica is not marked failed.
+    pub fn shed_no_descriptors(&mut self, ctx: &mut Ctx<'_>) -> Want {
+        let flow = self.with_exchange(|conn, ex| {
+            let close = ex.close_on_error() || conn.draining;
+            conn.reject(ApiError::Overloaded, close)
+        });
+        self.finish_turn(flow, ctx)
+    }
+
     /// Moves bytes both ways until nothing is ready.
     pub(super) fn pump(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> Flow {
         if matches!(ex.link, Link::Queued { .. }) {

@@ -10,6 +10,7 @@ use mio::event::Source;
 use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
+pub mod fds;
 pub mod systemd;
 pub mod tls;
 
@@ -35,7 +36,21 @@ pub enum FailKind {
     Refused,
     /// A TLS handshake or record error (certificate, protocol); logged where it happened.
     Tls,
+    /// No descriptor for a new socket (`EMFILE`/`ENFILE`, the errno inside): the process's
+    /// shortage, not the peer's failure.
+    NoDescriptors(i32),
     Other,
+}
+
+/// A failed socket creation or connect, as callers care: a descriptor shortage named apart.
+fn connect_error(e: &io::Error) -> FailKind {
+    match e.raw_os_error() {
+        Some(code @ (libc::EMFILE | libc::ENFILE)) => FailKind::NoDescriptors(code),
+        _ => match classify(e) {
+            Io::Failed(kind) => kind,
+            _ => FailKind::Other,
+        },
+    }
 }
 
 fn classify(err: &io::Error) -> Io {
@@ -298,20 +313,14 @@ impl Stream {
 pub fn connect_tcp(addr: SocketAddr) -> Result<Stream, FailKind> {
     TcpStream::connect(addr)
         .map(Stream::Tcp)
-        .map_err(|e| match classify(&e) {
-            Io::Failed(kind) => kind,
-            _ => FailKind::Other,
-        })
+        .map_err(|e| connect_error(&e))
 }
 
 /// Connects to a unix socket (completes at once or fails; EAGAIN means the backlog is full).
 pub fn connect_unix(path: &Path) -> Result<Stream, FailKind> {
     UnixStream::connect(path)
         .map(Stream::Unix)
-        .map_err(|e| match classify(&e) {
-            Io::Failed(kind) => kind,
-            _ => FailKind::Other,
-        })
+        .map_err(|e| connect_error(&e))
 }
 
 /// A listening socket.
@@ -325,8 +334,8 @@ pub enum Listener {
 pub enum Accepted {
     Conn(Stream, Peer),
     WouldBlock,
-    /// Out of file descriptors: back off instead of spinning (PITFALLS 3).
-    Exhausted,
+    /// Out of file descriptors (the errno inside): back off instead of spinning (PITFALLS 3).
+    Exhausted(i32),
     /// The connection died before we took it; try the next one.
     Skip,
 }
@@ -346,8 +355,9 @@ impl Listener {
                     io::ErrorKind::WouldBlock => Accepted::WouldBlock,
                     io::ErrorKind::Interrupted => continue,
                     _ => match e.raw_os_error() {
-                        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
-                        | Some(libc::ENOMEM) => Accepted::Exhausted,
+                        Some(
+                            code @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM),
+                        ) => Accepted::Exhausted(code),
                         _ => Accepted::Skip,
                     },
                 },

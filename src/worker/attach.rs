@@ -113,6 +113,14 @@ impl Worker {
         };
         match registered {
             Ok(sock) => conn.attach_upstream(sock, false, now),
+            Err(net::FailKind::NoDescriptors(code)) => {
+                // Our shortage, not the upstream's failure: 503, and the replica stays up.
+                let mut ctx = self.env.ctx(now);
+                let want = conn.shed_no_descriptors(&mut ctx);
+                self.env.obs.counters.add_fd_exhausted();
+                self.log_shortage(now, Some(code));
+                self.after_drive(key, want, now);
+            }
             Err(_) => {
                 if exhausted || unix {
                     eprintln!(

@@ -112,6 +112,8 @@ pub struct Worker {
     accept_after: Option<Instant>,
     shutdown: Option<Instant>,
     yielded: Vec<usize>,
+    /// Rate limit of the descriptor-shortage log line.
+    fd_log: accept::ShortageLog,
 }
 
 impl Worker {
@@ -172,6 +174,7 @@ impl Worker {
             accept_after: None,
             shutdown: None,
             yielded: Vec::new(),
+            fd_log: accept::ShortageLog::default(),
         })
     }
 
@@ -430,6 +433,7 @@ impl Worker {
             self.close_sock(sock);
         }
         self.retire_token(conn.client.token);
+        crate::net::fds::client_closed();
         // Dropping `conn` closes the client socket (and leaves epoll with it).
     }
 
