@@ -6,7 +6,8 @@
 # Creates (once) a venv at target/sdk-venv with the `openai` package (pinned: OPENAI_VERSION
 # below, so CI runs are reproducible; a venv with another version is rebuilt), exports
 # MODELGATE_SDK_PYTHON so tests/openai_sdk.rs (and the SDK audio upload test in tests/multipart.rs)
-# run, then runs `cargo test --all-targets`.
+# run, installs Debian's chromium for tests/status_page.rs when missing (as root), then runs
+# `cargo test --all-targets`.
 # Idempotent: with the venv in place it only runs cargo. Set MODELGATE_SDK_PYTHON yourself
 # to use another interpreter (the venv step is then skipped).
 set -euo pipefail
@@ -60,6 +61,29 @@ install_python() {
     apt-get install -y -qq python3 python3-venv python3-pip >/dev/null \
         || die "apt-get install python3-venv failed"
 }
+
+# The status page test (tests/status_page.rs) drives headless Chromium; it installs nothing
+# itself. Install Debian's chromium here when it is missing and we are root; otherwise (or if
+# the install fails) that test says it skips and why, except under CI, where it fails.
+# Not pinned: Debian keeps only the current security release of chromium in its archive,
+# so a pinned version would stop installing at the next update.
+have_chromium() {
+    [ -n "${MODELGATE_CHROMIUM:-}" ] && return 0
+    command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+        || command -v google-chrome >/dev/null 2>&1
+}
+if ! have_chromium; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing chromium with apt-get (for tests/status_page.rs)"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
+            say "could not install chromium: the status page test will skip (and fail under CI)"
+        fi
+    else
+        say "chromium is missing and this is not root: the status page test will skip (apt-get install chromium)"
+    fi
+fi
+have_chromium && say "chromium: $( { chromium --version || chromium-browser --version || google-chrome --version; } 2>/dev/null | head -1)"
 
 if [ -z "${MODELGATE_SDK_PYTHON:-}" ]; then
     venv_works || make_venv

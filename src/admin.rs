@@ -1,11 +1,14 @@
 //! Local endpoints answered by modelgate itself (SPEC.md §3): `/health`, `/v1/models`,
-//! `/v1/models/{id}`. Pure functions from the routing table to a JSON body.
+//! `/v1/models/{id}`, and the status page (`status`). Pure functions from the routing table
+//! (and the metrics) to a body.
 
 use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::h1::Method;
 use crate::router::{Route, Routes};
+
+pub mod status;
 
 /// `{"status":"ok","models":N}` with N the listed models.
 pub fn health(routes: &Routes) -> Vec<u8> {

@@ -4,6 +4,8 @@
 //! among the configured ones, and the model-name globs that scope a token. It never logs a
 //! token; the index of the matching token is computed without branching on which one matched.
 
+use std::borrow::Cow;
+
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use crate::secrets::Secret;
@@ -24,6 +26,66 @@ pub fn bearer_token(authorization: &[u8]) -> Option<&[u8]> {
     } else {
         Some(token)
     }
+}
+
+/// The token a request presents in its `Authorization` value: a bearer token, or with
+/// `allow_basic` (the status page) the password of Basic authentication.
+pub fn presented_token(authorization: Option<&[u8]>, allow_basic: bool) -> Option<Cow<'_, [u8]>> {
+    let value = authorization?;
+    if let Some(token) = bearer_token(value) {
+        return Some(Cow::Borrowed(token));
+    }
+    allow_basic
+        .then(|| basic_password(value))
+        .flatten()
+        .map(Cow::Owned)
+}
+
+/// The password of an `Authorization: Basic <base64(user:password)>` value (scheme
+/// case-insensitive), if any: the bytes after the first `:`. Used only by the status page,
+/// whose browser users cannot send a bearer header but can answer a Basic prompt with the
+/// token as password. An empty password is no password. Standard base64, padding optional.
+pub fn basic_password(authorization: &[u8]) -> Option<Vec<u8>> {
+    let value = trim_ows_start(authorization);
+    let (scheme, rest) = value.split_at_checked(5)?;
+    if !scheme.eq_ignore_ascii_case(b"Basic") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let decoded = base64_decode(trim_ows_end(trim_ows_start(rest)))?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let password = decoded.get(colon + 1..)?;
+    (!password.is_empty()).then(|| password.to_vec())
+}
+
+/// RFC 4648 base64 (standard alphabet); `=` padding optional, anything else refused.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let text = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let sextet = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for group in text.chunks(4) {
+        let mut bits = 0u32;
+        for (i, &c) in group.iter().enumerate() {
+            bits |= sextet(c)? << (18 - 6 * i);
+        }
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..group.len()]);
+    }
+    Some(out)
 }
 
 fn is_ows(b: u8) -> bool {
@@ -139,6 +201,77 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_gives_the_password_after_the_first_colon() {
+        // "status:s3cr:et" and "Aladdin:open sesame" (RFC 7617).
+        assert_eq!(
+            basic_password(b"Basic c3RhdHVzOnMzY3I6ZXQ="),
+            Some(b"s3cr:et".to_vec())
+        );
+        assert_eq!(
+            basic_password(b"  basic   QWxhZGRpbjpvcGVuIHNlc2FtZQ==  "),
+            Some(b"open sesame".to_vec())
+        );
+        // ":tok" without padding: an empty user name is fine.
+        assert_eq!(basic_password(b"BASIC OnRvaw"), Some(b"tok".to_vec()));
+    }
+
+    #[test]
+    fn basic_counts_only_where_it_is_allowed() {
+        let basic = b"Basic OnRvaw".as_slice();
+        assert_eq!(presented_token(Some(basic), false), None);
+        assert_eq!(
+            presented_token(Some(basic), true).as_deref(),
+            Some(&b"tok"[..])
+        );
+        let bearer = b"Bearer tok".as_slice();
+        assert_eq!(
+            presented_token(Some(bearer), false).as_deref(),
+            Some(&b"tok"[..])
+        );
+        assert_eq!(
+            presented_token(Some(bearer), true).as_deref(),
+            Some(&b"tok"[..])
+        );
+        assert_eq!(presented_token(None, true), None);
+    }
+
+    #[test]
+    fn basic_without_a_password_or_with_bad_base64_is_nothing() {
+        assert_eq!(basic_password(b"Basic dXNlcg=="), None, "no colon");
+        assert_eq!(basic_password(b"Basic dXNlcjo="), None, "empty password");
+        assert_eq!(basic_password(b"Basic dXN!cjp4"), None);
+        assert_eq!(basic_password(b"Basic dXNlc"), None, "a lone sextet");
+        assert_eq!(basic_password(b"Basic"), None);
+        assert_eq!(basic_password(b"Basicdxnlcjp4"), None);
+        assert_eq!(basic_password(b"Bearer dXNlcjp4"), None);
+        assert_eq!(bearer_token(b"Basic dXNlcjp4"), None);
+    }
+
+    #[test]
+    fn base64_round_trips_every_length() {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let encode = |data: &[u8]| -> Vec<u8> {
+            let mut out = Vec::new();
+            for chunk in data.chunks(3) {
+                let mut b = [0u8; 3];
+                b[..chunk.len()].copy_from_slice(chunk);
+                let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+                for i in 0..=chunk.len() {
+                    out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize]);
+                }
+            }
+            out
+        };
+        let data: Vec<u8> = (0..=255u8).collect();
+        for len in 0..40 {
+            assert_eq!(
+                base64_decode(&encode(&data[..len])),
+                Some(data[..len].to_vec())
+            );
+        }
+    }
 
     fn tokens(list: &[&str]) -> Vec<Secret> {
         list.iter().map(|t| Secret::new((*t).to_string())).collect()

@@ -25,6 +25,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     /// 401 `invalid_api_key`, with `WWW-Authenticate: Bearer`.
     InvalidApiKey,
+    /// 401 `invalid_api_key` on the status page, which also challenges `Basic` so a browser
+    /// asks for the token (as the password).
+    StatusPageAuth,
     /// 403 (e.g. /admin from a non-local peer).
     Forbidden(&'static str),
     /// Unknown model (404 `model_not_found`), naming it.
@@ -101,10 +104,18 @@ impl From<MultipartError> for ApiError {
 }
 
 impl ApiError {
+    /// The 401 for a missing or wrong token (`status_page`: also challenge `Basic`).
+    pub fn unauthorized(status_page: bool) -> ApiError {
+        match status_page {
+            true => ApiError::StatusPageAuth,
+            false => ApiError::InvalidApiKey,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) | ApiError::Scan(_) | ApiError::Multipart(_) => 400,
-            ApiError::InvalidApiKey => 401,
+            ApiError::InvalidApiKey | ApiError::StatusPageAuth => 401,
             ApiError::Forbidden(_) | ApiError::ModelNotAllowed(_) => 403,
             ApiError::ModelNotFound(_) | ApiError::NotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
@@ -128,7 +139,7 @@ impl ApiError {
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::InvalidApiKey => "invalid_api_key",
+            ApiError::InvalidApiKey | ApiError::StatusPageAuth => "invalid_api_key",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::ModelNotAllowed(_) => "model_not_allowed",
@@ -179,6 +190,10 @@ impl ApiError {
             }
             ApiError::InvalidApiKey => "Invalid or missing API key. Send it as \
                  'Authorization: Bearer <key>'."
+                .to_owned(),
+            ApiError::StatusPageAuth => "Invalid or missing API key. Send it as \
+                 'Authorization: Bearer <key>', or as the password of HTTP Basic \
+                 authentication (any user name)."
                 .to_owned(),
             ApiError::Forbidden(why) => (*why).to_owned(),
             ApiError::ModelNotFound(model) => format!(
@@ -280,6 +295,9 @@ pub fn write_error_response_with_id(
     let status = err.status();
     write_status_and_common(status, body.len(), out);
     match (status, err) {
+        (401, ApiError::StatusPageAuth) => out.extend_from_slice(
+            b"WWW-Authenticate: Bearer\r\nWWW-Authenticate: Basic realm=\"modelgate\", charset=\"UTF-8\"\r\n",
+        ),
         (401, _) => out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n"),
         (503, _) => out.extend_from_slice(b"Retry-After: 1\r\n"),
         (_, ApiError::MethodNotAllowed { allow }) => {

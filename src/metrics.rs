@@ -401,6 +401,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Metrics {
+    /// Made once at startup: the only place metrics read the clock (the start, which also
+    /// fixes [`process_epoch`]); everything later gets `now` from its caller.
     pub fn new() -> Arc<Metrics> {
         process_epoch();
         Arc::new(Metrics {
@@ -458,6 +460,14 @@ impl Metrics {
         }
     }
 
+    /// Client connections open now, over every worker.
+    pub fn client_connections(&self) -> u64 {
+        lock(&self.workers)
+            .iter()
+            .map(|w| w.connections.load(Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Errors listed since the start.
     pub fn recent_total(&self) -> u64 {
         self.recent.total()
@@ -467,7 +477,7 @@ impl Metrics {
     /// an id that did not fit).
     pub fn recent_errors(&self) -> Vec<(RecentError, Option<String>)> {
         let entries = self.recent.snapshot();
-        let names: BTreeMap<u16, String> = lock(&self.models)
+        let names: Vec<(u16, String)> = lock(&self.models)
             .values()
             .filter(|m| entries.iter().any(|e| e.model == m.id))
             .map(|m| (m.id, m.name.clone()))
@@ -477,7 +487,7 @@ impl Metrics {
             .map(|e| {
                 let name = match e.model {
                     0 | UNKNOWN_MODEL => None,
-                    id => names.get(&id).cloned(),
+                    id => names.iter().find(|(i, _)| *i == id).map(|(_, n)| n.clone()),
                 };
                 (e, name)
             })
@@ -530,8 +540,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4) of everything, with `in_flight` from
-    /// the engine's counter.
-    pub fn render(&self, in_flight: u64) -> String {
+    /// the engine's counter; `now` decides which replica ejections are still running.
+    pub fn render(&self, in_flight: u64, now: Instant) -> String {
         // Snapshot the registries so no lock is held while formatting.
         let mut models: Vec<Arc<ModelStats>> = vec![Arc::clone(&self.unrouted)];
         models.extend(lock(&self.models).values().cloned());
@@ -786,7 +796,7 @@ impl Metrics {
             .iter()
             .map(|((m, r), s)| (m.clone(), r.clone(), Arc::clone(s)))
             .collect();
-        replicas::render(&replica_rows, Instant::now(), &mut out);
+        replicas::render(&replica_rows, now, &mut out);
         out
     }
 }
@@ -978,7 +988,7 @@ mod tests {
         metrics
             .model("m")
             .record(200, ms(10), Some(ms(2)), Some(3), Some(4), Some(ms(100)));
-        let text = metrics.render(0);
+        let text = metrics.render(0, Instant::now());
         let (samples, types) = parse(&text);
         for s in &samples {
             let family = ["_bucket", "_sum", "_count"]
@@ -1018,11 +1028,11 @@ mod tests {
     #[test]
     fn build_info_start_time_rate_limits_and_the_buffer_budget_are_rendered() {
         let metrics = Metrics::new();
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         assert!(find(&samples, "modelgate_buffer_bytes_in_use", &[]).is_empty());
         metrics.set_budget(crate::buf::Budget::new(1 << 20));
         metrics.rate_limited_counter().fetch_add(3, Relaxed);
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         assert_eq!(
             value(&samples, "modelgate_build_info", &[("version", VERSION)]),
             1.0
@@ -1051,12 +1061,12 @@ mod tests {
         let m = metrics.model("m");
         m.queued_changed(3);
         m.queued_changed(-1);
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let q = "modelgate_queued_requests";
         assert_eq!(value(&samples, q, &[("model", "m")]), 2.0);
         assert_eq!(value(&samples, q, &[("model", "")]), 0.0);
         m.queued_changed(-5);
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         assert_eq!(value(&samples, q, &[("model", "m")]), 0.0);
         assert_eq!(m.summary().queued, 0);
     }
@@ -1069,7 +1079,7 @@ mod tests {
         let now = Instant::now();
         r.ejected(now + Duration::from_secs(60));
         let ejected = |metrics: &Metrics, replica: &str| {
-            let (samples, _) = parse(&metrics.render(0));
+            let (samples, _) = parse(&metrics.render(0, now));
             value(
                 &samples,
                 "modelgate_replica_ejected",
@@ -1152,7 +1162,7 @@ mod tests {
         metrics
             .unrouted()
             .record(404, ms(1), None, None, None, None);
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let req = "modelgate_requests_total";
         assert_eq!(
             value(&samples, req, &[("model", "a"), ("code", "200")]),
@@ -1178,7 +1188,7 @@ mod tests {
             m.record(200, ms(d), Some(ms(t)), Some(1), Some(50), Some(ms(d)));
         }
         m.record(504, ms(30_000), None, None, None, None);
-        let (samples, types) = parse(&metrics.render(0));
+        let (samples, types) = parse(&metrics.render(0, Instant::now()));
         check_histograms(&samples, &types);
         let dur = "modelgate_request_duration_seconds";
         let m_ = ("model", "m");
@@ -1203,7 +1213,7 @@ mod tests {
         m.record(200, ms(5), Some(ms(1)), Some(21), Some(7), None);
         m.record(200, ms(5), Some(ms(1)), Some(5), None, None);
         m.record(200, ms(5), Some(ms(1)), None, None, None);
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let tok = "modelgate_tokens_total";
         assert_eq!(
             value(&samples, tok, &[("model", "m"), ("kind", "prompt")]),
@@ -1228,7 +1238,7 @@ mod tests {
             Some(100),
             Some(ms(2000)),
         );
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let rate = "modelgate_generation_tokens_per_second";
         let m_ = ("model", "m");
         assert_eq!(value(&samples, &format!("{rate}_sum"), &[m_]), 50.0);
@@ -1250,7 +1260,7 @@ mod tests {
         m.record(200, ms(5), None, Some(3), Some(10), None);
         m.record(200, ms(5), None, Some(3), Some(10), Some(Duration::ZERO));
         m.record(200, ms(5), None, Some(3), None, Some(ms(1)));
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let count = value(
             &samples,
             "modelgate_generation_tokens_per_second_count",
@@ -1266,7 +1276,7 @@ mod tests {
         m.usage_unread(Unread::Br);
         m.usage_unread(Unread::Br);
         m.usage_unread(Unread::Corrupt);
-        let (samples, types) = parse(&metrics.render(0));
+        let (samples, types) = parse(&metrics.render(0, Instant::now()));
         let name = "modelgate_usage_unread_total";
         assert_eq!(types.get(name).map(String::as_str), Some("counter"));
         let m_ = ("model", "m");
@@ -1285,7 +1295,7 @@ mod tests {
     fn a_model_without_requests_renders_zero_series() {
         let metrics = Metrics::new();
         let _ = metrics.model("idle");
-        let (samples, types) = parse(&metrics.render(0));
+        let (samples, types) = parse(&metrics.render(0, Instant::now()));
         check_histograms(&samples, &types);
         let m_ = ("model", "idle");
         for name in [
@@ -1313,7 +1323,7 @@ mod tests {
         for name in ["zeta", "alpha", "Mid"] {
             let _ = metrics.model(name);
         }
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let order: Vec<&str> = find(&samples, "modelgate_upstream_retries_total", &[])
             .iter()
             .map(|s| s.label("model").expect("model"))
@@ -1328,7 +1338,7 @@ mod tests {
         for code in [503, 200, 404, 200, 99] {
             m.record(code, ms(1), None, None, None, None);
         }
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let codes: Vec<&str> = find(&samples, "modelgate_requests_total", &[])
             .iter()
             .map(|s| s.label("code").expect("code"))
@@ -1342,7 +1352,7 @@ mod tests {
         let m = metrics.model("m");
         m.record(600, ms(1), None, None, None, None);
         m.record(u16::MAX, ms(1), None, None, None, None);
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let other = value(
             &samples,
             "modelgate_requests_total",
@@ -1359,7 +1369,7 @@ mod tests {
         metrics.model("m").connect_error();
         metrics.model("m").retry();
         assert!(Arc::ptr_eq(&metrics.model("m"), &metrics.model("m")));
-        let (samples, _) = parse(&metrics.render(0));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let m_ = ("model", "m");
         assert_eq!(
             value(&samples, "modelgate_upstream_connect_errors_total", &[m_]),
@@ -1385,7 +1395,7 @@ mod tests {
         w2.set_pool(4, 6);
         w1.add_log_dropped(2);
         w2.add_log_dropped(1);
-        let (samples, _) = parse(&metrics.render(17));
+        let (samples, _) = parse(&metrics.render(17, Instant::now()));
         assert_eq!(
             value(&samples, "modelgate_access_log_dropped_total", &[]),
             3.0
@@ -1423,7 +1433,7 @@ mod tests {
         for t in threads {
             t.join().expect("thread");
         }
-        let (samples, types) = parse(&metrics.render(0));
+        let (samples, types) = parse(&metrics.render(0, Instant::now()));
         check_histograms(&samples, &types);
         for model in ["even", "odd"] {
             let m_ = ("model", model);
@@ -1450,7 +1460,7 @@ mod tests {
         metrics
             .model(name)
             .record(200, ms(1), None, None, None, None);
-        let text = metrics.render(0);
+        let text = metrics.render(0, Instant::now());
         assert!(text.contains(r#"model="we\"ird\\na\nme""#), "{text}");
         let (samples, _) = parse(&text);
         let req = find(&samples, "modelgate_requests_total", &[("model", name)]);

@@ -48,6 +48,14 @@ impl Route {
         std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
     }
 
+    /// True when requests need a choice or a limit: several replicas, or a
+    /// `maxConcurrentRequests`. Only then does a worker keep a balancer for the model (and
+    /// count its replicas' outstanding requests); a plain `url` model takes backend 0 with
+    /// no lookup.
+    pub fn needs_balancer(&self) -> bool {
+        self.backends.len() > 1 || self.backends.iter().any(|b| b.max_concurrent > 0)
+    }
+
     /// The balancer's view of the replicas (weights and limits), in backend order.
     pub fn limits(&self) -> Vec<ReplicaLimits> {
         self.backends
@@ -455,6 +463,10 @@ pub enum Target<'a> {
     Health,
     /// `/metrics`: Prometheus text.
     Metrics,
+    /// `/status`: the status page (HTML).
+    Status,
+    /// `/status.json`: what the status page draws.
+    StatusJson,
     /// `/admin/reload`: the same reload as SIGHUP.
     AdminReload,
     ListModels,
@@ -501,6 +513,8 @@ pub fn classify(target: &[u8]) -> Target<'_> {
     match path {
         b"/health" => return Target::Health,
         b"/metrics" => return Target::Metrics,
+        b"/status" => return Target::Status,
+        b"/status.json" => return Target::StatusJson,
         b"/admin/reload" => return Target::AdminReload,
         _ => {}
     }
@@ -731,6 +745,9 @@ mod tests {
     #[test]
     fn metrics_and_admin_reload_are_local() {
         assert_eq!(classify(b"/metrics"), Target::Metrics);
+        assert_eq!(classify(b"/status"), Target::Status);
+        assert_eq!(classify(b"/status.json?t=1"), Target::StatusJson);
+        assert_eq!(classify(b"/status/"), Target::ByBody);
         assert_eq!(classify(b"/admin/reload?x"), Target::AdminReload);
         assert_eq!(classify(b"/admin/reload/x"), Target::ByBody);
     }

@@ -85,6 +85,8 @@ impl Conn {
         let decision = match router::classify(target) {
             Target::Health => Decision::Local(Local::Health),
             Target::Metrics => Decision::Local(Local::Metrics),
+            Target::Status => Decision::Local(Local::Status),
+            Target::StatusJson => Decision::Local(Local::StatusJson),
             Target::AdminReload => Decision::AdminReload,
             Target::ListModels => Decision::Local(Local::List),
             Target::GetModel(id) => Decision::Local(Local::Get(id)),
@@ -105,14 +107,14 @@ impl Conn {
         let needs_auth = !routes.auth_tokens.is_empty() && !open_health;
         self.token = None;
         if needs_auth {
-            let presented = head
-                .authorization
-                .clone()
-                .and_then(|r| raw.get(r))
-                .and_then(auth::bearer_token);
-            self.token = presented.and_then(|t| auth::find_token(t, &routes.auth_tokens));
+            // A browser on the status page answers a Basic prompt with the token as password.
+            let status_page =
+                matches!(decision, Decision::Local(Local::Status | Local::StatusJson));
+            let value = head.authorization.clone().and_then(|r| raw.get(r));
+            let presented = auth::presented_token(value, status_page);
+            self.token = presented.and_then(|t| auth::find_token(&t, &routes.auth_tokens));
             if self.token.is_none() {
-                return self.reject(ApiError::InvalidApiKey, close_on_error);
+                return self.reject(ApiError::unauthorized(status_page), close_on_error);
             }
             // Every authenticated request counts against the token's rate limit.
             if let Err(err) = routes.admit(self.token, ctx.now) {
@@ -153,4 +155,6 @@ pub(super) enum Local {
     List,
     Get(String),
     Metrics,
+    Status,
+    StatusJson,
 }

@@ -37,7 +37,8 @@ impl Conn {
         self.drive(ctx)
     }
 
-    /// A local endpoint (`/health`, `/v1/models[/id]`, `/metrics`) answers from this process.
+    /// A local endpoint (`/health`, `/v1/models[/id]`, `/metrics`, `/status[.json]`) answers
+    /// from this process.
     pub(super) fn answer_local(
         &mut self,
         local: Local,
@@ -64,8 +65,15 @@ impl Conn {
             Local::Get(id) => admin::get_model(routes, &id, self.token).map(|b| (json, b)),
             Local::Metrics => {
                 let in_flight = ctx.in_flight.load(Ordering::Relaxed);
-                let text = ctx.obs.metrics.render(in_flight).into_bytes();
+                let text = ctx.obs.metrics.render(in_flight, ctx.now).into_bytes();
                 Ok(("text/plain; version=0.0.4; charset=utf-8", text))
+            }
+            Local::Status => Ok(("text/html; charset=utf-8", admin::status::PAGE.into())),
+            Local::StatusJson => {
+                let in_flight = ctx.in_flight.load(Ordering::Relaxed);
+                let metrics = &ctx.obs.metrics;
+                let body = admin::status::status_json(routes, metrics, in_flight, ctx.now);
+                Ok((json, body))
             }
         };
         match body {

@@ -48,7 +48,7 @@ use body::BodyRead;
 use exchange::{Exchange, Failure, Link, Resp};
 pub use record::Obs;
 use record::Record;
-pub use replicas::{needs_balancer, Balancers};
+pub use replicas::Balancers;
 use tunnel::Tunnel;
 
 use crate::accesslog::Outcome;

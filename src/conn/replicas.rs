@@ -16,11 +16,6 @@ use crate::router::{Backend, Route, Routes};
 
 use super::outbox::Chunk;
 
-/// True when requests of `route` need a choice or a limit.
-pub fn needs_balancer(route: &Route) -> bool {
-    route.backends.len() > 1 || route.backends.iter().any(|b| b.max_concurrent > 0)
-}
-
 /// A worker's balancers, one per route that needs one, keyed by the route's address (the
 /// `Arc` is kept so the address cannot be reused while the entry exists).
 pub struct Balancers {
@@ -45,7 +40,7 @@ impl Balancers {
 
     /// The balancer of `route` (None when it needs none), created on first use.
     pub fn get(&mut self, route: &Arc<Route>) -> Option<balance::Shared> {
-        if !needs_balancer(route) {
+        if !route.needs_balancer() {
             return None;
         }
         let key = Arc::as_ptr(route) as usize;
@@ -92,7 +87,7 @@ impl Balancers {
                     backend.stats.set_down(false);
                 }
             }
-            if !needs_balancer(route) {
+            if !route.needs_balancer() {
                 continue;
             }
             let kept = old

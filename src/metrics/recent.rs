@@ -10,8 +10,9 @@
 //! only the status, the outcome, the model's registry id and the time.
 //!
 //! Two writers racing for the same slot (more than [`RECENT_ERRORS`] errors between two
-//! reads) simply overwrite each other; the reader sorts by time, so the ring never shows an
-//! older entry as newer.
+//! reads) simply overwrite each other. The reader walks back from the cursor; an entry
+//! whose writer has taken its slot but not stored yet is read as the older entry it
+//! replaces (one out-of-order line in a page that polls every 2 s; no sort is worth that).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -87,17 +88,15 @@ impl RecentErrors {
         self.cursor.load(Relaxed)
     }
 
-    /// The entries held now, newest first.
+    /// The entries held now, newest first: backwards from the cursor. A writer that took
+    /// its slot but has not stored yet leaves the older entry there for this read.
     pub fn snapshot(&self) -> Vec<RecentError> {
-        let mut out: Vec<RecentError> = self
-            .slots
-            .iter()
-            .map(|s| s.load(Relaxed))
+        let cursor = self.cursor.load(Relaxed) as usize;
+        (1..=RECENT_ERRORS)
+            .map(|back| self.slots[(cursor + RECENT_ERRORS - back) % RECENT_ERRORS].load(Relaxed))
             .filter(|&w| w != 0)
             .map(unpack)
-            .collect();
-        out.sort_by_key(|e| std::cmp::Reverse(e.at));
-        out
+            .collect()
     }
 }
 

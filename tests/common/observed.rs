@@ -5,6 +5,8 @@
 //! streamed answers with usage, a 502, an unknown model, and, with auth, a rate-limited token.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The bearer token of the fixture when it runs with auth.
@@ -19,8 +21,10 @@ pub struct Observed {
     pub healthy: MockUpstream,
     /// Answers `/health` 200 and every other request 502: ejected after its first request.
     pub failing: ScriptedUpstream,
-    /// Answers `/health` 503: marked down by the active health check.
+    /// Answers `/health` 503 (until [`Observed::heal_down`]): marked down by the active
+    /// health check.
     pub down: ScriptedUpstream,
+    down_healthy: Arc<AtomicBool>,
     /// Whether requests need [`ADMIN_TOKEN`].
     pub auth: bool,
 }
@@ -49,9 +53,12 @@ impl Observed {
                 }
             }
         });
-        let down = ScriptedUpstream::start(|c| {
+        let down_healthy = Arc::new(AtomicBool::new(false));
+        let healthy_now = Arc::clone(&down_healthy);
+        let down = ScriptedUpstream::start(move |c| {
             while let Some(req) = c.read_request() {
-                let status = if req.path() == "/health" { 503 } else { 200 };
+                let sick = req.path() == "/health" && !healthy_now.load(Ordering::SeqCst);
+                let status = if sick { 503 } else { 200 };
                 if c.respond_json(status, "{}").is_err() {
                     return;
                 }
@@ -89,10 +96,16 @@ impl Observed {
             healthy,
             failing,
             down,
+            down_healthy,
             auth,
         };
         observed.send_traffic();
         observed
+    }
+
+    /// The replica marked down starts passing its health check (it comes back up).
+    pub fn heal_down(&self) {
+        self.down_healthy.store(true, Ordering::SeqCst);
     }
 
     fn auth_header(&self) -> Vec<String> {
@@ -112,8 +125,14 @@ impl Observed {
 
     /// `POST path` with a JSON body (and the admin token when auth is on).
     pub fn post(&self, path: &str, body: &str) -> Response {
+        self.post_with(path, body, &[])
+    }
+
+    /// [`Observed::post`] with more header lines.
+    pub fn post_with(&self, path: &str, body: &str, extra: &[&str]) -> Response {
         let mut h = self.auth_header();
         h.push("Content-Type: application/json".into());
+        h.extend(extra.iter().map(|e| e.to_string()));
         let h: Vec<&str> = h.iter().map(String::as_str).collect();
         request(self.gw.addr(), "POST", path, &h, body.as_bytes())
     }
