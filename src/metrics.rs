@@ -641,7 +641,8 @@ impl Metrics {
             "modelgate_usage_unread_total",
             "counter",
             "Answers whose token usage could not be read (br/zstd/other encodings not \
-             decoded, corrupt compressed data, no buffer budget), by model and reason.",
+             decoded, corrupt compressed data, a decompression bomb, no buffer budget), by \
+             model and reason.",
         );
         for m in &models {
             for (reason, count) in Unread::ALL.iter().zip(&m.usage_unread) {
@@ -1282,7 +1283,7 @@ mod tests {
         let m_ = ("model", "m");
         assert_eq!(value(&samples, name, &[m_, ("reason", "br")]), 2.0);
         assert_eq!(value(&samples, name, &[m_, ("reason", "corrupt")]), 1.0);
-        for reason in ["zstd", "other_encoding", "no_buffer"] {
+        for reason in ["zstd", "other_encoding", "too_large", "no_buffer"] {
             assert_eq!(value(&samples, name, &[m_, ("reason", reason)]), 0.0);
         }
         assert_eq!(

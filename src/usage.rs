@@ -47,7 +47,7 @@ mod answer;
 mod inflate;
 
 pub use answer::{AnswerUsage, Unread};
-pub use inflate::{Corrupt, Inflater};
+pub use inflate::{InflateError, Inflater, MAX_RATIO, RATIO_HEADROOM};
 
 use memchr::{memchr, memchr3};
 

@@ -234,7 +234,14 @@ fn gzip_and_deflate_answers_split_anywhere_are_counted_exactly_and_forwarded_unc
         completion += a.completion;
         wait_tokens(&mg, prompt, completion);
     }
-    for reason in ["br", "zstd", "other_encoding", "corrupt", "no_buffer"] {
+    for reason in [
+        "br",
+        "zstd",
+        "other_encoding",
+        "corrupt",
+        "too_large",
+        "no_buffer",
+    ] {
         assert_eq!(unread(&mg, reason), 0.0, "{reason}");
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::buf::{Charge, Pool};
 use crate::h1::{BodyShape, ContentCoding};
 
-use super::inflate::Inflater;
+use super::inflate::{InflateError, Inflater};
 use super::UsageScanner;
 
 /// Why an answer's token counts could not be read (the `reason` label of
@@ -37,17 +37,20 @@ pub enum Unread {
     OtherEncoding,
     /// gzip / deflate data that does not inflate.
     Corrupt,
+    /// gzip / deflate data that inflates to more than `MAX_RATIO` times its size (a bomb).
+    TooLarge,
     /// No room in `maxBufferBytes` for an inflater when the answer began.
     NoBuffer,
 }
 
 impl Unread {
     /// Every reason, in the order metrics render them.
-    pub const ALL: [Unread; 5] = [
+    pub const ALL: [Unread; 6] = [
         Unread::Br,
         Unread::Zstd,
         Unread::OtherEncoding,
         Unread::Corrupt,
+        Unread::TooLarge,
         Unread::NoBuffer,
     ];
 
@@ -58,6 +61,7 @@ impl Unread {
             Unread::Zstd => "zstd",
             Unread::OtherEncoding => "other_encoding",
             Unread::Corrupt => "corrupt",
+            Unread::TooLarge => "too_large",
             Unread::NoBuffer => "no_buffer",
         }
     }
@@ -253,9 +257,12 @@ impl AnswerUsage {
                     scanner.feed(plain);
                     events.feed(plain, now);
                 });
-                if fed.is_err() {
-                    // What inflated before the damage still counts; the window goes back.
-                    self.decode = Decode::Unread(Unread::Corrupt);
+                if let Err(e) = fed {
+                    // What inflated before still counts.
+                    self.decode = Decode::Unread(match e {
+                        InflateError::Corrupt => Unread::Corrupt,
+                        InflateError::TooLarge => Unread::TooLarge,
+                    });
                 }
             }
             Decode::Unread(_) => {}
@@ -404,6 +411,15 @@ mod tests {
             &[b"{\"plain\": true}"],
         );
         assert_eq!(u.unread(), Some(Unread::Corrupt));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_unread_too_large() {
+        let mut bomb = gzip(br#"{"usage":{"prompt_tokens":5}}"#);
+        bomb.extend(gzip(&vec![b' '; 16 << 20]));
+        let u = read(ContentCoding::Gzip, BodyShape::Document, &[&bomb]);
+        assert_eq!(u.unread(), Some(Unread::TooLarge));
+        assert_eq!(counts(&u), (Some(5), None));
     }
 
     #[test]

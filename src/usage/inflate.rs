@@ -26,9 +26,22 @@ const FEXTRA: u8 = 0x04;
 const FNAME: u8 = 0x08;
 const FCOMMENT: u8 = 0x10;
 
-/// The stream cannot be inflated (a broken header or deflate data).
+/// Why inflating stopped for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Corrupt;
+pub enum InflateError {
+    /// A broken header or deflate data.
+    Corrupt,
+    /// The stream inflates to more than [`MAX_RATIO`] times its compressed size (past the
+    /// first [`RATIO_HEADROOM`] bytes): a decompression bomb is not scanned, so one small
+    /// read can never cost the worker more than a bounded amount of work.
+    TooLarge,
+}
+
+/// Inflated bytes allowed per compressed byte (real JSON and SSE inflate 3–30×).
+pub const MAX_RATIO: u64 = 200;
+
+/// Inflated bytes always allowed, whatever the ratio (small, repetitive answers).
+pub const RATIO_HEADROOM: u64 = 1 << 20;
 
 /// Where in the compressed stream the next byte belongs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +67,7 @@ enum Stage {
     },
     /// The stream ended; later bytes are ignored.
     Ended,
-    Corrupt,
+    Failed(InflateError),
 }
 
 /// The parts of a gzip member header after `1f 8b`.
@@ -96,6 +109,9 @@ pub struct Inflater {
     stage: Stage,
     /// Bytes without a gzip or zlib header are raw deflate (`Content-Encoding: deflate`).
     raw_allowed: bool,
+    /// Compressed bytes fed so far, and inflated bytes handed on (for [`MAX_RATIO`]).
+    taken: u64,
+    given: u64,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -116,6 +132,8 @@ impl Inflater {
             out: Box::new([0; OUT_BYTES]),
             stage: Stage::Sniff { first: None },
             raw_allowed,
+            taken: 0,
+            given: 0,
         }
     }
 
@@ -126,7 +144,8 @@ impl Inflater {
 
     /// Inflates the next compressed bytes (split anywhere) and hands every inflated piece to
     /// `sink`, in order. After an error every later call fails too.
-    pub fn feed(&mut self, bytes: &[u8], sink: &mut impl FnMut(&[u8])) -> Result<(), Corrupt> {
+    pub fn feed(&mut self, bytes: &[u8], sink: &mut impl FnMut(&[u8])) -> Result<(), InflateError> {
+        self.taken = self.taken.saturating_add(bytes.len() as u64);
         let mut rest = bytes;
         while !rest.is_empty() {
             let used = match self.stage {
@@ -146,12 +165,12 @@ impl Inflater {
                 }
                 Stage::NextMember { seen } => self.next_member(rest[0], seen),
                 Stage::Ended => rest.len(),
-                Stage::Corrupt => return Err(Corrupt),
+                Stage::Failed(e) => return Err(e),
             };
             rest = &rest[used..];
         }
-        if self.stage == Stage::Corrupt {
-            return Err(Corrupt);
+        if let Stage::Failed(e) = self.stage {
+            return Err(e);
         }
         Ok(())
     }
@@ -162,7 +181,7 @@ impl Inflater {
         rest: &[u8],
         first: Option<u8>,
         sink: &mut impl FnMut(&[u8]),
-    ) -> Result<usize, Corrupt> {
+    ) -> Result<usize, InflateError> {
         let Some(a) = first else {
             self.stage = Stage::Sniff {
                 first: Some(rest[0]),
@@ -187,7 +206,7 @@ impl Inflater {
         Ok(0)
     }
 
-    fn gzip_header(&mut self, rest: &[u8], header: GzipHeader) -> Result<usize, Corrupt> {
+    fn gzip_header(&mut self, rest: &[u8], header: GzipHeader) -> Result<usize, InflateError> {
         let b = rest[0];
         let next = match header {
             GzipHeader::Fixed { left, flags } => {
@@ -261,13 +280,18 @@ impl Inflater {
         rest: &[u8],
         gzip: bool,
         sink: &mut impl FnMut(&[u8]),
-    ) -> Result<usize, Corrupt> {
+    ) -> Result<usize, InflateError> {
         let mut used = 0;
         loop {
             let input = &rest[used..];
             let r = inflate(&mut self.state, input, &mut self.out[..], MZFlush::None);
             used += r.bytes_consumed;
             if let Some(out) = self.out.get(..r.bytes_written).filter(|o| !o.is_empty()) {
+                self.given = self.given.saturating_add(out.len() as u64);
+                if self.given > self.taken.saturating_mul(MAX_RATIO) + RATIO_HEADROOM {
+                    self.stage = Stage::Failed(InflateError::TooLarge);
+                    return Err(InflateError::TooLarge);
+                }
                 sink(out);
             }
             match r.status {
@@ -304,9 +328,9 @@ impl Inflater {
         1
     }
 
-    fn corrupt<T>(&mut self) -> Result<T, Corrupt> {
-        self.stage = Stage::Corrupt;
-        Err(Corrupt)
+    fn corrupt<T>(&mut self) -> Result<T, InflateError> {
+        self.stage = Stage::Failed(InflateError::Corrupt);
+        Err(InflateError::Corrupt)
     }
 }
 
@@ -352,6 +376,7 @@ fn after_comment(flags: u8) -> Stage {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::InflateError::Corrupt;
     use super::*;
     use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
     use flate2::{Compression, GzBuilder};
@@ -377,7 +402,7 @@ pub(super) mod tests {
         e.finish().expect("deflate")
     }
 
-    fn inflate_pieces(pieces: &[&[u8]]) -> Result<Vec<u8>, Corrupt> {
+    fn inflate_pieces(pieces: &[&[u8]]) -> Result<Vec<u8>, InflateError> {
         let mut inflater = Inflater::new(true);
         let mut out = Vec::new();
         for p in pieces {
@@ -386,7 +411,7 @@ pub(super) mod tests {
         Ok(out)
     }
 
-    fn inflate_all(data: &[u8]) -> Result<Vec<u8>, Corrupt> {
+    fn inflate_all(data: &[u8]) -> Result<Vec<u8>, InflateError> {
         inflate_pieces(&[data])
     }
 
@@ -538,6 +563,29 @@ pub(super) mod tests {
             gzip_only.feed(b"{\"plain\": true}", &mut |_| {}),
             Err(Corrupt)
         );
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_ratio() {
+        // 8 MiB of zeros deflate to ~8 KiB: far past 200× once the first MiB is out.
+        let zeros = vec![0u8; 8 << 20];
+        let bomb = gzip(&zeros);
+        let mut inflater = Inflater::new(false);
+        let mut out = 0u64;
+        let r = inflater.feed(&bomb, &mut |d| out += d.len() as u64);
+        assert_eq!(r, Err(InflateError::TooLarge));
+        let cap = bomb.len() as u64 * MAX_RATIO + RATIO_HEADROOM;
+        assert!(out <= cap, "{out} > {cap}");
+        assert_eq!(
+            inflater.feed(b"x", &mut |_| {}),
+            Err(InflateError::TooLarge)
+        );
+        // Real text stays far below it.
+        let mut big = Vec::new();
+        while big.len() < 2 << 20 {
+            big.extend_from_slice(TEXT);
+        }
+        assert_eq!(inflate_all(&gzip(&big)), Ok(big));
     }
 
     #[test]
