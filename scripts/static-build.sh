@@ -11,8 +11,10 @@
 #     "Name resolution in the static binary", for exactly what resolves and what does not.
 #   - MODELGATE_STATIC_TARGET=x86_64-unknown-linux-musl builds for musl (needs
 #     `rustup target add x86_64-unknown-linux-musl` and Debian's musl-tools for ring's C code):
-#     a smaller binary (2.36 MiB) with a plain resolver, but musl's allocator and memcpy cost
-#     about 30% more CPU per proxied request (measured, docs/DEPLOYMENT.md), so it is opt-in.
+#     a smaller binary (2.43 MiB) with a plain resolver, but 9.3% more user-space
+#     instructions per proxied request (callgrind: musl's malloc on three per-request
+#     allocations, its memcpy and bcmp; docs/DEPLOYMENT.md, "Memory and the allocator"), so
+#     it is opt-in until those allocations are gone.
 #
 # Size knobs: MODELGATE_STATIC_SMALL=1 also builds modelgate's own code for size (2.99 MiB,
 # about 10% more CPU per request: for appliances where flash matters more than CPU);
