@@ -67,6 +67,18 @@ pub struct Entry<'a> {
 /// Adds `"key":n` to the line [`write_line`] just wrote at the end of `out` (extra fields
 /// after the SPEC ones, e.g. a replica failover's `retries`).
 pub fn append_field(out: &mut Vec<u8>, key: &str, n: u64) {
+    append_with(out, key, |out| write_u64(n, out));
+}
+
+/// Adds `"key":"value"` (escaped), or `"key":null`, to the line [`write_line`] just wrote at
+/// the end of `out`.
+pub fn append_str_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    append_with(out, key, |out| json_opt_str(value, out));
+}
+
+/// Reopens the line at the end of `out`, writes `,"key":` and the value, and closes it
+/// again; nothing when `out` does not end with a line.
+fn append_with(out: &mut Vec<u8>, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
     if !out.ends_with(b"}\n") {
         return;
     }
@@ -74,7 +86,7 @@ pub fn append_field(out: &mut Vec<u8>, key: &str, n: u64) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":");
-    out.extend_from_slice(n.to_string().as_bytes());
+    value(out);
     out.extend_from_slice(b"}\n");
 }
 
@@ -374,6 +386,29 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["ttfb_ms"].as_f64(), Some(12.345));
         assert_eq!(v["duration_ms"].as_f64(), Some(1500.0));
+    }
+
+    #[test]
+    fn extra_fields_are_appended_to_the_line_escaped() {
+        let mut out = Vec::new();
+        write_line(&entry(), &mut out);
+        append_field(&mut out, "retries", 2);
+        append_str_field(&mut out, "key", Some("team \"a\""));
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            (v["retries"].as_u64(), v["key"].as_str()),
+            (Some(2), Some("team \"a\""))
+        );
+        assert!(out.ends_with(b"}\n") && out.iter().filter(|&&b| b == b'\n').count() == 1);
+        let mut out = Vec::new();
+        write_line(&entry(), &mut out);
+        append_str_field(&mut out, "key", None);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert!(v["key"].is_null() && v.get("key").is_some());
+        // Nothing to append to: nothing happens.
+        let mut empty = Vec::new();
+        append_str_field(&mut empty, "key", Some("x"));
+        assert!(empty.is_empty());
     }
 
     #[test]

@@ -74,8 +74,9 @@ JSON body, the \"model\" field of a multipart form, the ?model= of a WebSocket h
 or the {model} of a /route/{model}/... path. A model may have several replicas (balanced,
 with failover before the first response byte), a parameter profile (the only case where a
 body is rewritten), and backends found by discovery. It serves GET /health and
-GET /v1/models itself, can require bearer tokens (authTokens, optionally scoped to models
-and rate-limited), and adds per-model headers such as upstream API keys, read from the
+GET /v1/models itself, can require bearer tokens (authTokens, optionally named, scoped to
+models, rate-limited and given a token budget, with metrics and log lines per key), and
+adds per-model headers such as upstream API keys, read from the
 environment or from files when it starts (${env:NAME}, ${file:PATH}, ${cred:NAME}).
 Problems in the config are reported one per line with their key path, never with a
 secret's value, and modelgate exits 1.

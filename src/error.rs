@@ -34,8 +34,9 @@ pub enum ApiError {
     ModelNotFound(String),
     /// A scoped token used for a model outside its scope (403 `model_not_allowed`).
     ModelNotAllowed(String),
-    /// The token's rate limit is spent (429 `rate_limited`, `Retry-After` in whole seconds).
-    RateLimited { retry_after_secs: u64 },
+    /// The token's request limit or token budget is spent (429 `rate_limited`,
+    /// `Retry-After` in whole seconds).
+    RateLimited { retry_after_secs: u64, limit: Limit },
     /// A local path with nothing there (404 `not_found`).
     NotFound,
     /// 405 on a local endpoint with a wrong method; `allow` is the `Allow` header's value
@@ -56,6 +57,15 @@ pub enum ApiError {
     UpstreamTimeout,
     /// 500 with a message (e.g. reload problems).
     Internal(String),
+}
+
+/// Which of a key's limits refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `requestsPerMinute`.
+    Requests,
+    /// `tokensPerMinute`.
+    Tokens,
 }
 
 impl From<HeadError> for ApiError {
@@ -168,8 +178,15 @@ impl ApiError {
         match self {
             ApiError::UpstreamUnavailable | ApiError::UpstreamTimeout => "upstream_error",
             ApiError::Overloaded | ApiError::Internal(_) => "server_error",
-            // OpenAI's type for its own 429s.
-            ApiError::RateLimited { .. } => "requests",
+            // OpenAI's types for its own 429s: request and token limits.
+            ApiError::RateLimited {
+                limit: Limit::Requests,
+                ..
+            } => "requests",
+            ApiError::RateLimited {
+                limit: Limit::Tokens,
+                ..
+            } => "tokens",
             _ => "invalid_request_error",
         }
     }
@@ -202,9 +219,19 @@ impl ApiError {
             ApiError::ModelNotAllowed(model) => {
                 format!("This API key is not allowed to use the model '{model}'.")
             }
-            ApiError::RateLimited { retry_after_secs } => {
+            ApiError::RateLimited {
+                retry_after_secs,
+                limit: Limit::Requests,
+            } => {
                 format!("Rate limit reached for this API key; retry in {retry_after_secs} s.")
             }
+            ApiError::RateLimited {
+                retry_after_secs,
+                limit: Limit::Tokens,
+            } => format!(
+                "This API key has used its token budget (tokensPerMinute); retry in \
+                 {retry_after_secs} s."
+            ),
             ApiError::NotFound => "Not found".to_owned(),
             ApiError::MethodNotAllowed { allow } => {
                 format!("Method not allowed on this endpoint (it takes {allow})")
@@ -305,7 +332,12 @@ pub fn write_error_response_with_id(
             out.extend_from_slice(allow.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        (_, ApiError::RateLimited { retry_after_secs }) => {
+        (
+            _,
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            },
+        ) => {
             out.extend_from_slice(b"Retry-After: ");
             push_u64(out, *retry_after_secs);
             out.extend_from_slice(b"\r\n");
@@ -486,6 +518,11 @@ mod tests {
             ApiError::ModelNotAllowed("gpt-x".into()),
             ApiError::RateLimited {
                 retry_after_secs: 3,
+                limit: Limit::Requests,
+            },
+            ApiError::RateLimited {
+                retry_after_secs: 3,
+                limit: Limit::Tokens,
             },
         ]
     }
@@ -589,10 +626,27 @@ mod tests {
     fn rate_limited_says_when_to_retry() {
         let (status, hs, v) = respond(&ApiError::RateLimited {
             retry_after_secs: 42,
+            limit: Limit::Requests,
         });
         assert_eq!(status, 429);
         assert_eq!(header(&hs, "retry-after"), Some("42"));
         assert_eq!(v["error"]["code"], "rate_limited");
+        assert_eq!(v["error"]["type"], "requests");
+    }
+
+    #[test]
+    fn a_spent_token_budget_is_the_same_429_with_the_tokens_type() {
+        let (status, hs, v) = respond(&ApiError::RateLimited {
+            retry_after_secs: 7,
+            limit: Limit::Tokens,
+        });
+        assert_eq!(status, 429);
+        assert_eq!(header(&hs, "retry-after"), Some("7"));
+        assert_eq!(v["error"]["code"], "rate_limited");
+        assert_eq!(v["error"]["type"], "tokens");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tokensPerMinute") && m.contains("7 s")));
     }
 
     #[test]

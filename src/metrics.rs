@@ -39,10 +39,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::accesslog::Outcome;
 use crate::buf::Budget;
 
+mod keys;
 mod recent;
 use crate::usage::Unread;
 
 mod replicas;
+pub use keys::{KeyCounts, KeyTotals};
 pub use recent::{RecentError, RecentErrors, RECENT_ERRORS, UNKNOWN_MODEL};
 pub use replicas::ReplicaStats;
 
@@ -188,6 +190,9 @@ pub struct ModelStats {
     queued: AtomicI64,
     /// Answers whose usage could not be read, by [`Unread::index`].
     usage_unread: [AtomicU64; Unread::ALL.len()],
+    /// Counts of requests made with a key (`codes` and the token counters above hold the
+    /// requests without one), sorted by key name; added when a routing table is built.
+    keys: Mutex<Vec<Arc<KeyCounts>>>,
 }
 
 impl ModelStats {
@@ -206,7 +211,27 @@ impl ModelStats {
             retries: AtomicU64::new(0),
             queued: AtomicI64::new(0),
             usage_unread: std::array::from_fn(|_| AtomicU64::new(0)),
+            keys: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The counts of key `name` on this model, made on first use and kept for the process's
+    /// life (like the model's own). Called when a routing table is built, never on the data
+    /// path.
+    pub fn key(&self, name: &str) -> Arc<KeyCounts> {
+        let mut keys = lock(&self.keys);
+        match keys.binary_search_by(|k| k.key().cmp(name)) {
+            Ok(i) => Arc::clone(&keys[i]),
+            Err(i) => {
+                let counts = Arc::new(KeyCounts::new(name));
+                keys.insert(i, Arc::clone(&counts));
+                counts
+            }
+        }
+    }
+
+    fn key_counts(&self) -> Vec<Arc<KeyCounts>> {
+        lock(&self.keys).clone()
     }
 
     /// The model name these stats are labelled with (`""` for unrouted requests).
@@ -219,7 +244,9 @@ impl ModelStats {
     /// `generation` is the generation window of a streamed answer (`usage::AnswerUsage`: from
     /// its first event to its last; None when the answer showed no generation); with the
     /// completion count it feeds the tokens-per-second histogram, and is ignored when either
-    /// is missing or the duration is zero.
+    /// is missing or the duration is zero. A request made with a key has its status and
+    /// tokens counted in `key` (this model's counts of that key) instead of the model's own.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         status: u16,
@@ -228,20 +255,26 @@ impl ModelStats {
         prompt_tokens: Option<u64>,
         completion_tokens: Option<u64>,
         generation: Option<Duration>,
+        key: Option<&KeyCounts>,
     ) {
-        match self.codes.get(usize::from(status)) {
-            Some(count) => count.fetch_add(1, Relaxed),
-            None => self.other_codes.fetch_add(1, Relaxed),
-        };
+        match key {
+            Some(key) => key.record(status, prompt_tokens, completion_tokens),
+            None => {
+                match self.codes.get(usize::from(status)) {
+                    Some(count) => count.fetch_add(1, Relaxed),
+                    None => self.other_codes.fetch_add(1, Relaxed),
+                };
+                if let Some(n) = prompt_tokens {
+                    self.prompt_tokens.fetch_add(n, Relaxed);
+                }
+                if let Some(n) = completion_tokens {
+                    self.completion_tokens.fetch_add(n, Relaxed);
+                }
+            }
+        }
         self.duration.observe(nanos(duration));
         if let Some(ttfb) = ttfb {
             self.ttfb.observe(nanos(ttfb));
-        }
-        if let Some(n) = prompt_tokens {
-            self.prompt_tokens.fetch_add(n, Relaxed);
-        }
-        if let Some(n) = completion_tokens {
-            self.completion_tokens.fetch_add(n, Relaxed);
         }
         if let (Some(n), Some(generation)) = (completion_tokens, generation) {
             let secs = generation.as_secs_f64();
@@ -275,18 +308,26 @@ impl ModelStats {
         self.queued.fetch_add(delta, Relaxed);
     }
 
-    /// What `/status` shows of this model: totals since the process started.
+    /// What `/status` shows of this model: totals since the process started, every key's
+    /// requests included.
     pub fn summary(&self) -> ModelSummary {
         let count = |codes: &[AtomicU64]| codes.iter().map(|c| c.load(Relaxed)).sum::<u64>();
         let other = self.other_codes.load(Relaxed);
-        let client_errors = count(&self.codes[400..500]);
-        let errors = count(&self.codes[500..CODES]) + other;
+        let mut keyed = KeyTotals::default();
+        for k in self.key_counts() {
+            let t = k.totals();
+            keyed.requests += t.requests;
+            keyed.client_errors += t.client_errors;
+            keyed.errors += t.errors;
+            keyed.prompt_tokens += t.prompt_tokens;
+            keyed.completion_tokens += t.completion_tokens;
+        }
         ModelSummary {
-            requests: count(&self.codes) + other,
-            client_errors,
-            errors,
-            prompt_tokens: self.prompt_tokens.load(Relaxed),
-            completion_tokens: self.completion_tokens.load(Relaxed),
+            requests: count(&self.codes) + other + keyed.requests,
+            client_errors: count(&self.codes[400..500]) + keyed.client_errors,
+            errors: count(&self.codes[500..CODES]) + other + keyed.errors,
+            prompt_tokens: self.prompt_tokens.load(Relaxed) + keyed.prompt_tokens,
+            completion_tokens: self.completion_tokens.load(Relaxed) + keyed.completion_tokens,
             ttfb: self.ttfb.snapshot(NANOS_PER_SEC),
             queued: self.queued.load(Relaxed).max(0) as u64,
         }
@@ -374,6 +415,15 @@ impl WorkerCounters {
     }
 }
 
+/// Requests refused with 429 `rate_limited`, by the limit that refused them.
+#[derive(Debug, Default)]
+pub struct RateLimited {
+    /// A key's `requestsPerMinute` bucket was empty.
+    pub requests: AtomicU64,
+    /// A key's `tokensPerMinute` budget was spent.
+    pub tokens: AtomicU64,
+}
+
 /// The process-wide metrics, shared as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -385,7 +435,7 @@ pub struct Metrics {
     /// Per-token rate-limit buckets, kept across reloads like the model stats.
     rate_buckets: crate::ratelimit::Buckets,
     /// Requests refused with 429 `rate_limited` (shared with every routing table).
-    rate_limited: Arc<AtomicU64>,
+    rate_limited: Arc<RateLimited>,
     /// The buffer pools' byte budget, once the server has made it.
     budget: OnceLock<Arc<Budget>>,
     /// The last errors, for `/status`.
@@ -411,7 +461,7 @@ impl Metrics {
             workers: Mutex::new(Vec::new()),
             replicas: Mutex::new(BTreeMap::new()),
             rate_buckets: crate::ratelimit::Buckets::default(),
-            rate_limited: Arc::new(AtomicU64::new(0)),
+            rate_limited: Arc::new(RateLimited::default()),
             budget: OnceLock::new(),
             recent: RecentErrors::default(),
             started: Instant::now(),
@@ -432,14 +482,14 @@ impl Metrics {
             .map(|b| (b.used() as u64, b.limit() as u64))
     }
 
-    /// The counter of 429 `rate_limited` refusals (the routing table increments it).
-    pub fn rate_limited_counter(&self) -> Arc<AtomicU64> {
+    /// The counters of 429 `rate_limited` refusals (the routing table increments them).
+    pub fn rate_limited_counter(&self) -> Arc<RateLimited> {
         Arc::clone(&self.rate_limited)
     }
 
-    /// Requests refused with 429 `rate_limited` so far.
+    /// Requests refused with 429 `rate_limited` so far, by either limit.
     pub fn rate_limited(&self) -> u64 {
-        self.rate_limited.load(Relaxed)
+        self.rate_limited.requests.load(Relaxed) + self.rate_limited.tokens.load(Relaxed)
     }
 
     /// Time since these metrics were made (the process start).
@@ -559,7 +609,8 @@ impl Metrics {
             &mut out,
             "modelgate_requests_total",
             "counter",
-            "Requests answered, by model and HTTP status code.",
+            "Requests answered, by model, HTTP status code and key (the name of the bearer \
+             token; absent for requests without one).",
         );
         for m in &models {
             for (code, count) in m.codes.iter().enumerate() {
@@ -571,6 +622,9 @@ impl Metrics {
             let other = m.other_codes.load(Relaxed);
             if other > 0 {
                 requests_line(&mut out, &m.name, "other", other);
+            }
+            for k in m.key_counts() {
+                keys::render_requests(&mut out, &m.name, &k);
             }
         }
 
@@ -624,7 +678,8 @@ impl Metrics {
             &mut out,
             "modelgate_tokens_total",
             "counter",
-            "Tokens reported in upstream responses' usage, by model and kind.",
+            "Tokens reported in upstream responses' usage, by model, kind and key (absent for \
+             requests without a bearer token).",
         );
         for m in &models {
             for (kind, count) in [
@@ -633,6 +688,9 @@ impl Metrics {
             ] {
                 sample(&mut out, "modelgate_tokens_total", "", &m.name, kind);
                 let _ = writeln!(out, "{}", count.load(Relaxed));
+            }
+            for k in m.key_counts().iter().filter(|k| k.seen()) {
+                keys::render_tokens(&mut out, &m.name, k);
             }
         }
 
@@ -698,7 +756,21 @@ impl Metrics {
             let _ = writeln!(out, "{}", m.queued.load(Relaxed).max(0));
         }
 
-        let globals: [(&str, &str, &str, u64); 9] = [
+        family(
+            &mut out,
+            "modelgate_rate_limited_total",
+            "counter",
+            "Requests refused with 429 rate_limited, by the key's limit that refused them \
+             (requestsPerMinute: requests, tokensPerMinute: tokens).",
+        );
+        for (limit, counter) in [
+            ("requests", &self.rate_limited.requests),
+            ("tokens", &self.rate_limited.tokens),
+        ] {
+            let n = counter.load(Relaxed);
+            let _ = writeln!(out, "modelgate_rate_limited_total{{limit=\"{limit}\"}} {n}");
+        }
+        let globals: [(&str, &str, &str, u64); 8] = [
             (
                 "modelgate_in_flight_requests",
                 "gauge",
@@ -746,12 +818,6 @@ impl Metrics {
                 "counter",
                 "Times a worker stopped accepting to keep file descriptors for the clients it accepted.",
                 total(|w| &w.accept_paused),
-            ),
-            (
-                "modelgate_rate_limited_total",
-                "counter",
-                "Requests refused with 429 rate_limited by a token's rate limit.",
-                self.rate_limited(),
             ),
         ];
         for (name, kind, help, value) in globals {
@@ -986,9 +1052,15 @@ mod tests {
     #[test]
     fn rendered_text_parses_with_help_and_type_for_every_family() {
         let metrics = Metrics::new();
-        metrics
-            .model("m")
-            .record(200, ms(10), Some(ms(2)), Some(3), Some(4), Some(ms(100)));
+        metrics.model("m").record(
+            200,
+            ms(10),
+            Some(ms(2)),
+            Some(3),
+            Some(4),
+            Some(ms(100)),
+            None,
+        );
         let text = metrics.render(0, Instant::now());
         let (samples, types) = parse(&text);
         for s in &samples {
@@ -1032,7 +1104,11 @@ mod tests {
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         assert!(find(&samples, "modelgate_buffer_bytes_in_use", &[]).is_empty());
         metrics.set_budget(crate::buf::Budget::new(1 << 20));
-        metrics.rate_limited_counter().fetch_add(3, Relaxed);
+        metrics
+            .rate_limited_counter()
+            .requests
+            .fetch_add(3, Relaxed);
+        metrics.rate_limited_counter().tokens.fetch_add(2, Relaxed);
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         assert_eq!(
             value(&samples, "modelgate_build_info", &[("version", VERSION)]),
@@ -1047,7 +1123,15 @@ mod tests {
             start > now - 3600.0 && start <= now + 1.0,
             "{start} vs {now}"
         );
-        assert_eq!(value(&samples, "modelgate_rate_limited_total", &[]), 3.0);
+        let limited = |limit| {
+            value(
+                &samples,
+                "modelgate_rate_limited_total",
+                &[("limit", limit)],
+            )
+        };
+        assert_eq!((limited("requests"), limited("tokens")), (3.0, 2.0));
+        assert_eq!(metrics.rate_limited(), 5);
         assert_eq!(value(&samples, "modelgate_buffer_bytes_in_use", &[]), 0.0);
         assert_eq!(
             value(&samples, "modelgate_buffer_bytes_limit", &[]),
@@ -1107,9 +1191,9 @@ mod tests {
         let metrics = Metrics::new();
         let m = metrics.model("m");
         for code in [200, 200, 404, 429, 502, 503, 700] {
-            m.record(code, ms(5), Some(ms(30)), Some(2), Some(5), None);
+            m.record(code, ms(5), Some(ms(30)), Some(2), Some(5), None, None);
         }
-        m.record(200, ms(5), Some(ms(2_000)), None, None, None);
+        m.record(200, ms(5), Some(ms(2_000)), None, None, None, None);
         let s = m.summary();
         assert_eq!(s.requests, 8);
         assert_eq!(s.client_errors, 2);
@@ -1157,12 +1241,12 @@ mod tests {
     fn recorded_requests_are_counted_by_model_and_code() {
         let metrics = Metrics::new();
         let a = metrics.model("a");
-        a.record(200, ms(1), None, None, None, None);
-        a.record(200, ms(1), None, None, None, None);
-        a.record(502, ms(1), None, None, None, None);
+        a.record(200, ms(1), None, None, None, None, None);
+        a.record(200, ms(1), None, None, None, None, None);
+        a.record(502, ms(1), None, None, None, None, None);
         metrics
             .unrouted()
-            .record(404, ms(1), None, None, None, None);
+            .record(404, ms(1), None, None, None, None, None);
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let req = "modelgate_requests_total";
         assert_eq!(
@@ -1186,9 +1270,17 @@ mod tests {
         let metrics = Metrics::new();
         let m = metrics.model("m");
         for (d, t) in [(3, 1), (40, 20), (1_500, 700), (700_000, 1_000)] {
-            m.record(200, ms(d), Some(ms(t)), Some(1), Some(50), Some(ms(d)));
+            m.record(
+                200,
+                ms(d),
+                Some(ms(t)),
+                Some(1),
+                Some(50),
+                Some(ms(d)),
+                None,
+            );
         }
-        m.record(504, ms(30_000), None, None, None, None);
+        m.record(504, ms(30_000), None, None, None, None, None);
         let (samples, types) = parse(&metrics.render(0, Instant::now()));
         check_histograms(&samples, &types);
         let dur = "modelgate_request_duration_seconds";
@@ -1211,9 +1303,9 @@ mod tests {
     fn tokens_are_summed_by_kind() {
         let metrics = Metrics::new();
         let m = metrics.model("m");
-        m.record(200, ms(5), Some(ms(1)), Some(21), Some(7), None);
-        m.record(200, ms(5), Some(ms(1)), Some(5), None, None);
-        m.record(200, ms(5), Some(ms(1)), None, None, None);
+        m.record(200, ms(5), Some(ms(1)), Some(21), Some(7), None, None);
+        m.record(200, ms(5), Some(ms(1)), Some(5), None, None, None);
+        m.record(200, ms(5), Some(ms(1)), None, None, None, None);
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let tok = "modelgate_tokens_total";
         assert_eq!(
@@ -1223,6 +1315,58 @@ mod tests {
         assert_eq!(
             value(&samples, tok, &[("model", "m"), ("kind", "completion")]),
             7.0
+        );
+    }
+
+    #[test]
+    fn keyed_requests_and_tokens_carry_the_key_label_and_sum_to_the_model() {
+        let metrics = Metrics::new();
+        let m = metrics.model("chat");
+        let alice = m.key("alice");
+        assert!(Arc::ptr_eq(&alice, &m.key("alice")), "kept by name");
+        let idle = m.key("idle");
+        m.record(200, ms(5), None, Some(10), Some(20), None, Some(&alice));
+        m.record(429, ms(1), None, None, None, None, Some(&alice));
+        m.record(200, ms(5), None, Some(1), Some(2), None, None);
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
+        let req = "modelgate_requests_total";
+        let chat = ("model", "chat");
+        assert_eq!(
+            value(&samples, req, &[chat, ("code", "200"), ("key", "alice")]),
+            1.0
+        );
+        assert_eq!(
+            value(&samples, req, &[chat, ("code", "429"), ("key", "alice")]),
+            1.0
+        );
+        // Requests without a key carry no key label, and are counted once.
+        let plain: Vec<_> = find(&samples, req, &[chat])
+            .into_iter()
+            .filter(|s| s.label("key").is_none())
+            .collect();
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].value, 1.0);
+        let tok = "modelgate_tokens_total";
+        assert_eq!(
+            value(
+                &samples,
+                tok,
+                &[chat, ("kind", "completion"), ("key", "alice")]
+            ),
+            20.0
+        );
+        // A key that never called is not rendered.
+        assert!(find(&samples, tok, &[("key", idle.key())]).is_empty());
+        assert!(find(&samples, req, &[("key", "idle")]).is_empty());
+        let s = m.summary();
+        assert_eq!(
+            (
+                s.requests,
+                s.client_errors,
+                s.prompt_tokens,
+                s.completion_tokens
+            ),
+            (3, 1, 11, 22)
         );
     }
 
@@ -1238,6 +1382,7 @@ mod tests {
             Some(9),
             Some(100),
             Some(ms(2000)),
+            None,
         );
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let rate = "modelgate_generation_tokens_per_second";
@@ -1257,10 +1402,18 @@ mod tests {
     fn generation_rate_needs_tokens_and_a_positive_duration() {
         let metrics = Metrics::new();
         let m = metrics.model("m");
-        m.record(200, ms(5), None, None, Some(10), Some(ms(1)));
-        m.record(200, ms(5), None, Some(3), Some(10), None);
-        m.record(200, ms(5), None, Some(3), Some(10), Some(Duration::ZERO));
-        m.record(200, ms(5), None, Some(3), None, Some(ms(1)));
+        m.record(200, ms(5), None, None, Some(10), Some(ms(1)), None);
+        m.record(200, ms(5), None, Some(3), Some(10), None, None);
+        m.record(
+            200,
+            ms(5),
+            None,
+            Some(3),
+            Some(10),
+            Some(Duration::ZERO),
+            None,
+        );
+        m.record(200, ms(5), None, Some(3), None, Some(ms(1)), None);
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let count = value(
             &samples,
@@ -1337,7 +1490,7 @@ mod tests {
         let metrics = Metrics::new();
         let m = metrics.model("m");
         for code in [503, 200, 404, 200, 99] {
-            m.record(code, ms(1), None, None, None, None);
+            m.record(code, ms(1), None, None, None, None, None);
         }
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let codes: Vec<&str> = find(&samples, "modelgate_requests_total", &[])
@@ -1351,8 +1504,8 @@ mod tests {
     fn codes_above_599_are_counted_as_other() {
         let metrics = Metrics::new();
         let m = metrics.model("m");
-        m.record(600, ms(1), None, None, None, None);
-        m.record(u16::MAX, ms(1), None, None, None, None);
+        m.record(600, ms(1), None, None, None, None, None);
+        m.record(u16::MAX, ms(1), None, None, None, None, None);
         let (samples, _) = parse(&metrics.render(0, Instant::now()));
         let other = value(
             &samples,
@@ -1424,7 +1577,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..1000u64 {
                         let code = if i % 10 == 0 { 500 } else { 200 };
-                        m.record(code, ms(i % 50), Some(ms(1)), Some(2), Some(3), None);
+                        m.record(code, ms(i % 50), Some(ms(1)), Some(2), Some(3), None, None);
                         w.add_received(1);
                         w.add_sent(2);
                     }
@@ -1460,7 +1613,7 @@ mod tests {
         let name = "we\"ird\\na\nme";
         metrics
             .model(name)
-            .record(200, ms(1), None, None, None, None);
+            .record(200, ms(1), None, None, None, None, None);
         let text = metrics.render(0, Instant::now());
         assert!(text.contains(r#"model="we\"ird\\na\nme""#), "{text}");
         let (samples, _) = parse(&text);

@@ -1,12 +1,19 @@
-//! Per-token request rate limits: a lock-free token bucket per token, per process.
+//! Per-token limits: a lock-free bucket per token and per kind (requests, answer tokens),
+//! per process.
 //!
 //! Owns: the bucket math. The bucket is GCRA (generic cell rate algorithm), the token bucket
-//! written as one number: the theoretical arrival time (TAT) of the next request, in
+//! written as one number: the theoretical arrival time (TAT) of the next unit, in
 //! nanoseconds since the bucket's epoch, kept in an `AtomicU64` and advanced with
 //! `compare_exchange`. Every worker thread of the process shares the same bucket, so the
-//! limit holds per process without a lock on the data path. modelgate stays stateless: the
-//! limit is per instance (N replicas allow N times the rate). [`Buckets`] keeps a token's
+//! limit holds per process without a lock on the data path. [`Buckets`] keeps a token's
 //! bucket across routing tables (reloads, discovery swaps) while its token and limit stay.
+//!
+//! Two uses of the same bucket:
+//! - `requestsPerMinute`: [`Bucket::try_acquire`] takes one unit when a request is admitted.
+//! - `tokensPerMinute`: the cost (prompt + completion tokens) is only known when the answer
+//!   ends, so admission only looks ([`Bucket::check`]: is at least one token of budget
+//!   left?) and [`Bucket::debit`] charges the answer's tokens afterwards, which may push the
+//!   bucket into debt: the key is then refused until the debt is refilled.
 //!
 //! The clock is passed in (`Instant`); the epoch is the first `Instant` the bucket sees.
 
@@ -19,20 +26,28 @@ use std::time::{Duration, Instant};
 
 const NANOS_PER_MINUTE: u64 = 60_000_000_000;
 
-/// A configured limit: `requestsPerMinute` sustained, `burst` at once from a full bucket.
+/// A configured limit: `per_minute` units sustained, `burst` at once from a full bucket
+/// (`requestsPerMinute`/`burst`; `tokensPerMinute`, whose burst is one minute's worth).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RateLimit {
-    pub requests_per_minute: u64,
+    pub per_minute: u64,
     pub burst: u64,
 }
 
-/// One token's bucket. Shared by every worker through the routing table.
+/// What a bucket counts; part of its identity in [`Buckets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Requests,
+    Tokens,
+}
+
+/// One token's bucket of one kind. Shared by every worker through the routing table.
 #[derive(Debug)]
 pub struct Bucket {
-    /// Nanoseconds between two requests at the sustained rate (at least 1).
+    /// Nanoseconds between two units at the sustained rate (at least 1).
     interval: u64,
-    /// How far the TAT may run ahead of now and still admit a request: `(burst - 1)`
-    /// intervals, so a full bucket admits `burst` requests at once.
+    /// How far the TAT may run ahead of now and still admit: `(burst - 1)` intervals, so a
+    /// full bucket admits `burst` requests at once (or has `burst` tokens of budget).
     tolerance: u64,
     /// The TAT in nanoseconds since `epoch`; 0 = full bucket.
     tat: AtomicU64,
@@ -41,7 +56,7 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn new(limit: RateLimit) -> Bucket {
-        let interval = (NANOS_PER_MINUTE / limit.requests_per_minute.max(1)).max(1);
+        let interval = (NANOS_PER_MINUTE / limit.per_minute.max(1)).max(1);
         let tolerance = interval.saturating_mul(limit.burst.max(1) - 1);
         Bucket {
             interval,
@@ -51,20 +66,30 @@ impl Bucket {
         }
     }
 
+    /// `now` in nanoseconds since the bucket's epoch (set by the first caller).
+    fn elapsed(&self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_init(|| now);
+        // Another worker may have set the epoch from a slightly later `now`.
+        u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// `Err(wait)` when a unit at TAT `tat` would not conform at `now`.
+    fn conforms(&self, tat: u64, now: u64) -> Result<u64, Duration> {
+        let start = tat.max(now);
+        if start - now > self.tolerance {
+            return Err(Duration::from_nanos(start - now - self.tolerance));
+        }
+        Ok(start)
+    }
+
     /// Takes one request's worth from the bucket at `now`. `Err(wait)` when the bucket is
     /// empty: `wait` is how long until the next request would be admitted (nothing is
     /// taken then, so a client retrying too early does not push its own wait further out).
     pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
-        let epoch = *self.epoch.get_or_init(|| now);
-        // Another worker may have set the epoch from a slightly later `now`.
-        let now =
-            u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        let now = self.elapsed(now);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
-            let start = tat.max(now);
-            if start - now > self.tolerance {
-                return Err(Duration::from_nanos(start - now - self.tolerance));
-            }
+            let start = self.conforms(tat, now)?;
             let next = start.saturating_add(self.interval);
             match self
                 .tat
@@ -74,6 +99,36 @@ impl Bucket {
                 Err(current) => tat = current,
             }
         }
+    }
+
+    /// Whether the bucket is not spent at `now` (some budget left, however little),
+    /// taking nothing: a token budget admits a request while it is not spent.
+    /// `Err(wait)`: how long until it is not.
+    pub fn check(&self, now: Instant) -> Result<(), Duration> {
+        let now = self.elapsed(now);
+        let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now);
+        // A full bucket's worth: `burst` units.
+        let capacity = self.tolerance.saturating_add(self.interval);
+        match ahead.checked_sub(capacity) {
+            Some(debt) => Err(Duration::from_nanos(debt)),
+            None => Ok(()),
+        }
+    }
+
+    /// Charges `units` at `now` whatever the balance (an answer's tokens are spent once it
+    /// ended): the bucket may go into debt, which [`Bucket::check`] then refuses until it
+    /// is refilled.
+    pub fn debit(&self, units: u64, now: Instant) {
+        if units == 0 {
+            return;
+        }
+        let now = self.elapsed(now);
+        let cost = units.saturating_mul(self.interval);
+        let _ = self
+            .tat
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                Some(tat.max(now).saturating_add(cost))
+            });
     }
 }
 
@@ -85,13 +140,14 @@ impl Bucket {
 #[derive(Debug, Default)]
 pub struct Buckets {
     hasher: RandomState,
-    map: Mutex<HashMap<(u64, RateLimit), Arc<Bucket>>>,
+    map: Mutex<HashMap<(u64, Kind, RateLimit), Arc<Bucket>>>,
 }
 
 impl Buckets {
-    /// The bucket of `token` under `limit`: the one a previous table used, or a full one.
-    pub fn get(&self, token: &[u8], limit: RateLimit) -> Arc<Bucket> {
-        let key = (self.hasher.hash_one(token), limit);
+    /// The `kind` bucket of `token` under `limit`: the one a previous table used, or a full
+    /// one.
+    pub fn get(&self, token: &[u8], kind: Kind, limit: RateLimit) -> Arc<Bucket> {
+        let key = (self.hasher.hash_one(token), kind, limit);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(
             map.entry(key)
@@ -120,7 +176,7 @@ mod tests {
 
     fn bucket(rpm: u64, burst: u64) -> Bucket {
         Bucket::new(RateLimit {
-            requests_per_minute: rpm,
+            per_minute: rpm,
             burst,
         })
     }
@@ -233,28 +289,72 @@ mod tests {
     fn buckets_outlive_a_table_while_token_and_limit_stay() {
         let reg = Buckets::default();
         let limit = RateLimit {
-            requests_per_minute: 60,
+            per_minute: 60,
             burst: 1,
         };
-        let a = reg.get(b"tok", limit);
+        let a = reg.get(b"tok", Kind::Requests, limit);
         let t0 = Instant::now();
         assert!(a.try_acquire(t0).is_ok());
         // The next table gets the same, already drained bucket.
-        let again = reg.get(b"tok", limit);
+        let again = reg.get(b"tok", Kind::Requests, limit);
         assert!(Arc::ptr_eq(&a, &again));
         assert!(again.try_acquire(t0).is_err());
-        // Another token, or a changed limit: a fresh bucket.
-        assert!(!Arc::ptr_eq(&a, &reg.get(b"other", limit)));
+        // Another token, another kind, or a changed limit: a fresh bucket.
+        assert!(!Arc::ptr_eq(&a, &reg.get(b"other", Kind::Requests, limit)));
+        assert!(!Arc::ptr_eq(&a, &reg.get(b"tok", Kind::Tokens, limit)));
         let faster = RateLimit {
-            requests_per_minute: 120,
+            per_minute: 120,
             burst: 1,
         };
-        let changed = reg.get(b"tok", faster);
+        let changed = reg.get(b"tok", Kind::Requests, faster);
         assert!(!Arc::ptr_eq(&a, &changed));
         // Only what the latest table uses is kept.
         reg.retain(std::slice::from_ref(&changed));
-        assert!(!Arc::ptr_eq(&a, &reg.get(b"tok", limit)));
-        assert!(Arc::ptr_eq(&changed, &reg.get(b"tok", faster)));
+        assert!(!Arc::ptr_eq(&a, &reg.get(b"tok", Kind::Requests, limit)));
+        assert!(Arc::ptr_eq(
+            &changed,
+            &reg.get(b"tok", Kind::Requests, faster)
+        ));
+    }
+
+    #[test]
+    fn a_token_budget_admits_while_not_spent_and_debits_after() {
+        // 600 tokens per minute: 10 per second, one minute's worth of budget.
+        let b = bucket(600, 600);
+        let t0 = Instant::now();
+        assert!(b.check(t0).is_ok());
+        b.debit(599, t0);
+        assert!(b.check(t0).is_ok(), "one token left");
+        // An answer bigger than what is left is charged in full: 100 tokens of debt.
+        b.debit(101, t0);
+        assert_eq!(b.check(t0), Err(Duration::from_secs(10)));
+        // Checking takes nothing.
+        assert_eq!(b.check(t0), Err(Duration::from_secs(10)));
+        assert_eq!(
+            b.check(t0 + Duration::from_secs(4)),
+            Err(Duration::from_secs(6))
+        );
+        // Exactly repaid is still spent; a moment later some budget is back.
+        assert_eq!(b.check(t0 + Duration::from_secs(10)), Err(Duration::ZERO));
+        assert!(b.check(t0 + Duration::from_millis(10_001)).is_ok());
+    }
+
+    #[test]
+    fn a_debit_of_nothing_changes_nothing_and_idle_time_refills_the_budget() {
+        let b = bucket(60, 60);
+        let t0 = Instant::now();
+        b.debit(0, t0);
+        b.debit(60, t0);
+        assert!(b.check(t0).is_err());
+        // After an hour the budget is full again, not 60 × 60 tokens.
+        let later = t0 + Duration::from_secs(3600);
+        b.debit(59, later);
+        assert!(b.check(later).is_ok());
+        b.debit(1, later);
+        assert!(b.check(later).is_err());
+        // Huge answers saturate instead of wrapping.
+        b.debit(u64::MAX, later);
+        assert!(b.check(later + Duration::from_secs(3600)).is_err());
     }
 
     #[test]

@@ -6,17 +6,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::Scope;
 use crate::balance::{BalanceConfig, ReplicaLimits};
 use crate::config::{Config, Scheme, Timeouts, Upstream};
-use crate::error::ApiError;
-use crate::metrics::{Metrics, ModelStats, ReplicaStats};
+use crate::error::{ApiError, Limit};
+use crate::metrics::{KeyCounts, Metrics, ModelStats, RateLimited, ReplicaStats};
 use crate::profile::Profile;
-use crate::ratelimit::{self, Bucket};
+use crate::ratelimit::{self, Bucket, Kind};
 use crate::secrets::Secret;
 
 /// Where one model's requests go.
@@ -40,6 +40,9 @@ pub struct Route {
     /// The body cap once this route is known: the model's `maxBodyBytes`, else the global
     /// one (0 = none).
     pub max_body_bytes: u64,
+    /// This model's counts of each key, by token index: Some for the keys whose scope
+    /// allows the model (the others' requests are counted as unrouted).
+    pub key_stats: Box<[Option<Arc<KeyCounts>>]>,
 }
 
 impl Route {
@@ -199,13 +202,46 @@ impl<'a, 'f> BackendBuilder<'a, 'f> {
     }
 }
 
-/// What one bearer token may do (index-aligned with `Routes::auth_tokens`).
+/// What one bearer token may do (index-aligned with `Routes::auth_tokens`). A request keeps
+/// its key's policy (`conn::Record`) until it ends, to count and charge it in the table it
+/// started with.
 #[derive(Debug)]
 pub struct TokenPolicy {
     pub scope: Scope,
-    /// The token's bucket, shared by every worker (and by later tables while the token and
-    /// its limit stay); None = unlimited.
-    pub bucket: Option<Arc<Bucket>>,
+    /// The key's name: the `key` label and the access log's `key` field.
+    pub name: Box<str>,
+    /// The token's index in `Routes::auth_tokens` (and in each `Route::key_stats`).
+    pub index: usize,
+    /// The `requestsPerMinute` bucket, shared by every worker (and by later tables while
+    /// the token and its limit stay); None = unlimited.
+    pub requests: Option<Arc<Bucket>>,
+    /// The `tokensPerMinute` budget, charged when answers end; None = unlimited.
+    pub tokens: Option<Arc<Bucket>>,
+    /// This key's counts of requests that reached no model (or one outside its scope).
+    pub unrouted: Arc<KeyCounts>,
+}
+
+impl TokenPolicy {
+    /// Whether this key's requests to `route` are counted under it (the route is in the
+    /// key's scope); else under the unrouted series.
+    pub fn counts_on(&self, route: &Route) -> bool {
+        route.key_stats.get(self.index).is_some_and(Option::is_some)
+    }
+
+    /// Where a request of this key to `route` is counted.
+    pub fn counts<'a>(&'a self, route: Option<&'a Route>) -> &'a KeyCounts {
+        route
+            .and_then(|r| r.key_stats.get(self.index))
+            .and_then(Option::as_deref)
+            .unwrap_or(&self.unrouted)
+    }
+
+    /// Charges an answer's tokens to the key's budget (nothing without one).
+    pub fn charge_tokens(&self, tokens: u64, now: Instant) {
+        if let Some(budget) = &self.tokens {
+            budget.debit(tokens, now);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -225,8 +261,8 @@ pub struct Routes {
     /// Listed model names in byte order (`/v1/models`).
     pub listed: Vec<String>,
     pub auth_tokens: Vec<Secret>,
-    /// Scope and rate limit of each token in `auth_tokens`.
-    pub token_policies: Vec<TokenPolicy>,
+    /// Name, scope and limits of each token in `auth_tokens`.
+    pub token_policies: Vec<Arc<TokenPolicy>>,
     /// Alias → route (the route's own name is in `models`).
     pub aliases: HashMap<String, Arc<Route>>,
     /// Every name `/v1/models` may show (listed routes' names and aliases), in byte order.
@@ -247,7 +283,7 @@ pub struct Routes {
     /// Some model has `routeMedia`: the body scanner also looks for media parts.
     pub media_routing: bool,
     /// `modelgate_rate_limited_total`, shared with the metrics (and every later table).
-    pub rate_limited: Arc<AtomicU64>,
+    pub rate_limited: Arc<RateLimited>,
 }
 
 impl Routes {
@@ -294,6 +330,14 @@ impl Routes {
             if !model.unlisted {
                 listed.push(name.clone());
             }
+            let stats = metrics.model(name);
+            let names =
+                || std::iter::once(name.as_str()).chain(model.aliases.iter().map(String::as_str));
+            let key_stats = config
+                .token_rules
+                .iter()
+                .map(|rule| rule.scope.allows(names()).then(|| stats.key(&rule.name)))
+                .collect();
             let route = Route {
                 aliases: model.aliases.clone(),
                 description: model.description.as_deref().map(Box::from),
@@ -302,9 +346,10 @@ impl Routes {
                 backends,
                 balance: replicas.balance.clone(),
                 unlisted: model.unlisted,
-                stats: metrics.model(name),
+                stats,
                 profile: model.profile.clone(),
                 route_media: model.route_media.clone(),
+                key_stats,
             };
             models.insert(name.clone(), Arc::new(route));
         }
@@ -326,20 +371,31 @@ impl Routes {
         } else {
             caps.fold(config.max_body_bytes, u64::max)
         };
-        let token_policies: Vec<TokenPolicy> = config
+        let unrouted = metrics.unrouted();
+        let token_policies: Vec<Arc<TokenPolicy>> = config
             .token_rules
             .iter()
             .zip(&config.auth_tokens)
-            .map(|(r, token)| TokenPolicy {
-                scope: r.scope.clone(),
-                bucket: r
-                    .rate
-                    .map(|limit| metrics.rate_buckets().get(token.expose().as_bytes(), limit)),
+            .enumerate()
+            .map(|(index, (r, token))| {
+                let bucket = |kind, limit| {
+                    metrics
+                        .rate_buckets()
+                        .get(token.expose().as_bytes(), kind, limit)
+                };
+                Arc::new(TokenPolicy {
+                    scope: r.scope.clone(),
+                    name: r.name.as_str().into(),
+                    index,
+                    requests: r.rate.map(|limit| bucket(Kind::Requests, limit)),
+                    tokens: r.tokens.map(|limit| bucket(Kind::Tokens, limit)),
+                    unrouted: unrouted.key(&r.name),
+                })
             })
             .collect();
         let in_use: Vec<Arc<Bucket>> = token_policies
             .iter()
-            .filter_map(|p| p.bucket.clone())
+            .flat_map(|p| p.requests.iter().chain(&p.tokens).cloned())
             .collect();
         metrics.rate_buckets().retain(&in_use);
         let created = SystemTime::now()
@@ -359,7 +415,7 @@ impl Routes {
             timeouts: config.timeouts.clone(),
             access_log: config.access_log,
             created,
-            unrouted: metrics.unrouted(),
+            unrouted,
             media_routing: config.models.values().any(|m| m.route_media.is_some()),
             rate_limited: metrics.rate_limited_counter(),
         })
@@ -428,20 +484,35 @@ impl Routes {
         Ok(())
     }
 
-    /// Counts one request against the token's rate limit at `now`.
-    pub fn admit(&self, token: Option<usize>, now: Instant) -> Result<(), ApiError> {
-        let bucket = token
-            .and_then(|i| self.token_policies.get(i))
-            .and_then(|p| p.bucket.as_ref());
-        match bucket.map(|b| b.try_acquire(now)) {
-            Some(Err(wait)) => {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                Err(ApiError::RateLimited {
-                    retry_after_secs: ratelimit::retry_after_secs(wait),
-                })
+    /// Admits one request of the token at `now`: a proxied request needs some of the
+    /// key's token budget left (local endpoints spend no tokens), and every request takes
+    /// one from the key's request bucket. A refused request takes nothing from either.
+    pub fn admit(&self, token: Option<usize>, now: Instant, proxied: bool) -> Result<(), ApiError> {
+        let Some(policy) = token.and_then(|i| self.token_policies.get(i)) else {
+            return Ok(());
+        };
+        let refused = |limit, wait| {
+            let counter = match limit {
+                Limit::Requests => &self.rate_limited.requests,
+                Limit::Tokens => &self.rate_limited.tokens,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            ApiError::RateLimited {
+                retry_after_secs: ratelimit::retry_after_secs(wait),
+                limit,
             }
-            _ => Ok(()),
+        };
+        if let (true, Some(budget)) = (proxied, &policy.tokens) {
+            budget
+                .check(now)
+                .map_err(|wait| refused(Limit::Tokens, wait))?;
         }
+        if let Some(bucket) = &policy.requests {
+            bucket
+                .try_acquire(now)
+                .map_err(|wait| refused(Limit::Requests, wait))?;
+        }
+        Ok(())
     }
 
     /// Every upstream host name to keep resolved (`host:port`, without duplicates).
@@ -679,16 +750,75 @@ mod tests {
         assert!(r.token_allows(Some(1), chat));
         assert!(!r.token_allows(Some(1), embed));
         let now = Instant::now();
-        assert!(r.admit(Some(0), now).is_ok());
-        assert!(r.admit(Some(0), now).is_ok());
-        assert!(r.admit(Some(1), now).is_ok());
+        assert!(r.admit(Some(0), now, true).is_ok());
+        assert!(r.admit(Some(0), now, true).is_ok());
+        assert!(r.admit(Some(1), now, true).is_ok());
         assert_eq!(
-            r.admit(Some(1), now),
+            r.admit(Some(1), now, true),
             Err(ApiError::RateLimited {
-                retry_after_secs: 1
+                retry_after_secs: 1,
+                limit: Limit::Requests,
             })
         );
-        assert!(r.admit(None, now).is_ok());
+        assert!(r.admit(None, now, true).is_ok());
+        assert_eq!(r.rate_limited.requests.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_spent_token_budget_refuses_proxied_requests_only_and_takes_nothing() {
+        let r = routes_from(
+            r#"{"authTokens": [{"token": "t", "name": "team", "tokensPerMinute": 60,
+                                "requestsPerMinute": 60, "burst": 2}],
+                "models": {"chat": {"url": "http://127.0.0.1:1"}}}"#,
+        );
+        let now = Instant::now();
+        let policy = Arc::clone(&r.token_policies[0]);
+        assert_eq!(&*policy.name, "team");
+        assert!(r.admit(Some(0), now, true).is_ok());
+        // The answer used 70 tokens of a 60-token minute: 10 tokens (10 s) of debt.
+        policy.charge_tokens(70, now);
+        assert_eq!(
+            r.admit(Some(0), now, true),
+            Err(ApiError::RateLimited {
+                retry_after_secs: 10,
+                limit: Limit::Tokens,
+            })
+        );
+        assert_eq!(r.rate_limited.tokens.load(Ordering::Relaxed), 1);
+        // The refusal took nothing from the request bucket (burst 2): one local request
+        // still fits, then the bucket is empty.
+        assert!(r.admit(Some(0), now, false).is_ok());
+        assert!(matches!(
+            r.admit(Some(0), now, false),
+            Err(ApiError::RateLimited {
+                limit: Limit::Requests,
+                ..
+            })
+        ));
+        // Ten seconds later the budget has a token again (and the bucket a request).
+        let later = now + std::time::Duration::from_millis(10_500);
+        assert!(r.admit(Some(0), later, true).is_ok());
+    }
+
+    #[test]
+    fn keys_are_counted_per_model_in_scope_and_unrouted_otherwise() {
+        let r = routes_from(
+            r#"{"authTokens": ["all", {"token": "s", "name": "chat-only", "models": ["chat"]}],
+                "models": {"chat": {"url": "http://127.0.0.1:1"}, "embed": {"url": "http://127.0.0.1:2"}}}"#,
+        );
+        let chat = r.get("chat").expect("chat");
+        let embed = r.get("embed").expect("embed");
+        let (all, scoped) = (&r.token_policies[0], &r.token_policies[1]);
+        assert_eq!(&*all.name, "authTokens[0]");
+        assert_eq!(all.counts(Some(chat)).key(), "authTokens[0]");
+        assert!(!std::ptr::eq(
+            all.counts(Some(chat)),
+            all.counts(Some(embed))
+        ));
+        assert!(std::ptr::eq(scoped.counts(Some(embed)), &*scoped.unrouted));
+        assert!(std::ptr::eq(scoped.counts(None), &*scoped.unrouted));
+        assert!(!std::ptr::eq(scoped.counts(Some(chat)), &*scoped.unrouted));
+        assert!(scoped.counts_on(chat) && !scoped.counts_on(embed) && all.counts_on(embed));
     }
 
     #[test]

@@ -73,6 +73,29 @@ fn check_reports_every_problem_and_exits_one() {
 }
 
 #[test]
+fn check_validates_key_names_and_token_budgets_by_key_path() {
+    let config = r#"{"models":{"m":{"url":"http://x"}},"authTokens":[
+        {"token":"${env:A}","name":"team","tokensPerMinute":1000},
+        {"token":"${env:B}","name":"team"},
+        {"token":"sk-c","tokensPerMinute":-5,"name":""}]}"#;
+    let (status, _, stderr) = run_with_config(config, &["--check"], |_| {});
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    for want in [
+        "authTokens[1].name: \"team\" is already the name of authTokens[0]",
+        "authTokens[2].tokensPerMinute: must not be negative",
+        "authTokens[2].name: must not be empty",
+    ] {
+        assert!(stderr.contains(want), "{want} in {stderr}");
+    }
+    assert!(!stderr.contains("sk-c"), "{stderr}");
+    let ok = r#"{"models":{"m":{"url":"http://x"}},"authTokens":[
+        {"token":"${env:A}","name":"team","tokensPerMinute":1000,"requestsPerMinute":60}]}"#;
+    let (status, stdout, stderr) = run_with_config(ok, &["--check"], |_| {});
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("config ok"), "{stdout}");
+}
+
+#[test]
 fn version_and_help_print_and_exit_zero() {
     let (status, stdout, _) = run_modelgate(&["--version"], |_| {});
     assert!(status.success());

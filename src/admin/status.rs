@@ -326,9 +326,17 @@ mod tests {
         let r = routes(&metrics, CONFIG);
         let stats = &r.get("zeta").expect("zeta").stats;
         let ms = Duration::from_millis;
-        stats.record(200, ms(40), Some(ms(30)), Some(10), Some(20), Some(ms(10)));
-        stats.record(404, ms(1), None, None, None, None);
-        stats.record(502, ms(1), Some(ms(700)), None, None, None);
+        stats.record(
+            200,
+            ms(40),
+            Some(ms(30)),
+            Some(10),
+            Some(20),
+            Some(ms(10)),
+            None,
+        );
+        stats.record(404, ms(1), None, None, None, None, None);
+        stats.record(502, ms(1), Some(ms(700)), None, None, None, None);
         metrics.set_budget(crate::buf::Budget::new(4096));
         let v = parse(&status_json(&r, &metrics, 0, Instant::now()));
         let zeta = &v["models"][2];

@@ -1,8 +1,13 @@
-//! Bearer tokens in the config: `authTokens` entries (plain strings, or objects with a model
-//! scope and a rate limit), and nginx-llm-proxy's `api_key` / `api_keys`.
+//! Bearer tokens in the config: `authTokens` entries (plain strings, or objects with a name,
+//! a model scope, a request rate limit and a token budget), and nginx-llm-proxy's `api_key` /
+//! `api_keys`.
 //!
-//! Every token, whatever key it came from, ends up in `Config::auth_tokens`; its scope and
-//! rate limit sit at the same index in `Config::token_rules`.
+//! Every token, whatever key it came from, ends up in `Config::auth_tokens`; its rules sit at
+//! the same index in `Config::token_rules`. Every token has a name, the `key` label of its
+//! metrics and access log lines: its `name`, the client name of an `api_keys` entry, or else
+//! where it was found (`authTokens[2]`, `api_key`). The position, not a hash of the token: a
+//! short hash of a weak token can be brute-forced from a scrape, a position says nothing
+//! about the secret and points straight at the config line.
 
 use super::json::Json;
 use super::{index, join, Cx, Fields};
@@ -17,11 +22,25 @@ pub struct TokenRules {
     pub scope: Scope,
     /// `requestsPerMinute` / `burst`; None = unlimited.
     pub rate: Option<RateLimit>,
+    /// `tokensPerMinute` (prompt + completion tokens read from the answers; the budget holds
+    /// one minute's worth); None = unlimited.
+    pub tokens: Option<RateLimit>,
+    /// The `key` label: `name`, the `api_keys` client name, or the token's key path.
+    pub name: String,
 }
 
-const TOKEN_KEYS: &[&str] = &["token", "models", "requestsPerMinute", "burst"];
-/// One request per nanosecond is the finest rate the bucket can represent.
-const MAX_REQUESTS_PER_MINUTE: u64 = 60_000_000_000;
+const TOKEN_KEYS: &[&str] = &[
+    "token",
+    "name",
+    "models",
+    "requestsPerMinute",
+    "burst",
+    "tokensPerMinute",
+];
+/// One unit per nanosecond is the finest rate the bucket can represent.
+const MAX_PER_MINUTE: u64 = 60_000_000_000;
+/// Key names are metric label values and log fields: short, printable.
+const MAX_NAME_CHARS: usize = 64;
 
 impl Cx<'_> {
     /// `authTokens`, then `api_key`, then the values of `api_keys`. Where a token was found is
@@ -43,6 +62,12 @@ impl Cx<'_> {
         if let Some(v) = f.get("api_keys") {
             self.api_keys(v, &mut tokens);
         }
+        // Unnamed tokens are named by where they were found.
+        for (path, _, rules) in &mut tokens {
+            if rules.name.is_empty() {
+                rules.name.clone_from(path);
+            }
+        }
         let mut secrets_out = Vec::with_capacity(tokens.len());
         let mut rules_out = Vec::with_capacity(tokens.len());
         for (i, (path, token, rules)) in tokens.iter().enumerate() {
@@ -51,6 +76,19 @@ impl Cx<'_> {
                 .find(|(_, t, _)| t.expose() == token.expose())
             {
                 self.problem(path, format!("is the same token as {first}"));
+                continue;
+            }
+            if let Some((first, _, _)) = tokens[..i].iter().find(|(_, _, r)| r.name == rules.name) {
+                // Two series under one `key` label would merge two keys' usage.
+                let name_path = if path.starts_with("authTokens") && rules.name != *path {
+                    join(path, "name")
+                } else {
+                    path.clone()
+                };
+                self.problem(
+                    &name_path,
+                    format!("\"{}\" is already the name of {first}", rules.name),
+                );
                 continue;
             }
             secrets_out.push(token.clone());
@@ -86,7 +124,8 @@ impl Cx<'_> {
         }
     }
 
-    /// `{"token": "...", "models": ["a", "b*"], "requestsPerMinute": N, "burst": M}`.
+    /// `{"token": "...", "name": "team-a", "models": ["a", "b*"], "requestsPerMinute": N,
+    /// "burst": M, "tokensPerMinute": T}`.
     fn token_object(&mut self, path: &str, v: &Json) -> Option<(Secret, TokenRules)> {
         let f = self.fields(path, v, TOKEN_KEYS)?;
         let token_path = join(path, "token");
@@ -99,15 +138,53 @@ impl Cx<'_> {
                 .str(&token_path, t)
                 .and_then(|t| self.token_secret(&token_path, t)),
         };
+        let name = self.token_name(&join(path, "name"), f.get("name"));
         let scope = self.token_scope(&join(path, "models"), f.get("models"));
         let rate = self.token_rate(path, &f);
+        let tpm_path = join(path, "tokensPerMinute");
+        let before = self.problems.len();
+        let tokens = f.get("tokensPerMinute").map(|v| {
+            let per_minute = self.uint_in(&tpm_path, Some(v), 1, 1, MAX_PER_MINUTE);
+            RateLimit {
+                per_minute,
+                burst: per_minute,
+            }
+        });
+        let tokens_ok = self.problems.len() == before;
         Some((
             token?,
             TokenRules {
                 scope: scope?,
                 rate: rate?,
+                tokens: tokens.filter(|_| tokens_ok),
+                name: name?,
             },
         ))
+    }
+
+    /// `name`: the key's label in metrics and the access log. Absent: empty (named later by
+    /// its key path).
+    fn token_name(&mut self, path: &str, v: Option<&Json>) -> Option<String> {
+        let Some(v) = v else {
+            return Some(String::new());
+        };
+        let name = self.str(path, v)?;
+        if name.is_empty() {
+            self.problem(
+                path,
+                "must not be empty (leave it out to name the key by its place)",
+            );
+            return None;
+        }
+        if name.chars().count() > MAX_NAME_CHARS {
+            self.problem(path, format!("is longer than {MAX_NAME_CHARS} characters"));
+            return None;
+        }
+        if name.chars().any(char::is_control) {
+            self.problem(path, "must not contain control characters");
+            return None;
+        }
+        Some(name.to_owned())
     }
 
     /// `models`: a non-empty list of name globs. Absent = every model.
@@ -144,10 +221,10 @@ impl Cx<'_> {
         let before = self.problems.len();
         let rpm = f
             .get("requestsPerMinute")
-            .map(|v| self.uint_in(&rpm_path, Some(v), 1, 1, MAX_REQUESTS_PER_MINUTE));
+            .map(|v| self.uint_in(&rpm_path, Some(v), 1, 1, MAX_PER_MINUTE));
         let burst = f
             .get("burst")
-            .map(|v| self.uint_in(&burst_path, Some(v), 1, 1, MAX_REQUESTS_PER_MINUTE));
+            .map(|v| self.uint_in(&burst_path, Some(v), 1, 1, MAX_PER_MINUTE));
         if self.problems.len() != before {
             return None;
         }
@@ -158,13 +235,14 @@ impl Cx<'_> {
                 None
             }
             (Some(rpm), burst) => Some(Some(RateLimit {
-                requests_per_minute: rpm,
+                per_minute: rpm,
                 burst: burst.unwrap_or(rpm),
             })),
         }
     }
 
-    /// nginx-llm-proxy's `api_keys`: an object of client name → token.
+    /// nginx-llm-proxy's `api_keys`: an object of client name → token; the client name is
+    /// the key's name.
     fn api_keys(&mut self, v: &Json, out: &mut Vec<(String, Secret, TokenRules)>) {
         let Json::Object(members) = v else {
             self.wrong_type("api_keys", "an object of client name → token", v);
@@ -180,7 +258,11 @@ impl Cx<'_> {
                 .str(&path, value)
                 .and_then(|t| self.token_secret(&path, t))
             {
-                out.push((path, token, TokenRules::default()));
+                let rules = TokenRules {
+                    name: name.clone(),
+                    ..TokenRules::default()
+                };
+                out.push((path, token, rules));
             }
         }
     }
@@ -239,7 +321,13 @@ mod tests {
     fn strings_and_objects_mix_and_keep_their_order() {
         let c = ok(r#""authTokens": ["plain", {"token": "scoped", "models": ["chat", "qwen-*"]}]"#);
         assert_eq!(exposed(&c), ["plain", "scoped"]);
-        assert_eq!(c.token_rules[0], TokenRules::default());
+        assert_eq!(
+            c.token_rules[0],
+            TokenRules {
+                name: "authTokens[0]".into(),
+                ..TokenRules::default()
+            }
+        );
         assert_eq!(
             c.token_rules[1].scope,
             Scope::Models(vec!["chat".into(), "qwen-*".into()])
@@ -254,7 +342,7 @@ mod tests {
         assert_eq!(
             c.token_rules[0].rate,
             Some(RateLimit {
-                requests_per_minute: 30,
+                per_minute: 30,
                 burst: 30
             })
         );
@@ -266,9 +354,87 @@ mod tests {
         assert_eq!(
             c.token_rules[0].rate,
             Some(RateLimit {
-                requests_per_minute: 60,
+                per_minute: 60,
                 burst: 5
             })
+        );
+    }
+
+    #[test]
+    fn token_budget_is_one_minute_of_tokens_next_to_the_request_limit() {
+        let c = ok(
+            r#""authTokens": [{"token": "t", "requestsPerMinute": 60, "tokensPerMinute": 100000}, "u"]"#,
+        );
+        assert_eq!(
+            c.token_rules[0].tokens,
+            Some(RateLimit {
+                per_minute: 100_000,
+                burst: 100_000
+            })
+        );
+        assert_eq!(c.token_rules[0].rate.map(|r| r.per_minute), Some(60));
+        assert_eq!(c.token_rules[1].tokens, None);
+        let c = ok(r#""authTokens": [{"token": "t", "tokensPerMinute": 5}]"#);
+        assert_eq!(
+            (
+                c.token_rules[0].rate,
+                c.token_rules[0].tokens.map(|t| t.per_minute)
+            ),
+            (None, Some(5))
+        );
+    }
+
+    #[test]
+    fn keys_are_named_by_name_client_name_or_key_path() {
+        let c = ok(
+            r#""authTokens": ["a", {"token": "b", "name": "team-b"}, {"token": "c"}],
+               "api_key": "d", "api_keys": {"ci bot": "e"}"#,
+        );
+        let names: Vec<&str> = c.token_rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "authTokens[0]",
+                "team-b",
+                "authTokens[2]",
+                "api_key",
+                "ci bot"
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_checked_and_unique_and_problems_never_carry_the_token() {
+        let p = problems(
+            r#""authTokens": [
+                {"token": "sk-1", "name": ""},
+                {"token": "sk-2", "name": 5},
+                {"token": "sk-3", "name": "a\u0001b"},
+                {"token": "sk-4", "name": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},
+                {"token": "sk-5", "name": "same"},
+                {"token": "sk-6", "name": "same"},
+                {"token": "sk-7", "name": "authTokens[7]"},
+                "sk-8",
+                {"token": "sk-9", "tokensPerMinute": 0}
+            ]"#,
+        );
+        let want = [
+            "authTokens[0].name: must not be empty",
+            "authTokens[1].name: expected a string, found a number",
+            "authTokens[2].name: must not contain control characters",
+            "authTokens[3].name: is longer than 64 characters",
+            "authTokens[8].tokensPerMinute: must be at least 1",
+            "authTokens[5].name: \"same\" is already the name of authTokens[4]",
+            "authTokens[7]: \"authTokens[7]\" is already the name of authTokens[6]",
+        ];
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+        for (got, want) in p.iter().zip(want) {
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+            assert!(!got.contains("sk-"), "{got}");
+        }
+        assert_eq!(
+            problems(r#""authTokens": [{"token": "x", "name": "api_key"}], "api_key": "y""#),
+            ["api_key: \"api_key\" is already the name of authTokens[0]"]
         );
     }
 
@@ -342,7 +508,13 @@ mod tests {
     fn api_key_is_one_more_token_and_empty_means_none() {
         let c = ok(r#""api_key": "sk-one""#);
         assert_eq!(exposed(&c), ["sk-one"]);
-        assert_eq!(c.token_rules, [TokenRules::default()]);
+        assert_eq!(
+            c.token_rules,
+            [TokenRules {
+                name: "api_key".into(),
+                ..TokenRules::default()
+            }]
+        );
         assert!(ok(r#""api_key": """#).auth_tokens.is_empty());
         let c = ok(r#""authTokens": ["a"], "api_key": "b""#);
         assert_eq!(exposed(&c), ["a", "b"]);

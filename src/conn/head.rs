@@ -116,8 +116,15 @@ impl Conn {
             if self.token.is_none() {
                 return self.reject(ApiError::unauthorized(status_page), close_on_error);
             }
-            // Every authenticated request counts against the token's rate limit.
-            if let Err(err) = routes.admit(self.token, ctx.now) {
+            // Counted and charged under its key from here on, refusals included.
+            self.rec.key = self
+                .token
+                .and_then(|i| routes.token_policies.get(i))
+                .cloned();
+            // Every authenticated request counts against the token's rate limit; a proxied
+            // one also needs some of its token budget left.
+            let proxied = matches!(decision, Decision::ByPath(..) | Decision::ByBody);
+            if let Err(err) = routes.admit(self.token, ctx.now, proxied) {
                 return self.reject(err, close_on_error);
             }
         }

@@ -9,7 +9,7 @@ use crate::accesslog::{self, Entry, Outcome};
 use crate::h1::RequestHead;
 use crate::metrics::{Metrics, WorkerCounters};
 use crate::net::Peer;
-use crate::router::{Route, Routes};
+use crate::router::{Route, Routes, TokenPolicy};
 use crate::usage::AnswerUsage;
 
 use super::{RequestId, RequestIds};
@@ -37,6 +37,9 @@ pub(super) struct Record {
     path: Vec<u8>,
     pub request_id: RequestId,
     pub route: Option<Arc<Route>>,
+    /// The key the request authenticated with (None: auth off, or no valid token): its
+    /// counts, its token budget and its name in the log, from the table it started with.
+    pub key: Option<Arc<TokenPolicy>>,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -50,6 +53,8 @@ pub(super) struct Record {
     pub retries: u32,
     /// Replicas this request ejected.
     pub ejections: u32,
+    /// The answer's tokens were charged to the key's budget.
+    charged: bool,
 }
 
 impl Record {
@@ -63,6 +68,7 @@ impl Record {
             path: Vec::new(),
             request_id: RequestId::EMPTY,
             route: None,
+            key: None,
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -71,6 +77,7 @@ impl Record {
             replica: 0,
             retries: 0,
             ejections: 0,
+            charged: false,
         }
     }
 
@@ -104,6 +111,7 @@ impl Record {
         }
         self.request_id = RequestId::choose(raw, head, ids);
         self.route = None;
+        self.key = None;
         self.status = 0;
         self.bytes_in = head.head_len as u64;
         self.bytes_out = 0;
@@ -112,6 +120,24 @@ impl Record {
         self.replica = 0;
         self.retries = 0;
         self.ejections = 0;
+        self.charged = false;
+    }
+
+    /// Charges the answer's tokens (prompt + completion, as read so far) to the key's
+    /// budget, once. Called as soon as the upstream has sent the whole answer, before its
+    /// last bytes reach the client (a client that sends its next request at once must find
+    /// the budget already charged), and by [`Record::finish`] for answers that ended
+    /// otherwise.
+    pub fn charge_tokens(&mut self, now: Instant) {
+        if self.charged {
+            return;
+        }
+        self.charged = true;
+        if let Some(key) = &self.key {
+            let (prompt, completion) = (self.usage.prompt_tokens(), self.usage.completion_tokens());
+            let tokens = prompt.unwrap_or(0).saturating_add(completion.unwrap_or(0));
+            key.charge_tokens(tokens, now);
+        }
     }
 
     /// The request is over: one access log line (when enabled) and its metrics.
@@ -134,14 +160,26 @@ impl Record {
         let ttfb = self
             .head_at
             .map(|t| t.saturating_duration_since(self.started));
-        let stats = self.route.as_ref().map_or(&routes.unrouted, |r| &r.stats);
+        // An answer that ended otherwise (cut, client gone) is charged what it reported.
+        self.charge_tokens(now);
+        let (prompt, completion) = (self.usage.prompt_tokens(), self.usage.completion_tokens());
+        let key = self.key.as_deref();
+        let route = self.route.as_deref();
+        // A key's request to a model outside its scope (403) never reached that model: it
+        // is counted with the unrouted ones, where the key has its series.
+        let stats = match (route, key) {
+            (Some(r), Some(k)) if !k.counts_on(r) => &routes.unrouted,
+            (Some(r), _) => &r.stats,
+            (None, _) => &routes.unrouted,
+        };
         stats.record(
             self.status,
             duration,
             ttfb,
-            self.usage.prompt_tokens(),
-            self.usage.completion_tokens(),
+            prompt,
+            completion,
             self.usage.generation(),
+            key.map(|k| k.counts(route)),
         );
         obs.metrics.finished(stats, self.status, outcome, now);
         if let Some(reason) = self.usage.unread() {
@@ -179,8 +217,15 @@ impl Record {
                     accesslog::append_field(&mut obs.log, key, u64::from(n));
                 }
             }
+            // With auth on, every line names its key (null: no valid token); never the
+            // token itself.
+            if !routes.auth_tokens.is_empty() {
+                let name = self.key.as_ref().map(|k| &*k.name);
+                accesslog::append_str_field(&mut obs.log, "key", name);
+            }
         }
         self.route = None;
+        self.key = None;
     }
 }
 

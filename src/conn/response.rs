@@ -67,6 +67,7 @@ impl Conn {
                         if tracker.is_done() {
                             let (reusable, close_client) = (*reusable, *close_client);
                             ex.upstream_finished(reusable, close_client);
+                            self.rec.charge_tokens(now);
                         }
                         Ok(true)
                     }
@@ -82,6 +83,7 @@ impl Conn {
                     if tracker.is_until_close() {
                         // The close is the end of this body: a complete response.
                         ex.upstream_finished(false, true);
+                        self.rec.charge_tokens(ctx.now);
                     } else {
                         ex.resp = Resp::Truncated;
                     }
@@ -210,6 +212,7 @@ impl Conn {
             }
             if tracker.is_done() {
                 ex.upstream_finished(reusable, close_client);
+                self.rec.charge_tokens(now);
             } else {
                 ex.resp = Resp::Body {
                     tracker,

@@ -87,7 +87,7 @@ impl Observed {
         if auth {
             config["authTokens"] = serde_json::json!([
                 ADMIN_TOKEN,
-                {"token": LIMITED_TOKEN, "requestsPerMinute": 1, "burst": 1},
+                {"token": LIMITED_TOKEN, "name": "limited", "requestsPerMinute": 1, "burst": 1},
             ]);
         }
         let gw = Modelgate::start(&config.to_string());
