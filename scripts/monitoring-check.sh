@@ -53,7 +53,7 @@ walk(dashboard["panels"])
 if not queries:
     sys.exit("the dashboard has no queries")
 # Grafana's variables, replaced by what a selection of "All" sends.
-subst = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*", "$instance": ".*", "$model": ".*"}
+subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "$job": ".*", "$instance": ".*", "$model": ".*"}
 with open(sys.argv[2], "w") as out:
     out.write("groups:\n  - name: dashboard\n    rules:\n")
     for i, (title, expr) in enumerate(queries):
