@@ -396,3 +396,55 @@ fn generation_speed_comes_from_paced_streams_only() {
     let mean = (rate_sum(&mg) - sum_before) / 2.0;
     assert!(mean > 0.5 && mean < 31.0, "mean rate {mean} tokens/s");
 }
+
+#[test]
+fn the_mock_transcribes_uploads_and_its_gzip_answer_is_counted() {
+    let mock = MockUpstream::openai("whisper-1");
+    let mg = Modelgate::start(&config_json(&[("whisper-1", &mock.url())]));
+    let boundary = "mgtestboundary";
+    let audio = vec![0x52u8; 1234];
+    let mut body = Vec::new();
+    for (name, value) in [("model", "whisper-1"), ("response_format", "json")] {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+             Content-Type: audio/wav\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&audio);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!("Content-Type: multipart/form-data; boundary={boundary}");
+    let r = request(
+        mg.addr(),
+        "POST",
+        "/v1/audio/transcriptions",
+        &[&ct, "Accept-Encoding: gzip"],
+        &body,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut text)
+        .expect("gzip");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["text"], "mock transcription of 1234 bytes");
+    // input_tokens = file bytes / 100, output_tokens = the words of the text.
+    let ok = wait_until(WAIT, || {
+        let t = |kind: &str| {
+            sample(
+                &mg,
+                &format!("modelgate_tokens_total{{model=\"whisper-1\",kind=\"{kind}\"}}"),
+            )
+        };
+        t("prompt") == 12.0 && t("completion") == 5.0
+    });
+    assert!(ok, "the transcription's usage was counted");
+}
