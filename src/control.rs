@@ -3,12 +3,14 @@
 //! the discovery thread ask of the server ([`ToServer`]). They belong to no one thread, so
 //! every thread imports them from here and none imports another.
 
-use std::sync::mpsc::Sender;
+use std::cell::Cell;
+use std::sync::mpsc::{SendError, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
 use mio::Waker;
 
+use crate::balance::{Grant, Handoff};
 use crate::router::{Route, Routes};
 
 /// TLS server configs per listener, in listener order (None: plain HTTP).
@@ -37,6 +39,9 @@ pub enum Control {
         replica: usize,
         up: bool,
     },
+    /// A replica slot freed on some worker, taken for the oldest waiter of its model, which
+    /// waits on this one (`balance::queue`).
+    Granted(Grant),
     /// Stop accepting, close idle connections, finish the rest until the deadline.
     Shutdown { deadline: Instant },
 }
@@ -66,6 +71,40 @@ pub fn broadcast(workers: &Subscribers, make: impl Fn() -> Control) {
     for (tx, waker) in workers {
         if tx.send(make()).is_ok() {
             let _ = waker.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// The worker this thread runs, if it runs one.
+    static CURRENT_WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as worker `id` (its own grants then skip the waker).
+pub fn on_worker(id: usize) {
+    CURRENT_WORKER.with(|c| c.set(Some(id)));
+}
+
+/// The workers' channels as the replica queues' [`Handoff`]: a grant goes to its waiter's
+/// worker and wakes it. A worker granting to itself (a slot freed by one of its own
+/// requests) skips the waker: it reads its channel after every event batch anyway.
+pub struct Mailboxes(pub Subscribers);
+
+impl Handoff for Mailboxes {
+    fn grant(&self, grant: Grant) -> Result<(), Grant> {
+        let worker = grant.ticket.worker;
+        let Some((tx, waker)) = self.0.get(worker) else {
+            return Err(grant);
+        };
+        match tx.send(Control::Granted(grant)) {
+            Ok(()) => {
+                if CURRENT_WORKER.with(Cell::get) != Some(worker) {
+                    let _ = waker.wake();
+                }
+                Ok(())
+            }
+            Err(SendError(Control::Granted(grant))) => Err(grant),
+            Err(SendError(_)) => Ok(()),
         }
     }
 }

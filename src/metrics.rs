@@ -334,6 +334,12 @@ impl ModelStats {
     }
 }
 
+impl crate::balance::QueueGauge for ModelStats {
+    fn queued_changed(&self, delta: i64) {
+        ModelStats::queued_changed(self, delta);
+    }
+}
+
 /// A model's totals for `/status` (see [`ModelStats::summary`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSummary {
@@ -434,6 +440,8 @@ pub struct Metrics {
     replicas: Mutex<BTreeMap<(String, String), Arc<ReplicaStats>>>,
     /// Per-token rate-limit buckets, kept across reloads like the model stats.
     rate_buckets: crate::ratelimit::Buckets,
+    /// Each model's process-wide replica slots and wait queue, kept across reloads.
+    replica_slots: crate::balance::Registry,
     /// Requests refused with 429 `rate_limited` (shared with every routing table).
     rate_limited: Arc<RateLimited>,
     /// The buffer pools' byte budget, once the server has made it.
@@ -461,6 +469,7 @@ impl Metrics {
             workers: Mutex::new(Vec::new()),
             replicas: Mutex::new(BTreeMap::new()),
             rate_buckets: crate::ratelimit::Buckets::default(),
+            replica_slots: crate::balance::Registry::default(),
             rate_limited: Arc::new(RateLimited::default()),
             budget: OnceLock::new(),
             recent: RecentErrors::default(),
@@ -568,6 +577,11 @@ impl Metrics {
                 .entry((model.to_owned(), replica.to_owned()))
                 .or_default(),
         )
+    }
+
+    /// The replica slots and wait queues that survive reloads (see `balance::Registry`).
+    pub fn replica_slots(&self) -> &crate::balance::Registry {
+        &self.replica_slots
     }
 
     /// The rate-limit buckets that survive reloads (see `ratelimit::Buckets`).

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::Scope;
-use crate::balance::{BalanceConfig, ReplicaLimits};
+use crate::balance::{BalanceConfig, QueueGauge, ReplicaLimits, Slots};
 use crate::config::{Config, Scheme, Timeouts, Upstream};
 use crate::error::{ApiError, Limit};
-use crate::metrics::{KeyCounts, Metrics, ModelStats, RateLimited, ReplicaStats};
+use crate::metrics::{process_epoch, KeyCounts, Metrics, ModelStats, RateLimited, ReplicaStats};
 use crate::profile::Profile;
 use crate::ratelimit::{self, Bucket, Kind};
 use crate::secrets::Secret;
@@ -43,6 +43,9 @@ pub struct Route {
     /// This model's counts of each key, by token index: Some for the keys whose scope
     /// allows the model (the others' requests are counted as unrouted).
     pub key_stats: Box<[Option<Arc<KeyCounts>>]>,
+    /// The replicas' process-wide slots, ejections and wait queue: only for a model with
+    /// several replicas or a limit (a plain model takes backend 0 with no bookkeeping).
+    pub slots: Option<Arc<Slots>>,
 }
 
 impl Route {
@@ -52,23 +55,32 @@ impl Route {
     }
 
     /// True when requests need a choice or a limit: several replicas, or a
-    /// `maxConcurrentRequests`. Only then does a worker keep a balancer for the model (and
-    /// count its replicas' outstanding requests); a plain `url` model takes backend 0 with
-    /// no lookup.
+    /// `maxConcurrentRequests`. Only then has the model process-wide slots (`Route::slots`,
+    /// counting its replicas' outstanding requests) and each worker a chooser for it; a plain
+    /// `url` model takes backend 0 with no lookup.
     pub fn needs_balancer(&self) -> bool {
-        self.backends.len() > 1 || self.backends.iter().any(|b| b.max_concurrent > 0)
+        needs_slots(&self.backends)
     }
 
     /// The balancer's view of the replicas (weights and limits), in backend order.
     pub fn limits(&self) -> Vec<ReplicaLimits> {
-        self.backends
-            .iter()
-            .map(|b| ReplicaLimits {
-                weight: b.weight,
-                max_outstanding: b.max_concurrent,
-            })
-            .collect()
+        limits_of(&self.backends)
     }
+}
+
+/// Requests need a choice or a limit: several replicas, or a `maxConcurrentRequests`.
+fn needs_slots(backends: &[Backend]) -> bool {
+    backends.len() > 1 || backends.iter().any(|b| b.max_concurrent > 0)
+}
+
+fn limits_of(backends: &[Backend]) -> Vec<ReplicaLimits> {
+    backends
+        .iter()
+        .map(|b| ReplicaLimits {
+            weight: b.weight,
+            max_outstanding: b.max_concurrent,
+        })
+        .collect()
 }
 
 /// One upstream a model's requests may go to.
@@ -91,7 +103,7 @@ pub struct Backend {
     /// `scheme://authority` (or `unix:path`) for the access log.
     pub upstream_label: Box<str>,
     pub weight: u32,
-    /// Outstanding requests per worker; 0: no limit.
+    /// Outstanding requests for the whole process; 0: no limit.
     pub max_concurrent: u32,
     /// Per-replica counters (requests, failures, ejections), kept across reloads.
     pub stats: Arc<ReplicaStats>,
@@ -338,6 +350,25 @@ impl Routes {
                 .iter()
                 .map(|rule| rule.scope.allows(names()).then(|| stats.key(&rule.name)))
                 .collect();
+            let slots = needs_slots(&backends).then(|| {
+                let limits = limits_of(&backends);
+                let gauge: Arc<dyn QueueGauge> = Arc::clone(&stats) as Arc<dyn QueueGauge>;
+                let slots = metrics.replica_slots().slots(
+                    name,
+                    &limits,
+                    &replicas.balance,
+                    process_epoch(),
+                    Some(gauge),
+                );
+                if replicas.balance.health_check.is_none() {
+                    // A reload that drops `healthCheck` must not leave replicas marked down.
+                    slots.clear_down();
+                    for backend in &backends {
+                        backend.stats.set_down(false);
+                    }
+                }
+                slots
+            });
             let route = Route {
                 aliases: model.aliases.clone(),
                 description: model.description.as_deref().map(Box::from),
@@ -347,6 +378,7 @@ impl Routes {
                 balance: replicas.balance.clone(),
                 unlisted: model.unlisted,
                 stats,
+                slots,
                 profile: model.profile.clone(),
                 route_media: model.route_media.clone(),
                 key_stats,
@@ -354,6 +386,9 @@ impl Routes {
             models.insert(name.clone(), Arc::new(route));
         }
         listed.sort();
+        metrics
+            .replica_slots()
+            .retain(|name| models.get(name).is_some_and(|r| r.slots.is_some()));
         let mut aliases = HashMap::new();
         let mut catalog = Vec::new();
         for route in models.values() {

@@ -13,7 +13,7 @@ use mio::{Poll, Waker};
 
 use crate::buf::Budget;
 use crate::config::{self, Config, Listen};
-use crate::control::{Control, ListenerTls, ToServer};
+use crate::control::{Control, ListenerTls, Mailboxes, ToServer};
 use crate::discovery::{self, Found};
 use crate::metrics::Metrics;
 use crate::net::{self, systemd, tls, Listener};
@@ -173,17 +173,26 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
         controls: Vec::with_capacity(worker_count),
         handles: Vec::with_capacity(worker_count),
     };
-    for id in 0..worker_count {
+    // Every worker's channel and waker exist before any worker runs: a model's wait queue
+    // may hand a freed slot to a waiter on any worker from the first request on.
+    let mut inboxes = Vec::with_capacity(worker_count);
+    for _ in 0..worker_count {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let waker =
             Arc::new(worker::waker(&poll).map_err(|e| format!("cannot create waker: {e}"))?);
+        let (tx, rx) = mpsc::channel::<Control>();
+        workers.controls.push((tx, waker));
+        inboxes.push((poll, rx));
+    }
+    metrics
+        .replica_slots()
+        .set_handoff(Arc::new(Mailboxes(workers.controls.clone())));
+    for (id, (poll, rx)) in inboxes.into_iter().enumerate() {
         let mine = listeners
             .iter()
             .map(Listener::try_clone)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot share listener: {e}"))?;
-        let (tx, rx) = mpsc::channel::<Control>();
-        workers.controls.push((tx, waker));
         let routes = Arc::clone(&routes);
         let tls = tls.clone();
         let shared = Shared {

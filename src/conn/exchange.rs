@@ -15,11 +15,17 @@ use super::ids::InFlight;
 use super::outbox::{Flush, Outbox};
 use super::replicas::{Hold, Resend};
 use super::{Conn, Ctx, Flow, Phase, Want, STEPS_PER_TURN};
+use crate::balance::Waiting;
 
 /// The upstream side of the exchange, from waiting for a replica to the first response byte.
 pub(super) enum Link {
-    /// Every replica is at its limit: waiting in the model's queue since then.
-    Queued { since: Instant },
+    /// Every replica is at its limit: waiting in the model's process-wide queue since then.
+    /// `place` is the request's ticket there (None until the worker has queued it); dropping
+    /// it leaves the queue.
+    Queued {
+        since: Instant,
+        place: Option<Waiting>,
+    },
     /// The worker is asked for a socket to address `attempt` of the held replica: a pooled
     /// one if it has one, unless `fresh_only` (after a stale pooled connection).
     Wanted { attempt: usize, fresh_only: bool },

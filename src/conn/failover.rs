@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::balance::Pick;
+use crate::balance::{Grant, Waiting};
 use crate::error::ApiError;
 use crate::router::{Backend, Route};
 
@@ -21,29 +21,38 @@ impl Conn {
         }
     }
 
-    /// A waiting request tries for a replica again: None while every replica is still
-    /// full, else what to do next (connect, or the 503 answer).
-    pub fn try_dequeue(&mut self, ctx: &mut Ctx<'_>) -> Option<Want> {
-        let Phase::Proxy(ex) = &self.phase else {
-            return Some(Want::Wait);
-        };
-        if !matches!(ex.link, Link::Queued { .. }) {
-            return None;
-        }
-        let route = Arc::clone(&ex.route);
-        let balancer = ctx.balancers.get(&route)?;
-        let hold = match Hold::take(&route, &balancer, ctx.now, 0) {
-            Ok(hold) => hold,
-            Err(Pick::Full) => return None,
-            Err(_) => {
-                let flow = self.with_exchange(|conn, ex| {
-                    conn.reject(ApiError::UpstreamUnavailable, ex.close_on_error())
-                });
-                return Some(self.finish_turn(flow, ctx));
+    /// The worker placed this waiting request in its model's queue.
+    pub fn wait_in_queue(&mut self, waiting: Waiting) {
+        if let Phase::Proxy(ex) = &mut self.phase {
+            if let Link::Queued { place, .. } = &mut ex.link {
+                *place = Some(waiting);
             }
+        }
+    }
+
+    /// A slot was granted to this connection's place in the queue (by whichever worker
+    /// freed it): build the request head for that replica and connect. None when the grant
+    /// is not for the request waiting here (it left, or was answered): dropping it hands the
+    /// slot to the next waiter.
+    pub fn granted(&mut self, grant: Grant, ctx: &mut Ctx<'_>) -> Result<Want, Grant> {
+        let waiting_here = match &self.phase {
+            Phase::Proxy(ex) => matches!(&ex.link,
+                Link::Queued { place: Some(p), .. } if p.seq() == grant.ticket.seq),
+            _ => false,
         };
-        let flow = self.with_exchange(|conn, ex| conn.dequeued(ex, hold, ctx));
-        Some(self.finish_turn(flow, ctx))
+        if !waiting_here {
+            return Err(grant);
+        }
+        let flow = self.with_exchange(|conn, ex| {
+            if let Link::Queued { place, .. } = &mut ex.link {
+                if let Some(place) = place.take() {
+                    place.served();
+                }
+            }
+            let hold = Hold::leased(&ex.route, grant.lease);
+            conn.dequeued(ex, hold, ctx)
+        });
+        Ok(self.finish_turn(flow, ctx))
     }
 
     /// The model's queue is full: 503 `overloaded` with `Retry-After`.
@@ -200,11 +209,12 @@ impl Conn {
         if !ex.to_upstream.is_retaining() || *done >= ex.route.balance.retries {
             return false;
         }
-        let Some(balancer) = ctx.balancers.get(&ex.route) else {
+        let tried = tried | replica_bit(ex.hold.index);
+        let route = Arc::clone(&ex.route);
+        let Some((chooser, slots)) = ctx.balancers.get(&route) else {
             return false;
         };
-        let tried = tried | replica_bit(ex.hold.index);
-        let Ok(next) = Hold::take(&ex.route, &balancer, ctx.now, tried) else {
+        let Ok(next) = Hold::take(&route, chooser, slots, ctx.now, tried) else {
             return false;
         };
         let Some(backend) = next.backend(&ex.route) else {

@@ -208,8 +208,8 @@ impl Conn {
     }
 }
 
-/// Healthy and total replicas of each model with several, as this worker sees them (passive
-/// ejections and the health thread's verdicts), in name order.
+/// Healthy and total replicas of each model with several (passive ejections and the health
+/// thread's verdicts, process-wide), in name order.
 pub(super) fn replica_counts(routes: &Routes, ctx: &mut Ctx<'_>) -> Vec<(String, usize, usize)> {
     let mut out: Vec<(String, usize, usize)> = routes
         .models
@@ -217,11 +217,7 @@ pub(super) fn replica_counts(routes: &Routes, ctx: &mut Ctx<'_>) -> Vec<(String,
         .filter(|r| r.backends.len() > 1)
         .map(|r| {
             let total = r.backends.len();
-            let healthy = ctx
-                .balancers
-                .get(r)
-                .and_then(|b| b.try_borrow().ok().map(|b| b.healthy_count(ctx.now)))
-                .unwrap_or(total);
+            let healthy = r.slots.as_ref().map_or(total, |s| s.healthy_count(ctx.now));
             (r.name.clone(), healthy, total)
         })
         .collect();

@@ -86,7 +86,8 @@ pub enum Want {
     /// Ask the server thread for a config reload; [`Conn::reload_done`] brings the answer.
     Reload,
     /// Every replica is at its limit: put the connection in its model's wait queue
-    /// ([`Conn::queued_route`]); [`Conn::try_dequeue`] takes it out.
+    /// ([`Conn::queued_route`], then [`Conn::wait_in_queue`]); [`Conn::granted`] takes it
+    /// out.
     Queue,
     /// Close the connection (and any upstream it holds).
     Close,
@@ -104,7 +105,7 @@ pub struct Ctx<'a> {
     pub scratch: &'a mut Vec<u8>,
     /// Metrics and the access log.
     pub obs: &'a mut Obs,
-    /// This worker's replica balancers.
+    /// This worker's replica choosers (over the models' process-wide slots).
     pub balancers: &'a mut Balancers,
 }
 
@@ -355,7 +356,7 @@ impl Conn {
                     .as_ref()
                     .is_some_and(|up| up.stream.is_handshaking());
                 match ex.link {
-                    Link::Queued { since } => since + ex.route.balance.queue_timeout,
+                    Link::Queued { since, .. } => since + ex.route.balance.queue_timeout,
                     Link::Connecting { .. } => ex.connect_started + t.connect,
                     _ if handshaking => ex.connect_started + t.connect,
                     _ => {

@@ -1,138 +1,79 @@
-//! The replica side of an exchange (issue 9): which backend of the route it uses, the
-//! per-worker balancers it leases from, and what a failover needs to rebuild the request
-//! head for another replica.
+//! The replica side of an exchange (issues 9 and 17): which backend of the route it uses,
+//! the worker's choosers over the model's process-wide slots, and what a failover needs to
+//! rebuild the request head for another replica.
 //!
-//! A plain `url` model without `maxConcurrentRequests` has no balancer at all: its requests
+//! A plain `url` model without `maxConcurrentRequests` has no slots at all: its requests
 //! take backend 0 with no lookup, exactly as before replicas existed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::balance::{self, Balancer, Lease, Pick};
+use crate::balance::{Chooser, Lease, Pick, Slots};
 use crate::h1::RequestHead;
 use crate::metrics::ReplicaStats;
 use crate::router::{Backend, Route, Routes};
 
 use super::outbox::Chunk;
 
-/// A worker's balancers, one per route that needs one, keyed by the route's address (the
-/// `Arc` is kept so the address cannot be reused while the entry exists).
+/// A worker's choosers, one per route with slots, keyed by the route's address (the `Arc`
+/// is kept so the address cannot be reused while the entry exists). What they choose from
+/// is the route's process-wide [`Slots`]; a chooser only holds this worker's random draws
+/// and round-robin scores.
 pub struct Balancers {
-    map: HashMap<usize, (Arc<Route>, balance::Shared)>,
+    map: HashMap<usize, (Arc<Route>, Chooser)>,
     seed: u64,
+    /// The current table's models with a wait queue, offered freed slots after each batch.
+    queued: Vec<Arc<Slots>>,
 }
 
 impl Balancers {
-    pub fn new(seed: u64) -> Balancers {
-        Balancers {
+    pub fn new(seed: u64, routes: &Routes) -> Balancers {
+        let mut balancers = Balancers {
             map: HashMap::new(),
             seed: seed | 1,
-        }
-    }
-
-    fn make(&mut self, route: &Route) -> balance::Shared {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let b = Balancer::new(&route.limits(), &route.balance, self.seed)
-            .with_queue_gauge(Arc::clone(&route.stats));
-        std::rc::Rc::new(std::cell::RefCell::new(b))
-    }
-
-    /// The balancer of `route` (None when it needs none), created on first use.
-    pub fn get(&mut self, route: &Arc<Route>) -> Option<balance::Shared> {
-        if !route.needs_balancer() {
-            return None;
-        }
-        let key = Arc::as_ptr(route) as usize;
-        if let Some((_, b)) = self.map.get(&key) {
-            return Some(std::rc::Rc::clone(b));
-        }
-        // A request still on the previous table shares the balancer of its model when the
-        // replicas kept their shape, so limits hold across a reload.
-        let limits = route.limits();
-        let same = self
-            .map
-            .values()
-            .find(|(r, b)| {
-                r.name == route.name && b.try_borrow().is_ok_and(|b| b.same_shape(&limits))
-            })
-            .map(|(_, b)| std::rc::Rc::clone(b));
-        let b = match same {
-            Some(b) => b,
-            None => self.make(route),
+            queued: Vec::new(),
         };
-        self.map
-            .insert(key, (Arc::clone(route), std::rc::Rc::clone(&b)));
-        Some(b)
+        balancers.reload(routes);
+        balancers
     }
 
-    /// A new routing table: models whose replicas kept their shape keep their state
-    /// (outstanding counts, ejections); the others start afresh. Balancers of the old table
-    /// live on in the leases of requests still using them; one with waiters stays listed
-    /// (under its old route) so the worker still hands its freed slots to them.
+    /// The chooser and slots of `route` (None when it has no slots), made on first use.
+    pub fn get<'a>(
+        &'a mut self,
+        route: &'a Arc<Route>,
+    ) -> Option<(&'a mut Chooser, &'a Arc<Slots>)> {
+        let slots = route.slots.as_ref()?;
+        let key = Arc::as_ptr(route) as usize;
+        let seed = &mut self.seed;
+        let (_, chooser) = self.map.entry(key).or_insert_with(|| {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (Arc::clone(route), Chooser::new(slots, *seed))
+        });
+        Some((chooser, slots))
+    }
+
+    /// A new routing table: the choosers of the old one go (their state is only random
+    /// draws and round-robin scores; outstanding counts, ejections and waiters live in the
+    /// slots, which the table keeps while a model's replicas keep their shape).
     pub fn reload(&mut self, routes: &Routes) {
-        let previous: Vec<(usize, Arc<Route>, balance::Shared)> = self
-            .map
-            .drain()
-            .map(|(key, (route, b))| (key, route, b))
-            .collect();
-        let old: HashMap<String, balance::Shared> = previous
-            .iter()
-            .map(|(_, route, b)| (route.name.clone(), std::rc::Rc::clone(b)))
-            .collect();
-        for route in routes.models.values() {
-            if route.balance.health_check.is_none() {
-                // A reload that drops `healthCheck` must not leave replicas marked down.
-                for backend in &route.backends {
-                    backend.stats.set_down(false);
-                }
-            }
-            if !route.needs_balancer() {
-                continue;
-            }
-            let kept = old
-                .get(&route.name)
-                .filter(|b| b.try_borrow().is_ok_and(|b| b.same_shape(&route.limits())))
-                .cloned();
-            let b = match kept {
-                Some(b) => b,
-                None => self.make(route),
-            };
-            if route.balance.health_check.is_none() {
-                if let Ok(mut b) = b.try_borrow_mut() {
-                    b.clear_down();
-                }
-            }
-            self.map
-                .insert(Arc::as_ptr(route) as usize, (Arc::clone(route), b));
-        }
-        for (key, route, b) in previous {
-            let kept = self.map.values().any(|(_, n)| std::rc::Rc::ptr_eq(n, &b));
-            if !kept && b.try_borrow().is_ok_and(|b| b.has_waiters()) {
-                self.map.entry(key).or_insert((route, b));
-            }
-        }
-    }
-
-    /// Every route with a balancer.
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<Route>, &balance::Shared)> {
-        self.map.values().map(|(r, b)| (r, b))
-    }
-
-    /// Healthy replicas of the model `name` as this worker sees them, with the total.
-    pub fn healthy(&self, name: &str, now: Instant) -> Option<(usize, usize)> {
-        self.map
+        self.map.clear();
+        self.queued = routes
+            .models
             .values()
-            .find(|(r, _)| r.name == name)
-            .and_then(|(r, b)| {
-                let b = b.try_borrow().ok()?;
-                Some((b.healthy_count(now), r.backends.len()))
-            })
+            .filter_map(|r| r.slots.clone())
+            .filter(|s| s.queue_size() > 0)
+            .collect();
+    }
+
+    /// The current table's models that have a wait queue.
+    pub fn queued(&self) -> &[Arc<Slots>] {
+        &self.queued
     }
 }
 
-/// The replica an exchange holds: outstanding (in this worker's balancer and the replica's
-/// gauge) until dropped.
+/// The replica an exchange holds: outstanding (in the model's process-wide slots and the
+/// replica's gauge) until dropped.
 pub struct Hold {
     pub index: usize,
     lease: Option<Lease>,
@@ -140,7 +81,7 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// Backend 0 without a balancer (plain models).
+    /// Backend 0 without slots (plain models).
     pub fn only() -> Hold {
         Hold {
             index: 0,
@@ -149,24 +90,31 @@ impl Hold {
         }
     }
 
-    /// Leases a replica of `route` not in `tried`.
+    /// Takes a slot on a replica of `route` not in `tried`.
     pub fn take(
         route: &Route,
-        balancer: &balance::Shared,
+        chooser: &mut Chooser,
+        slots: &Arc<Slots>,
         now: Instant,
         tried: u64,
     ) -> Result<Hold, Pick> {
-        let lease = Lease::take(balancer, now, tried)?;
+        chooser
+            .take(slots, now, tried)
+            .map(|lease| Hold::leased(route, lease))
+    }
+
+    /// Holds a slot already taken (for a waiter, by whichever worker freed it).
+    pub fn leased(route: &Route, lease: Lease) -> Hold {
         let index = lease.replica();
         let stats = route.backends.get(index).map(|b| Arc::clone(&b.stats));
         if let Some(s) = &stats {
             s.started();
         }
-        Ok(Hold {
+        Hold {
             index,
             lease: Some(lease),
             stats,
-        })
+        }
     }
 
     /// The replica failed this request (connect, reset before head, ejecting status);

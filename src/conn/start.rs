@@ -163,7 +163,10 @@ impl Conn {
                 Flow::Upstream
             }
             None => {
-                ex.link = Link::Queued { since: now };
+                ex.link = Link::Queued {
+                    since: now,
+                    place: None,
+                };
                 Flow::Queue
             }
         };
@@ -205,22 +208,22 @@ pub(super) fn build_upstream_head(
 }
 
 /// None: every replica is at its limit and the model has a wait queue (or others already
-/// wait there: FIFO, a newcomer never overtakes them).
+/// wait there, on any worker: FIFO, a newcomer never overtakes them).
 pub(super) fn choose_replica(
     route: &Arc<Route>,
     ctx: &mut Ctx<'_>,
 ) -> Result<Option<Hold>, ApiError> {
-    let Some(balancer) = ctx.balancers.get(route) else {
+    let Some((chooser, slots)) = ctx.balancers.get(route) else {
         return Ok(Some(Hold::only()));
     };
-    let queue = route.balance.queue_size > 0;
-    if queue && balancer.try_borrow().is_ok_and(|b| b.has_waiters()) {
+    let queue = slots.queue_size() > 0;
+    if queue && slots.has_waiters() {
         return Ok(None);
     }
-    match Hold::take(route, &balancer, ctx.now, 0) {
+    match Hold::take(route, chooser, slots, ctx.now, 0) {
         Ok(hold) => Ok(Some(hold)),
         Err(Pick::Full) if queue => Ok(None),
         Err(Pick::Full) => Err(ApiError::Overloaded),
-        Err(Pick::Exhausted | Pick::Replica(_)) => Err(ApiError::UpstreamUnavailable),
+        Err(Pick::Exhausted) => Err(ApiError::UpstreamUnavailable),
     }
 }

@@ -1,5 +1,5 @@
 //! Messages from other threads (a new routing table, listener certificates, resolver
-//! answers, health verdicts, shutdown) and the answer to an `/admin/reload`.
+//! answers, health verdicts, replica slots granted to waiters, shutdown) and the answer to an `/admin/reload`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,12 +28,13 @@ impl Worker {
                     if !current {
                         continue;
                     }
-                    if let Some(b) = self.env.balancers.get(&route) {
-                        if let Ok(mut b) = b.try_borrow_mut() {
-                            b.set_down(replica, !up);
-                        }
+                    // The verdict is process-wide (every worker sets the same flag); a replica
+                    // that came up may take a waiter, which `dispatch_waiters` offers it.
+                    if let Some(slots) = &route.slots {
+                        slots.set_down(replica, !up);
                     }
                 }
+                Control::Granted(grant) => self.take_grant(grant, now),
                 Control::Resolved { name, addrs } => {
                     self.resolved.insert(name, addrs);
                 }

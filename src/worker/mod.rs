@@ -156,10 +156,10 @@ impl Worker {
             id,
             env: Env {
                 pool: Pool::new(Arc::clone(&shared.budget)),
-                routes,
+                routes: Arc::clone(&routes),
                 in_flight: Arc::clone(&shared.in_flight),
                 ids: RequestIds::new(seed),
-                balancers: Balancers::new(seed.rotate_left(17)),
+                balancers: Balancers::new(seed.rotate_left(17), &routes),
                 scratch: Vec::with_capacity(4096),
                 obs: Obs {
                     metrics: Arc::clone(&shared.metrics),
@@ -180,6 +180,8 @@ impl Worker {
 
     /// Runs until shutdown completes.
     pub fn run(mut self) {
+        // Grants to this worker's own waiters need not ring its waker (see `dispatch_waiters`).
+        crate::control::on_worker(self.id);
         let mut events = Events::with_capacity(1024);
         let mut dirty: Vec<usize> = Vec::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;

@@ -1,38 +1,29 @@
 //! The replica wait queue on the worker side: a connection whose model has every replica at
-//! its limit waits in that model's FIFO, and freed slots go to the oldest waiter first.
+//! its limit takes a ticket in that model's process-wide FIFO, and slots freed on any worker
+//! reach the oldest ticket as a `Control::Granted` (see `balance::queue`).
 
 use std::time::Instant;
+
+use crate::balance::Grant;
 
 use super::Worker;
 
 impl Worker {
-    /// Puts a connection whose replicas are all full in its model's FIFO; a full queue is
-    /// 503 at once. Entries of connections that left or timed out are dropped first.
+    /// Puts a connection whose replicas are all full in its model's queue; a full queue is
+    /// 503 at once.
     pub(super) fn enqueue(&mut self, key: usize, now: Instant) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
         let generation = conn.generation;
-        let Some(route) = conn.queued_route().cloned() else {
-            return;
-        };
-        let queued = match self.env.balancers.get(&route) {
-            Some(balancer) => {
-                let conns = &self.conns;
-                let mut b = match balancer.try_borrow_mut() {
-                    Ok(b) => b,
-                    Err(_) => return,
-                };
-                b.retain_waiters(|k, g| {
-                    conns
-                        .get(k)
-                        .is_some_and(|c| c.generation == g && c.queued_route().is_some())
-                });
-                b.enqueue(key, generation)
+        let place = conn
+            .queued_route()
+            .and_then(|route| route.slots.clone())
+            .and_then(|slots| slots.enqueue(self.id, key, generation, now));
+        if let Some(place) = place {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.wait_in_queue(place);
             }
-            None => false,
-        };
-        if queued {
             self.arm_timer(key);
             return;
         }
@@ -43,41 +34,35 @@ impl Worker {
         }
     }
 
-    /// Hands freed replica slots to waiting requests, oldest first, per model.
+    /// After each event batch: offers free slots of this table's models to their oldest
+    /// waiters (a replica whose ejection ended frees no slot, yet may take one), then takes
+    /// the grants meant for this worker's own waiters (sent to its own channel without
+    /// ringing its waker).
     pub(super) fn dispatch_waiters(&mut self, now: Instant) {
-        let waiting: Vec<_> = self
-            .env
-            .balancers
-            .iter()
-            .filter(|(_, b)| b.try_borrow().is_ok_and(|b| b.has_waiters()))
-            .map(|(_, b)| std::rc::Rc::clone(b))
-            .collect();
-        for balancer in waiting {
-            loop {
-                let first = balancer.try_borrow().ok().and_then(|b| b.first_waiter());
-                let Some((key, generation)) = first else {
-                    break;
-                };
-                let Some(conn) = self
-                    .conns
-                    .get_mut(key)
-                    .filter(|c| c.generation == generation && c.queued_route().is_some())
-                else {
-                    if let Ok(mut b) = balancer.try_borrow_mut() {
-                        b.pop_waiter();
-                    }
-                    continue;
-                };
-                let mut ctx = self.env.ctx(now);
-                let Some(want) = conn.try_dequeue(&mut ctx) else {
-                    break;
-                };
-                if let Ok(mut b) = balancer.try_borrow_mut() {
-                    b.pop_waiter();
-                }
-                if !self.after_drive(key, want, now) {
-                    self.drive(key, now);
-                }
+        for slots in self.env.balancers.queued() {
+            if slots.has_waiters() {
+                slots.dispatch(now);
+            }
+        }
+        self.handle_control(now);
+    }
+
+    /// A slot granted to a request waiting on this worker. A grant that finds its request
+    /// gone is dropped, which hands the slot to the next waiter.
+    pub(super) fn take_grant(&mut self, grant: Grant, now: Instant) {
+        let key = grant.ticket.key;
+        let generation = grant.ticket.generation;
+        let Some(conn) = self
+            .conns
+            .get_mut(key)
+            .filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        let mut ctx = self.env.ctx(now);
+        if let Ok(want) = conn.granted(grant, &mut ctx) {
+            if !self.after_drive(key, want, now) {
+                self.drive(key, now);
             }
         }
     }
