@@ -553,3 +553,223 @@ fn a_streaming_request_fails_over_like_any_other() {
     );
     assert_eq!(resets.request_count(), 1);
 }
+
+/// A client connection with a chat request `body` written and nothing read.
+fn open_request(addr: SocketAddr, body: &str) -> Client {
+    let mut c = Client::connect(addr);
+    c.send(&request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &["Content-Type: application/json"],
+        body.as_bytes(),
+    ));
+    c
+}
+
+/// Which of modelgate's event loops (its epoll fd) holds the other end of `client`, read
+/// from `/proc`: the socket's inode from the process's TCP table, its fd, then the epoll
+/// instance listing that fd. Each worker owns one epoll instance.
+fn worker_holding(gw: &Modelgate, client: &mut Client) -> Option<u32> {
+    let common::server::Stream::Tcp(stream) = client.stream() else {
+        return None;
+    };
+    let client_port = stream.local_addr().ok()?.port();
+    let pid = gw.pid();
+    let gw_port = gw.addr().port();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    let port_of = |field: &str| {
+        field
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = (f.get(1)?, f.get(2)?, f.get(9)?);
+        (port_of(local) == Some(gw_port) && port_of(remote) == Some(client_port))
+            .then(|| inode.to_string())
+    })?;
+    let mut socket_fd = None;
+    let mut epolls = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().to_string();
+        let fd: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+        if target == format!("socket:[{inode}]") {
+            socket_fd = Some(fd);
+        } else if target == "anon_inode:[eventpoll]" {
+            epolls.push(fd);
+        }
+    }
+    let socket_fd = socket_fd?;
+    epolls.into_iter().find(|epfd| {
+        std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")).is_ok_and(|info| {
+            info.lines().any(|l| {
+                l.strip_prefix("tfd:")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u32>().ok())
+                    == Some(socket_fd)
+            })
+        })
+    })
+}
+
+/// An upstream that holds every request until the test hands out a permit, counting the
+/// requests it has at once and the most it ever had.
+struct Counting {
+    upstream: ScriptedUpstream,
+    permits: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn counting_upstream() -> Counting {
+    use std::sync::atomic::AtomicUsize;
+    let permits = Arc::new(AtomicUsize::new(0));
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let upstream = {
+        let (permits, now, peak) = (permits.clone(), now.clone(), peak.clone());
+        ScriptedUpstream::start(move |c| {
+            while let Some(req) = c.read_request() {
+                let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(at_once, Ordering::SeqCst);
+                // Wait for a permit (the test hands them out one at a time).
+                loop {
+                    let p = permits.load(Ordering::SeqCst);
+                    if p > 0
+                        && permits
+                            .compare_exchange(p, p - 1, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                    {
+                        break;
+                    }
+                    if c.peer_closed() {
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+                // Counted out before the answer leaves: modelgate may reuse the slot as soon
+                // as it has the answer.
+                now.fetch_sub(1, Ordering::SeqCst);
+                if c.respond(200, &[], req.body_str().as_bytes()).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    Counting {
+        upstream,
+        permits,
+        peak,
+    }
+}
+
+#[test]
+fn a_limit_holds_across_workers_and_waiters_on_either_worker_are_served_in_arrival_order() {
+    let up = counting_upstream();
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 2,
+        "models": {"m": {"url": up.upstream.url(), "maxConcurrentRequests": 2,
+                         "queue": {"size": 32, "timeout": 120}}},
+    });
+    let gw = Modelgate::start(&cfg.to_string());
+    let queued = |gw: &Modelgate| metric(gw, "modelgate_queued_requests{model=\"m\"}") as usize;
+    let request = |n: usize| open_request(gw.addr(), &format!(r#"{{"model":"m","n":{n}}}"#));
+    // Two requests take both slots; each worker's own count would allow two more.
+    let mut clients: Vec<Client> = (0..2).map(request).collect();
+    assert!(up.upstream.wait_requests(2, LONG).len() == 2);
+    // Waiters, one at a time so their order of arrival is known, until both workers hold
+    // some (which worker accepts a connection is the kernel's choice).
+    let mut holders = Vec::new();
+    for n in 2..26 {
+        let mut c = request(n);
+        assert!(
+            wait_until(LONG, || queued(&gw) == n - 1),
+            "waiter {n} is not queued"
+        );
+        holders.push(worker_holding(&gw, &mut c));
+        clients.push(c);
+        let distinct: std::collections::HashSet<_> = holders.iter().flatten().collect();
+        if holders.len() >= 6 && distinct.len() == 2 {
+            break;
+        }
+    }
+    let distinct: std::collections::HashSet<_> = holders.iter().flatten().collect();
+    assert_eq!(
+        distinct.len(),
+        2,
+        "every waiter landed on one worker: {holders:?}"
+    );
+    let waiters = holders.len();
+    assert_eq!(up.upstream.request_count(), 2, "nothing passed the limit");
+    // One answer at a time: each frees one slot, which goes to the oldest waiter, on
+    // whichever worker it waits.
+    for served in 0..waiters {
+        up.permits.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            wait_until(LONG, || up.upstream.request_count() == 3 + served),
+            "a freed slot did not reach the next waiter ({} requests)",
+            up.upstream.request_count()
+        );
+    }
+    up.permits.fetch_add(2, Ordering::SeqCst);
+    for c in clients.iter_mut() {
+        assert_eq!(c.read_response().status, 200);
+    }
+    assert_eq!(
+        up.peak.load(Ordering::SeqCst),
+        2,
+        "the upstream had more than 2 at once"
+    );
+    let order: Vec<i64> = up
+        .upstream
+        .requests()
+        .iter()
+        .map(|r| r.json()["n"].as_i64().unwrap_or(-1))
+        .collect();
+    let expected: Vec<i64> = (2..2 + waiters as i64).collect();
+    assert_eq!(
+        order[2..],
+        expected[..],
+        "waiters served out of order: {holders:?}"
+    );
+    assert_eq!(queued(&gw), 0);
+}
+
+#[test]
+fn an_ejection_by_one_worker_keeps_every_worker_away() {
+    let bad = ScriptedUpstream::start(|c| {
+        while c.read_request().is_some() {
+            if c.respond(503, &[], b"{}").is_err() {
+                return;
+            }
+        }
+    });
+    let good = replica("good", Duration::ZERO);
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 2,
+        "models": {"m": {"urls": [bad.url(), good.url()], "ejectTime": 60}},
+    });
+    let gw = Modelgate::start(&cfg.to_string());
+    let mut holders = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let mut c = open_request(gw.addr(), &chat_body("m", false));
+        let r = c.read_response();
+        assert!(r.status == 200 || r.status == 503, "{}", r.text());
+        holders.extend(worker_holding(&gw, &mut c));
+        if bad.request_count() > 0 && holders.len() == 2 && good.request_count() >= 20 {
+            break;
+        }
+    }
+    assert_eq!(holders.len(), 2, "both workers served requests");
+    assert_eq!(
+        bad.request_count(),
+        1,
+        "a replica ejected by one worker got requests from another"
+    );
+}

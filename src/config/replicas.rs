@@ -22,7 +22,7 @@ pub struct ReplicaSpec {
     pub headers: Vec<(String, Secret)>,
     /// Its own CA file, else the model's (https only).
     pub ca_file: Option<PathBuf>,
-    /// Outstanding requests per worker; 0: no limit.
+    /// Outstanding requests for the whole process; 0: no limit.
     pub max_concurrent: u32,
 }
 

@@ -18,9 +18,9 @@ pub struct ReplicaStats {
     outstanding: AtomicI64,
     /// The active health check last saw it down.
     down: AtomicBool,
-    /// When the latest ejection by any worker ends, in nanoseconds since
-    /// [`process_epoch`]; 0 when none is pending. Ejections are decided per worker: this is
-    /// the process-wide view for `/status` and `modelgate_replica_ejected`.
+    /// When the latest ejection ends, in nanoseconds since [`process_epoch`]; 0 when none is
+    /// pending: the view for `/status` and `modelgate_replica_ejected` (the ejection itself
+    /// is decided in the model's `balance::Slots`).
     ejected_until: AtomicU64,
 }
 
@@ -40,15 +40,14 @@ impl ReplicaStats {
         self.failures.fetch_add(1, Relaxed);
     }
 
-    /// A worker ejected it until `until` (the latest end across workers is kept).
+    /// It was ejected until `until` (the latest end is kept).
     pub fn ejected(&self, until: Instant) {
         self.ejections.fetch_add(1, Relaxed);
         let until = nanos(until.saturating_duration_since(process_epoch())).max(1);
         self.ejected_until.fetch_max(until, Relaxed);
     }
 
-    /// A trial request succeeded: the replica is back (for every worker's ejection too, as
-    /// far as the status view goes; each worker still probes its own).
+    /// A trial request succeeded: the replica is back.
     pub fn readmitted(&self) {
         self.readmissions.fetch_add(1, Relaxed);
         self.ejected_until.store(0, Relaxed);
@@ -68,7 +67,7 @@ impl ReplicaStats {
         self.down.load(Relaxed)
     }
 
-    /// How long some worker still keeps it ejected after `now` (None: not ejected).
+    /// How long it stays ejected after `now` (None: not ejected).
     pub fn ejected_for(&self, now: Instant) -> Option<Duration> {
         let until = self.ejected_until.load(Relaxed);
         let now = nanos(now.saturating_duration_since(process_epoch()));
@@ -118,7 +117,7 @@ pub(super) fn render(
         (
             "modelgate_replica_ejections_total",
             "counter",
-            "Times a replica was ejected by passive health checking (counted per worker).",
+            "Times a replica was ejected by passive health checking.",
             |s, _| s.ejections.load(Relaxed) as i64,
         ),
         (
@@ -148,7 +147,7 @@ pub(super) fn render(
         (
             "modelgate_replica_ejected",
             "gauge",
-            "1 while some worker keeps the replica ejected by passive health checking, else 0.",
+            "1 while the replica is ejected by passive health checking, else 0.",
             |s, now| i64::from(s.ejected_for(now).is_some()),
         ),
     ];

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::control::Control;
 
-use super::Worker;
+use super::{conn_of, Worker};
 
 impl Worker {
     pub(super) fn handle_control(&mut self, now: Instant) {
@@ -82,11 +82,7 @@ impl Worker {
         result: Result<usize, Vec<String>>,
         now: Instant,
     ) {
-        let Some(conn) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = conn_of(&mut self.conns, key, generation) else {
             return;
         };
         let mut ctx = self.env.ctx(now);

@@ -462,6 +462,12 @@ impl Worker {
     }
 }
 
+/// The connection at `key`, if it is still the one of `generation` (a message about an
+/// earlier connection in the same slot is stale).
+fn conn_of(conns: &mut Slab<Conn>, key: usize, generation: u64) -> Option<&mut Conn> {
+    conns.get_mut(key).filter(|c| c.generation == generation)
+}
+
 /// Makes the waker a worker's control channel rings.
 pub fn waker(poll: &Poll) -> io::Result<Waker> {
     Waker::new(poll.registry(), WAKER)

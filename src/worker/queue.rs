@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::balance::Grant;
 
-use super::Worker;
+use super::{conn_of, Worker};
 
 impl Worker {
     /// Puts a connection whose replicas are all full in its model's queue; a full queue is
@@ -51,12 +51,7 @@ impl Worker {
     /// gone is dropped, which hands the slot to the next waiter.
     pub(super) fn take_grant(&mut self, grant: Grant, now: Instant) {
         let key = grant.ticket.key;
-        let generation = grant.ticket.generation;
-        let Some(conn) = self
-            .conns
-            .get_mut(key)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = conn_of(&mut self.conns, key, grant.ticket.generation) else {
             return;
         };
         let mut ctx = self.env.ctx(now);
