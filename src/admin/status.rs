@@ -96,7 +96,7 @@ fn status_json_at(
 }
 
 /// One model: its totals and its replicas (`state`: `down` when the active health check
-/// failed it, else `ejected` while some worker keeps it out, else `up`). Outstanding and
+/// failed it, else `ejected` while it is ejected, else `up`). Outstanding and
 /// per-replica counts are null for a model without a balancer (a plain `url` without
 /// limits): nothing counts them there.
 fn model(out: &mut String, route: &Route, now: Instant) {
