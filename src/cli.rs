@@ -73,8 +73,10 @@ byte for byte, to the upstream configured for its model: the top-level \"model\"
 JSON body, the \"model\" field of a multipart form, the ?model= of a WebSocket handshake,
 or the {model} of a /route/{model}/... path. A model may have several replicas (balanced,
 with failover before the first response byte; their maxConcurrentRequests, wait queue and
-ejections hold for the whole process, across all workers), a parameter profile (the only
-case where a body is rewritten), and backends found by discovery. It serves GET /health and
+ejections hold for the whole process, across all workers; replicas in a later priority tier,
+such as a hosted provider under its own model name and key, take a request only when the
+tiers before them cannot), a parameter profile (the only case where a body is rewritten),
+and backends found by discovery. It serves GET /health and
 GET /v1/models itself, can require bearer tokens (authTokens, optionally named, scoped to
 models, rate-limited and given a token budget, with metrics and log lines per key), and
 adds per-model headers such as upstream API keys, read from the

@@ -249,6 +249,8 @@ pub fn with_discovered(config: &Config, found: &Found) -> Config {
                     headers: b.headers.clone(),
                     ca_file: None,
                     max_concurrent: 0,
+                    priority: 0,
+                    overrides: Default::default(),
                 })
                 .collect();
             let replicas = Replicas {

@@ -122,6 +122,23 @@ pub struct Profile {
     pub deny: Vec<Pointer>,
 }
 
+/// The parts of a profile one replica sets for itself (issue 18): each one given replaces
+/// the model's (a fallback provider's own model name, its own defaults...); the rest is the
+/// model's. Empty: the replica speaks exactly as its model does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub upstream_model: Option<String>,
+    pub defaults: Option<Vec<(Pointer, Value)>>,
+    pub clamp: Option<Vec<(Pointer, Value)>>,
+    pub deny: Option<Vec<Pointer>>,
+}
+
+impl Overrides {
+    pub fn is_empty(&self) -> bool {
+        self == &Overrides::default()
+    }
+}
+
 /// Why a body could not be rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RewriteError {
@@ -179,6 +196,25 @@ impl Profile {
             || !self.defaults.is_empty()
             || !self.clamp.is_empty()
             || !self.deny.is_empty()
+    }
+
+    /// This profile with `overrides` replacing the parts they set.
+    pub fn overridden(&self, overrides: &Overrides) -> Profile {
+        Profile {
+            upstream_model: overrides
+                .upstream_model
+                .clone()
+                .or_else(|| self.upstream_model.clone()),
+            defaults: overrides
+                .defaults
+                .clone()
+                .unwrap_or_else(|| self.defaults.clone()),
+            clamp: overrides
+                .clamp
+                .clone()
+                .unwrap_or_else(|| self.clamp.clone()),
+            deny: overrides.deny.clone().unwrap_or_else(|| self.deny.clone()),
+        }
     }
 
     /// Parses `body`, merges, and encodes the result compactly (see the module docs for what
@@ -481,6 +517,29 @@ mod tests {
             rewrite(&pr, "{ \"s\" : \"\\u00e9\\/\\n\" ,\n \"x\": 1 }"),
             "{\"s\":\"é/\\n\"}"
         );
+    }
+
+    #[test]
+    fn overrides_replace_only_the_parts_they_set() {
+        let model = Profile {
+            upstream_model: Some("qwen".into()),
+            defaults: vec![(p("temperature"), serde_json::json!(0.7))],
+            ..Profile::default()
+        };
+        let named = model.overridden(&Overrides {
+            upstream_model: Some("gpt-4o-mini".into()),
+            ..Overrides::default()
+        });
+        assert_eq!(named.upstream_model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(named.defaults, model.defaults);
+        let plain = model.overridden(&Overrides {
+            defaults: Some(Vec::new()),
+            ..Overrides::default()
+        });
+        assert_eq!(plain.upstream_model.as_deref(), Some("qwen"));
+        assert!(plain.defaults.is_empty());
+        assert_eq!(model.overridden(&Overrides::default()), model);
+        assert!(Overrides::default().is_empty());
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub struct Route {
     pub unlisted: bool,
     /// Request counters and histograms, kept across reloads by model name.
     pub stats: Arc<ModelStats>,
-    /// The body rewrite of a virtual model (`crate::profile`); empty = byte-for-byte.
+    /// The body rewrite of a virtual model (`crate::profile`); empty = byte-for-byte. Each
+    /// backend carries the one it applies (`Backend::profile`: this one, or the replica's
+    /// own identity over it).
     pub profile: Profile,
     /// The model that requests with image, audio or file parts go to (`routeMedia`).
     pub route_media: Option<String>,
@@ -52,6 +54,12 @@ impl Route {
     /// The route's name and its aliases.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    /// Some replica rewrites bodies (a virtual model, or a replica with its own upstream
+    /// identity): bodies of this route are read whole before they go upstream.
+    pub fn rewrites_any(&self) -> bool {
+        self.backends.iter().any(|b| b.profile.rewrites())
     }
 
     /// True when requests need a choice or a limit: several replicas, or a
@@ -79,6 +87,7 @@ fn limits_of(backends: &[Backend]) -> Vec<ReplicaLimits> {
         .map(|b| ReplicaLimits {
             weight: b.weight,
             max_outstanding: b.max_concurrent,
+            priority: b.priority,
         })
         .collect()
 }
@@ -107,6 +116,11 @@ pub struct Backend {
     pub max_concurrent: u32,
     /// Per-replica counters (requests, failures, ejections), kept across reloads.
     pub stats: Arc<ReplicaStats>,
+    /// Its tier (`priority`, 0 first; issue 18).
+    pub priority: u32,
+    /// The body rewrite this replica applies: its model's profile, with the replica's own
+    /// identity (`model`, `defaults`, `clamp`, `deny`) over it. Empty: byte-for-byte.
+    pub profile: Arc<Profile>,
 }
 
 /// What a backend is built from (a config replica, or code such as discovery).
@@ -117,6 +131,8 @@ pub struct BackendSpec<'a> {
     pub ca_file: Option<&'a Path>,
     pub weight: u32,
     pub max_concurrent: u32,
+    pub priority: u32,
+    pub profile: Arc<Profile>,
 }
 
 /// Shared while one table is built: one lookup per host and one TLS config per CA file.
@@ -199,6 +215,9 @@ impl<'a, 'f> BackendBuilder<'a, 'f> {
             headers.push((k.clone(), v.clone()));
         }
         let upstream_label: Box<str> = up.to_string().into_boxed_str();
+        let stats: Arc<ReplicaStats> =
+            metrics.map_or_else(Default::default, |m| m.replica(name, &upstream_label));
+        stats.set_tier(spec.priority);
         Ok(Backend {
             upstream: up.clone(),
             addrs,
@@ -206,10 +225,12 @@ impl<'a, 'f> BackendBuilder<'a, 'f> {
             headers,
             pool_key,
             tls,
-            stats: metrics.map_or_else(Default::default, |m| m.replica(name, &upstream_label)),
+            stats,
             upstream_label,
             weight: spec.weight.max(1),
             max_concurrent: spec.max_concurrent,
+            priority: spec.priority,
+            profile: Arc::clone(&spec.profile),
         })
     }
 }
@@ -312,6 +333,8 @@ impl Routes {
         let mut listed = Vec::new();
         for (name, model) in &config.models {
             let replicas = &model.replicas;
+            // One profile shared by every replica that speaks as its model does.
+            let model_profile = Arc::new(model.profile.clone());
             let backends = if replicas.list.is_empty() {
                 let spec = BackendSpec {
                     upstream: &model.upstream,
@@ -320,6 +343,8 @@ impl Routes {
                     ca_file: model.ca_file.as_deref(),
                     weight: 1,
                     max_concurrent: replicas.max_concurrent,
+                    priority: 0,
+                    profile: Arc::clone(&model_profile),
                 };
                 vec![builder.build(name, &spec, None)?]
             } else {
@@ -332,6 +357,12 @@ impl Routes {
                         ca_file: r.ca_file.as_deref(),
                         weight: r.weight,
                         max_concurrent: r.max_concurrent,
+                        priority: r.priority,
+                        profile: if r.overrides.is_empty() {
+                            Arc::clone(&model_profile)
+                        } else {
+                            Arc::new(model.profile.overridden(&r.overrides))
+                        },
                     };
                     // Series per replica only where there is a choice to watch.
                     let register = (replicas.list.len() > 1).then_some(metrics);

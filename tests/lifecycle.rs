@@ -30,18 +30,13 @@ fn gated_replica(open: Arc<AtomicBool>) -> ScriptedUpstream {
 
 /// Model `m` on `urls`, one worker, `max` requests per replica, a long wait queue.
 fn limited_config(urls: &[String], max: u32, extra: serde_json::Value) -> String {
-    let mut cfg = serde_json::json!({
+    let cfg = serde_json::json!({
         "listen": "127.0.0.1:0",
         "workers": 1,
         "models": {"m": {"urls": urls, "maxConcurrentRequests": max,
                          "queue": {"size": 1, "timeout": 60}}},
     });
-    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            c.insert(k.clone(), v.clone());
-        }
-    }
-    cfg.to_string()
+    with_members(cfg, &extra).to_string()
 }
 
 fn send_async(addr: SocketAddr, tx: &mpsc::Sender<Response>) {
@@ -55,15 +50,6 @@ fn send_async(addr: SocketAddr, tx: &mpsc::Sender<Response>) {
     });
 }
 
-fn metric(gw: &Modelgate, prefix: &str) -> f64 {
-    let text = get(gw.addr(), "/metrics").text().to_string();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
-}
-
 /// `modelgate_replica_outstanding_requests` summed over the replicas of `m`.
 fn outstanding(gw: &Modelgate, ups: &[&ScriptedUpstream]) -> f64 {
     ups.iter()
@@ -72,7 +58,7 @@ fn outstanding(gw: &Modelgate, ups: &[&ScriptedUpstream]) -> f64 {
                 "modelgate_replica_outstanding_requests{{model=\"m\",replica=\"{}\"}}",
                 u.url()
             );
-            metric(gw, &sample)
+            gw.metric(&sample)
         })
         .sum()
 }
@@ -312,7 +298,7 @@ fn a_reload_that_drops_the_health_check_brings_a_down_replica_back() {
         "modelgate_replica_up{{model=\"m\",replica=\"{}\"}}",
         a.url()
     );
-    assert!(wait_until(LONG, || metric(&gw, &up_gauge) == 0.0));
+    assert!(wait_until(LONG, || gw.metric(&up_gauge) == 0.0));
     // Both workers have heard the verdict once /health says so.
     assert!(wait_until(LONG, || {
         get(gw.addr(), "/health").json()["replicas"]["m"]["healthy"] == 1
@@ -325,7 +311,7 @@ fn a_reload_that_drops_the_health_check_brings_a_down_replica_back() {
         .is_some());
     // Nothing checks `a` any more: the verdict must not outlive the check.
     assert!(
-        wait_until(Duration::from_secs(5), || metric(&gw, &up_gauge) == 1.0),
+        wait_until(Duration::from_secs(5), || gw.metric(&up_gauge) == 1.0),
         "modelgate_replica_up stays 0 after healthCheck was removed"
     );
     let before = work_requests(&a);
@@ -356,7 +342,7 @@ fn a_replica_hanging_its_health_probe_neither_blocks_requests_nor_shutdown() {
         "modelgate_replica_up{{model=\"m\",replica=\"{}\"}}",
         a.url()
     );
-    assert!(wait_until(LONG, || metric(&gw, &up_gauge) == 0.0));
+    assert!(wait_until(LONG, || gw.metric(&up_gauge) == 0.0));
     // Workers keep serving while the health thread waits on `a`.
     for _ in 0..10 {
         let r = post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false));
@@ -398,7 +384,7 @@ fn open_tunnel(addr: SocketAddr) -> std::net::TcpStream {
 }
 
 fn in_flight(gw: &Modelgate) -> f64 {
-    metric(gw, "modelgate_in_flight_requests ")
+    gw.metric("modelgate_in_flight_requests ")
 }
 
 #[test]

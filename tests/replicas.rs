@@ -38,12 +38,7 @@ fn closed_port() -> SocketAddr {
 
 /// A one-worker modelgate with model `m` over `urls` plus `extra` model keys.
 fn gate(urls: &[String], extra: serde_json::Value) -> Modelgate {
-    let mut model = serde_json::json!({ "urls": urls });
-    if let (Some(m), Some(e)) = (model.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            m.insert(k.clone(), v.clone());
-        }
-    }
+    let model = with_members(serde_json::json!({ "urls": urls }), &extra);
     let cfg = serde_json::json!({
         "listen": "127.0.0.1:0",
         "workers": 1,
@@ -56,18 +51,8 @@ fn chat(gw: &Modelgate) -> Response {
     post_json(gw.addr(), "/v1/chat/completions", &chat_body("m", false))
 }
 
-/// The value of one metric sample line starting with `prefix` (labels included).
-fn metric(gw: &Modelgate, prefix: &str) -> f64 {
-    let text = get(gw.addr(), "/metrics").text().to_string();
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
-}
-
 fn replica_metric(gw: &Modelgate, family: &str, url: &str) -> f64 {
-    metric(gw, &format!("{family}{{model=\"m\",replica=\"{url}\"}}"))
+    gw.metric(&format!("{family}{{model=\"m\",replica=\"{url}\"}}"))
 }
 
 #[test]
@@ -677,7 +662,7 @@ fn a_limit_holds_across_workers_and_waiters_on_either_worker_are_served_in_arriv
                          "queue": {"size": 32, "timeout": 120}}},
     });
     let gw = Modelgate::start(&cfg.to_string());
-    let queued = |gw: &Modelgate| metric(gw, "modelgate_queued_requests{model=\"m\"}") as usize;
+    let queued = |gw: &Modelgate| gw.metric("modelgate_queued_requests{model=\"m\"}") as usize;
     let request = |n: usize| open_request(gw.addr(), &format!(r#"{{"model":"m","n":{n}}}"#));
     // Two requests take both slots; each worker's own count would allow two more.
     let mut clients: Vec<Client> = (0..2).map(request).collect();

@@ -114,6 +114,8 @@ pub struct ReplicaLimits {
     pub weight: u32,
     /// Outstanding requests the whole process sends it at most; 0: no limit.
     pub max_outstanding: u32,
+    /// Its tier (0 first): see [`Chooser::take`].
+    pub priority: u32,
 }
 
 /// Why no replica was taken.
@@ -173,19 +175,38 @@ impl Chooser {
     }
 
     /// Chooses a replica not in `tried` (bit i = replica i) and holds a slot on it.
-    pub fn take(&mut self, slots: &Arc<Slots>, now: Instant, tried: u64) -> Result<Lease, Pick> {
+    ///
+    /// Tiers (issue 18): the replicas of the first tier (lowest `priority`) are balanced as
+    /// usual; the next tier is used only when no replica of the tiers before it can take the
+    /// request: each is tried (`tried`), ejected or down, or at its limit. At its limit
+    /// counts only with `spill` (the request cannot wait: no queue, a full queue, or a
+    /// failover of a request already under way); without it, a full tier means `Full` and
+    /// the request waits for that tier.
+    pub fn take(
+        &mut self,
+        slots: &Arc<Slots>,
+        now: Instant,
+        tried: u64,
+        spill: bool,
+    ) -> Result<Lease, Pick> {
         let now = slots.tick(now);
-        self.reserve(slots, now, tried)
+        self.reserve(slots, now, tried, spill)
             .map(|replica| Lease::new(slots, replica))
     }
 
     /// Chooses and counts a replica (the caller owns the slot). Another worker may fill a
     /// replica between the choice and the compare-exchange that takes the slot: the choice
     /// is then made again without it, at most once per replica.
-    pub(crate) fn reserve(&mut self, slots: &Slots, now: u64, tried: u64) -> Result<usize, Pick> {
+    pub(crate) fn reserve(
+        &mut self,
+        slots: &Slots,
+        now: u64,
+        tried: u64,
+        spill: bool,
+    ) -> Result<usize, Pick> {
         let mut raced = 0u64;
         for _ in 0..=slots.len() {
-            match self.choose(slots, now, tried | raced) {
+            match self.choose(slots, now, tried | raced, spill) {
                 Choice::Replica { index, trial } => {
                     if slots.begin(index, now, trial) {
                         return Ok(index);
@@ -200,9 +221,10 @@ impl Chooser {
         Err(Pick::Full)
     }
 
-    /// The replica to try: healthy ones with room first (by policy), else a sign to wait
-    /// (healthy ones are full), else the unhealthy one that returns soonest.
-    fn choose(&mut self, slots: &Slots, now: u64, excluded: u64) -> Choice {
+    /// The replica to try: healthy ones with room first (by policy, in the first tier that
+    /// has one), else a sign to wait (healthy ones are full), else the unhealthy one that
+    /// returns soonest.
+    fn choose(&mut self, slots: &Slots, now: u64, excluded: u64, spill: bool) -> Choice {
         let untried = |i: usize| i >= 64 || excluded & bit(i) == 0;
         // One replica: no choice to make (and no health to judge).
         if slots.len() == 1 {
@@ -216,44 +238,53 @@ impl Chooser {
                 None => Choice::Exhausted,
             };
         }
-        let eligible = |i: usize| {
-            untried(i)
-                && slots
-                    .replica(i)
-                    .is_some_and(|r| !r.full() && r.healthy(now))
-        };
-        let mut total: u64 = 0;
-        let mut count = 0usize;
-        for (i, r) in slots.replicas.iter().enumerate() {
-            if eligible(i) {
-                total += u64::from(r.limits.weight);
-                count += 1;
+        let mut waited = false;
+        for &tier in slots.tiers.iter() {
+            let eligible = |i: usize| {
+                untried(i)
+                    && slots
+                        .replica(i)
+                        .is_some_and(|r| r.limits.priority == tier && !r.full() && r.healthy(now))
+            };
+            let mut total: u64 = 0;
+            let mut count = 0usize;
+            for (i, r) in slots.replicas.iter().enumerate() {
+                if eligible(i) {
+                    total += u64::from(r.limits.weight);
+                    count += 1;
+                }
+            }
+            if count > 0 {
+                let index = if self.rr.len() == slots.len() {
+                    self.round_robin(slots, &eligible, total)
+                } else {
+                    self.two_choices(slots, &eligible, total, count)
+                };
+                return Choice::Replica { index, trial: true };
+            }
+            // Nothing healthy with room in this tier. Healthy but full: wait for a slot,
+            // unless the request cannot wait (then the next tier).
+            let healthy_full = slots.replicas.iter().enumerate().any(|(i, r)| {
+                r.limits.priority == tier && untried(i) && r.healthy(now) && r.full()
+            });
+            if healthy_full {
+                if !spill {
+                    return Choice::Full;
+                }
+                waited = true;
             }
         }
-        if count > 0 {
-            let index = if self.rr.len() == slots.len() {
-                self.round_robin(slots, &eligible, total)
-            } else {
-                self.two_choices(slots, &eligible, total, count)
-            };
-            return Choice::Replica { index, trial: true };
-        }
-        // Nothing healthy with room. Healthy but full: wait for a slot.
-        let healthy_full = slots
-            .replicas
-            .iter()
-            .enumerate()
-            .any(|(i, r)| untried(i) && r.healthy(now) && r.full());
-        if healthy_full {
+        if waited {
             return Choice::Full;
         }
-        // Only unhealthy ones left: try the one that returns soonest rather than refuse.
+        // Only unhealthy ones left: try the one that returns soonest rather than refuse
+        // (the first tier's first).
         let fallback = slots
             .replicas
             .iter()
             .enumerate()
             .filter(|&(i, r)| untried(i) && !r.full())
-            .min_by_key(|&(_, r)| r.return_order())
+            .min_by_key(|&(_, r)| (r.limits.priority, r.return_order()))
             .map(|(i, _)| i);
         match fallback {
             Some(index) => Choice::Replica {

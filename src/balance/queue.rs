@@ -216,7 +216,8 @@ impl Slots {
                     Some(replica) => replica,
                     None => {
                         let seed = self.queue.next_seq.load(ORDER) ^ now;
-                        match Chooser::transient(seed).reserve(self, now, 0) {
+                        // A waiter waits for its tier: no spill to the next one.
+                        match Chooser::transient(seed).reserve(self, now, 0, false) {
                             Ok(replica) => replica,
                             Err(_) => break,
                         }

@@ -114,6 +114,8 @@ impl ReplicaSlot {
 #[derive(Debug)]
 pub struct Slots {
     pub(super) replicas: Box<[ReplicaSlot]>,
+    /// The replicas' distinct priorities, first tier first.
+    pub(super) tiers: Box<[u32]>,
     pub(super) policy: Policy,
     epoch: Instant,
     /// Ejection lengths in nanoseconds (a reload that keeps the replicas may change them).
@@ -135,8 +137,12 @@ impl Slots {
         handoff: Arc<OnceLock<Arc<dyn Handoff>>>,
         gauge: Option<Arc<dyn QueueGauge>>,
     ) -> Slots {
+        let mut tiers: Vec<u32> = replicas.iter().map(|l| l.priority).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
         let slots = Slots {
             replicas: replicas.iter().map(|&l| ReplicaSlot::new(l)).collect(),
+            tiers: tiers.into(),
             policy: config.policy,
             epoch,
             eject_time: AtomicU64::new(0),
@@ -164,12 +170,24 @@ impl Slots {
         self.replicas.is_empty()
     }
 
-    /// Same replicas with the same weights and limits: a reload may keep this state.
+    /// Same replicas with the same weights, limits and tiers: a reload may keep this state.
     pub fn same_shape(&self, replicas: &[ReplicaLimits]) -> bool {
         self.replicas.len() == replicas.len()
             && self.replicas.iter().zip(replicas).all(|(r, l)| {
-                r.limits.weight == l.weight.max(1) && r.limits.max_outstanding == l.max_outstanding
+                r.limits.weight == l.weight.max(1)
+                    && r.limits.max_outstanding == l.max_outstanding
+                    && r.limits.priority == l.priority
             })
+    }
+
+    /// The first tier's priority (requests served by a later tier are fallbacks).
+    pub fn first_tier(&self) -> u32 {
+        self.tiers.first().copied().unwrap_or(0)
+    }
+
+    /// Replica `i`'s tier.
+    pub fn priority(&self, i: usize) -> u32 {
+        self.replicas.get(i).map_or(0, |r| r.limits.priority)
     }
 
     /// `now` as nanoseconds since the epoch (and remembered as the latest clock reading).

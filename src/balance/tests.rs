@@ -11,6 +11,7 @@ fn limits(weights: &[u32], max: u32) -> Vec<ReplicaLimits> {
         .map(|&weight| ReplicaLimits {
             weight,
             max_outstanding: max,
+            priority: 0,
         })
         .collect()
 }
@@ -40,7 +41,7 @@ fn slots(weights: &[u32], policy: Policy) -> Arc<Slots> {
 }
 
 fn take(c: &mut Chooser, s: &Arc<Slots>, now: Instant, tried: u64) -> Lease {
-    match c.take(s, now, tried) {
+    match c.take(s, now, tried, false) {
         Ok(lease) => lease,
         Err(other) => panic!("expected a replica, got {other:?}"),
     }
@@ -117,10 +118,10 @@ fn tried_replicas_are_skipped_then_exhausted() {
     let mut c = Chooser::new(&s, 42);
     assert_eq!(take(&mut c, &s, now, 0b01).replica(), 1);
     assert_eq!(take(&mut c, &s, now, 0b10).replica(), 0);
-    assert_eq!(c.take(&s, now, 0b11).err(), Some(Pick::Exhausted));
+    assert_eq!(c.take(&s, now, 0b11, false).err(), Some(Pick::Exhausted));
     let one = slots(&[1], Policy::LeastOutstanding);
     let mut c = Chooser::new(&one, 42);
-    assert_eq!(c.take(&one, now, 0b1).err(), Some(Pick::Exhausted));
+    assert_eq!(c.take(&one, now, 0b1, false).err(), Some(Pick::Exhausted));
 }
 
 #[test]
@@ -225,8 +226,8 @@ fn a_limit_holds_for_every_worker_together() {
     let first = take(&mut a, &s, now, 0);
     let second = take(&mut b, &s, now, 0);
     assert_ne!(first.replica(), second.replica());
-    assert_eq!(a.take(&s, now, 0).err(), Some(Pick::Full));
-    assert_eq!(b.take(&s, now, 0).err(), Some(Pick::Full));
+    assert_eq!(a.take(&s, now, 0, false).err(), Some(Pick::Full));
+    assert_eq!(b.take(&s, now, 0, false).err(), Some(Pick::Full));
     let freed = first.replica();
     drop(first);
     assert_eq!(take(&mut b, &s, now, 0).replica(), freed);
@@ -234,7 +235,7 @@ fn a_limit_holds_for_every_worker_together() {
     let one = shared(&limits(&[1], 1), &config(Policy::LeastOutstanding, 0));
     let mut c = Chooser::new(&one, 7);
     let _held = take(&mut c, &one, now, 0);
-    assert_eq!(c.take(&one, now, 0).err(), Some(Pick::Full));
+    assert_eq!(c.take(&one, now, 0, false).err(), Some(Pick::Full));
 }
 
 #[test]
@@ -248,7 +249,7 @@ fn threads_racing_for_slots_never_pass_the_limit() {
                 let mut c = Chooser::new(&s, seed + 1);
                 let now = Instant::now();
                 for _ in 0..20_000 {
-                    if let Ok(lease) = c.take(&s, now, 0) {
+                    if let Ok(lease) = c.take(&s, now, 0, false) {
                         let i = lease.replica();
                         peak.fetch_max(s.outstanding(i), Ordering::SeqCst);
                     }
@@ -334,7 +335,7 @@ fn freed_slots_go_to_waiters_first_come_first_served_on_any_worker() {
         (0, w1.seq())
     );
     assert_eq!(s.outstanding(0), 1, "the slot travels with the grant");
-    assert_eq!(c.take(&s, now, 0).err(), Some(Pick::Full));
+    assert_eq!(c.take(&s, now, 0, false).err(), Some(Pick::Full));
     w1.served();
     // Its request ends: the next waiter, on worker 1.
     drop(grants);
@@ -381,12 +382,64 @@ fn a_waiter_that_joins_while_a_slot_is_free_is_granted_at_once() {
     assert_eq!(grants[0].ticket.seq, w.seq());
 }
 
+/// Two local replicas (tier 0, limit 1) and a provider (tier 1).
+fn tiered() -> Arc<Slots> {
+    let mut lim = limits(&[1, 1, 1], 1);
+    lim[2].priority = 1;
+    lim[2].max_outstanding = 0;
+    shared(&lim, &config(Policy::LeastOutstanding, 0))
+}
+
+#[test]
+fn the_next_tier_is_used_only_when_the_first_cannot_take_the_request() {
+    let s = tiered();
+    let now = Instant::now();
+    let mut c = Chooser::new(&s, 3);
+    // Both local replicas free: never the provider.
+    for _ in 0..50 {
+        assert_ne!(take(&mut c, &s, now, 0).replica(), 2);
+    }
+    // Tried (failed this request) locally: the provider.
+    assert_eq!(take(&mut c, &s, now, 0b011).replica(), 2);
+    // One local replica ejected: the other one, still not the provider.
+    assert!(s.failed(0, now));
+    for _ in 0..20 {
+        assert_eq!(take(&mut c, &s, now, 0).replica(), 1);
+    }
+    // Both ejected: the provider.
+    assert!(s.failed(1, now));
+    assert_eq!(take(&mut c, &s, now, 0).replica(), 2);
+    assert!(s.succeeded(0) && s.succeeded(1));
+    // Both at their limit: a request that may wait waits; one that cannot goes on.
+    let _a = take(&mut c, &s, now, 0);
+    let _b = take(&mut c, &s, now, 0);
+    assert_eq!(c.take(&s, now, 0, false).err(), Some(Pick::Full));
+    assert_eq!(c.take(&s, now, 0, true).map(|l| l.replica()).ok(), Some(2));
+    assert_eq!(s.first_tier(), 0);
+    assert_eq!(s.priority(2), 1);
+}
+
+#[test]
+fn when_every_tier_is_out_the_first_tier_is_tried_first() {
+    let s = tiered();
+    let now = Instant::now();
+    let mut c = Chooser::new(&s, 3);
+    for i in 0..3 {
+        s.set_down(i, true);
+    }
+    assert_eq!(take(&mut c, &s, now, 0).replica(), 0);
+    assert_eq!(take(&mut c, &s, now, 0b001).replica(), 1);
+}
+
 #[test]
 fn same_shape_compares_limits_and_the_registry_keeps_state_across_tables() {
     let s = slots(&[1, 2], Policy::LeastOutstanding);
     assert!(s.same_shape(&limits(&[1, 2], 0)));
     assert!(!s.same_shape(&limits(&[1, 3], 0)));
     assert!(!s.same_shape(&limits(&[1], 0)));
+    let mut tiers = limits(&[1, 2], 0);
+    tiers[1].priority = 1;
+    assert!(!s.same_shape(&tiers), "a new tier starts afresh");
     let registry = Registry::default();
     let cfg = config(Policy::LeastOutstanding, 0);
     let epoch = Instant::now();

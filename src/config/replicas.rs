@@ -10,6 +10,7 @@ use crate::balance::{
     BalanceConfig, HealthCheck, Policy, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH,
     DEFAULT_HEALTH_TIMEOUT, MAX_REPLICAS,
 };
+use crate::profile::Overrides;
 use crate::secrets::Secret;
 
 /// One backend of a model.
@@ -24,6 +25,11 @@ pub struct ReplicaSpec {
     pub ca_file: Option<PathBuf>,
     /// Outstanding requests for the whole process; 0: no limit.
     pub max_concurrent: u32,
+    /// Its tier (`priority`, 0 first): a higher one is used only when every replica of the
+    /// tiers before it cannot take the request (issue 18).
+    pub priority: u32,
+    /// Its own upstream identity: `model`, `defaults`, `clamp`, `deny` replacing the model's.
+    pub overrides: Overrides,
 }
 
 /// A model's replicas and balancing settings.
@@ -43,7 +49,14 @@ const REPLICA_KEYS: &[&str] = &[
     "headers",
     "caFile",
     "maxConcurrentRequests",
+    "priority",
+    "model",
+    "defaults",
+    "clamp",
+    "deny",
 ];
+/// Highest `priority`: tiers are few in practice (local, then one or two providers).
+const MAX_PRIORITY: u64 = 100;
 const QUEUE_KEYS: &[&str] = &["size", "timeout"];
 const HEALTH_KEYS: &[&str] = &["path", "interval", "timeout"];
 const MAX_WEIGHT: u64 = 1_000_000;
@@ -120,6 +133,8 @@ impl Cx<'_> {
                     headers: Vec::new(),
                     ca_file: model_ca.clone(),
                     max_concurrent,
+                    priority: 0,
+                    overrides: Overrides::default(),
                 });
             }
             for (i, item) in items.iter().enumerate() {
@@ -180,6 +195,8 @@ impl Cx<'_> {
                     weight: 1,
                     headers: Vec::new(),
                     max_concurrent: default_max,
+                    priority: 0,
+                    overrides: Overrides::default(),
                 })
             }
             Json::Object(_) => {
@@ -202,7 +219,23 @@ impl Cx<'_> {
                     Some(_) => self.max_concurrent(&join(path, "maxConcurrentRequests"), &f),
                     None => default_max,
                 };
+                let priority = self.uint_in(
+                    &join(path, "priority"),
+                    f.get("priority"),
+                    0,
+                    0,
+                    MAX_PRIORITY,
+                );
+                // The replica's identity keys are read like a model's (same key paths).
+                let own = self.profile(path, &f);
                 let upstream = upstream?;
+                let own = own?;
+                let overrides = Overrides {
+                    upstream_model: own.upstream_model,
+                    defaults: f.get("defaults").map(|_| own.defaults),
+                    clamp: f.get("clamp").map(|_| own.clamp),
+                    deny: f.get("deny").map(|_| own.deny),
+                };
                 let ca_file = match own_ca? {
                     Some(ca) => Some(ca),
                     None => https_ca(&upstream),
@@ -213,6 +246,8 @@ impl Cx<'_> {
                     headers: headers?,
                     ca_file,
                     max_concurrent: max,
+                    priority: u32::try_from(priority).unwrap_or(0),
+                    overrides,
                 })
             }
             other => {

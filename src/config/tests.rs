@@ -1206,3 +1206,44 @@ fn replica_problems_are_named_by_path() {
     }
     assert!(one(&with_model(r#""urls": []"#)).contains("models.m.urls: must list at least one"));
 }
+
+// ---- fallbacks across providers (issue 18) ----
+
+#[test]
+fn a_replica_carries_its_tier_and_its_own_upstream_identity() {
+    let c = ok(&with_model(
+        r#""model": "local-name", "defaults": {"temperature": 0.2}, "urls": ["http://127.0.0.1:1", {"url": "https://api.example.com/v1", "priority": 1, "model": "gpt-4o-mini", "deny": ["top_k"], "headers": {"Authorization": "Bearer x"}}]"#,
+    ));
+    let list = &c.models["m"].replicas.list;
+    assert_eq!((list[0].priority, list[1].priority), (0, 1));
+    assert!(list[0].overrides.is_empty());
+    let own = &list[1].overrides;
+    assert_eq!(own.upstream_model.as_deref(), Some("gpt-4o-mini"));
+    assert!(
+        own.defaults.is_none(),
+        "not given: the model's defaults stay"
+    );
+    assert_eq!(own.deny.as_ref().map(Vec::len), Some(1));
+    let effective = c.models["m"].profile.overridden(own);
+    assert_eq!(effective.upstream_model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(effective.defaults.len(), 1);
+}
+
+#[test]
+fn fallback_keys_are_checked_with_their_key_paths() {
+    let p = problems(&with_model(
+        r#""urls": ["http://127.0.0.1:1", {"url": "http://127.0.0.1:2", "priority": -1, "model": "", "defaults": "hot"}, {"url": "http://127.0.0.1:3", "priority": 101}, {"url": "http://127.0.0.1:4", "priorty": 1}]"#,
+    ));
+    let has = |needle: &str| p.iter().any(|l| l.contains(needle));
+    assert!(has("models.m.urls[1].priority"), "{p:?}");
+    assert!(has("models.m.urls[1].model: must not be empty"), "{p:?}");
+    assert!(has("models.m.urls[1].defaults"), "{p:?}");
+    assert!(
+        has("models.m.urls[2].priority: must be at most 100"),
+        "{p:?}"
+    );
+    assert!(
+        has("models.m.urls[3].priorty") && has("priority"),
+        "an unknown key suggests the nearest: {p:?}"
+    );
+}

@@ -13,7 +13,7 @@ use crate::scan::ScanError;
 use super::exchange::{Exchange, Failover};
 use super::ids::InFlight;
 use super::outbox::{copy_chunk, Chunk, Flush, Outbox};
-use super::replicas::Resend;
+use super::replicas::{Fitted, Resend};
 use super::scanner::BodyScanner;
 use super::start::{build_upstream_head, choose_replica};
 use super::{rewrite, Conn, Ctx, Flow, Phase, CONTINUE};
@@ -295,20 +295,25 @@ impl Conn {
         });
         let prepared = slot.and_then(|(route, slot, resp_buf, hold)| {
             let raw = body.head_block.filled();
-            // A virtual model with a profile: the whole body is here; re-encode it.
-            let rewritten = if route.profile.rewrites() {
-                let start = body.head.head_len;
-                let first = raw.get(start..start + body.initial).unwrap_or(&[]);
-                Some(rewrite::rewrite_body(
-                    &route.profile,
-                    &body.head,
-                    first,
-                    &body.body,
-                )?)
-            } else {
-                None
+            // The chosen replica's version of the body: re-encoded when its profile (a
+            // virtual model, or the replica's own upstream identity) rewrites bodies. A
+            // request that waits for a replica gets its version once it has one.
+            let profile = hold
+                .as_ref()
+                .and_then(|h| h.backend(&route))
+                .map(|b| Arc::clone(&b.profile))
+                .filter(|p| p.rewrites());
+            let rewritten = match profile {
+                Some(profile) => {
+                    let start = body.head.head_len;
+                    let mut pieces = vec![raw.get(start..start + body.initial).unwrap_or(&[])];
+                    pieces.extend(body.body.iter().map(Block::filled));
+                    let (new_body, head) = rewrite::rewrite_body(&profile, &body.head, &pieces)?;
+                    Some((new_body, head, profile))
+                }
+                None => None,
             };
-            let head = rewritten.as_ref().map_or(&body.head, |(_, h)| h);
+            let head = rewritten.as_ref().map_or(&body.head, |(_, h, _)| h);
             let target = match &path_route {
                 Some((_, path)) => path.as_slice(),
                 None => raw.get(body.head.target.clone()).unwrap_or(b"/"),
@@ -316,9 +321,10 @@ impl Conn {
             let strip = !body.routes.auth_tokens.is_empty();
             let resend = (hold.is_none() || route.backends.len() > 1).then(|| Resend {
                 raw: copy_chunk(raw.get(..body.head.head_len).unwrap_or(&[]), ctx.pool),
-                head: head.clone(),
+                head: body.head.clone(),
                 target: path_route.as_ref().map(|(_, path)| path.clone()),
                 strip_authorization: strip,
+                fitted: None,
             });
             let head_chunk = match &hold {
                 None => None,
@@ -337,7 +343,7 @@ impl Conn {
                     ))
                 }
             };
-            let body_out = rewritten.map(|(b, _)| b);
+            let body_out = rewritten.map(|(b, _, profile)| (b, profile));
             Ok((route, slot, resp_buf, head_chunk, hold, resend, body_out))
         });
         // What follows the body is the next request: it becomes the read buffer again.
@@ -363,16 +369,30 @@ impl Conn {
         body.head.keep_alive = keep_alive;
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
-            Ok((route, slot, resp_buf, head_chunk, hold, resend, rewritten)) => {
+            Ok((route, slot, resp_buf, head_chunk, hold, mut resend, rewritten)) => {
                 let mut to_upstream = Outbox::retaining(true);
                 to_upstream.extend(head_chunk);
-                if let Some(new_body) = rewritten {
+                match (rewritten, resend.as_mut()) {
+                    // Another replica may want the client's bytes: they stay parked.
+                    (Some((new_body, profile)), Some(resend)) => {
+                        let len = new_body.len() as u64;
+                        to_upstream.push(Chunk::Owned(new_body));
+                        let mut parked = Vec::with_capacity(1 + body.body.len());
+                        parked.push(Chunk::Block(first));
+                        parked.extend(body.body.drain(..).map(Chunk::Block));
+                        resend.fitted = Some(Fitted {
+                            profile,
+                            parked,
+                            len,
+                        });
+                    }
                     // The raw blocks go back to the pool when `first` and `body` drop.
-                    to_upstream.push(Chunk::Owned(new_body));
-                } else {
-                    to_upstream.push(Chunk::Block(first));
-                    for block in body.body.drain(..) {
-                        to_upstream.push(Chunk::Block(block));
+                    (Some((new_body, _)), None) => to_upstream.push(Chunk::Owned(new_body)),
+                    (None, _) => {
+                        to_upstream.push(Chunk::Block(first));
+                        for block in body.body.drain(..) {
+                            to_upstream.push(Chunk::Block(block));
+                        }
                     }
                 }
                 let mut ex = Exchange::new(

@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use crate::balance::{Grant, Waiting};
 use crate::error::ApiError;
+use crate::h1::RequestHead;
 use crate::router::{Backend, Route};
 
 use super::exchange::{Exchange, Failover, Failure, Link, Resp};
 use super::outbox::{Chunk, Outbox};
 use super::replicas::{Hold, Resend};
+use super::rewrite;
 use super::start::build_upstream_head;
 use super::{Conn, Ctx, Flow, Phase, Want, MAX_ADDRESSES};
 
@@ -67,10 +69,12 @@ impl Conn {
         }
     }
 
-    /// The upstream request head for `backend`, from the copy kept for sending again.
+    /// The upstream request head for `backend`, from the copy kept for sending again, framed
+    /// as `head` says (the client's framing, or `Content-Length` of a rewritten body).
     pub(super) fn resend_head(
         &self,
         resend: &Resend,
+        head: &RequestHead,
         backend: &Backend,
         ctx: &mut Ctx<'_>,
     ) -> Chunk {
@@ -81,7 +85,7 @@ impl Conn {
         };
         build_upstream_head(
             raw,
-            &resend.head,
+            head,
             backend,
             target,
             (self.peer, self.secure),
@@ -91,14 +95,27 @@ impl Conn {
         )
     }
 
-    /// Out of the queue with a replica: build the request head for it and connect.
+    /// Out of the queue with a replica: give the outbox that replica's version of the body,
+    /// put the head for it in front, and connect.
     pub(super) fn dequeued(&mut self, ex: &mut Exchange, hold: Hold, ctx: &mut Ctx<'_>) -> Flow {
+        let route = Arc::clone(&ex.route);
         let (Failover::Ready { resend, .. }, Some(backend)) =
-            (&ex.failover, hold.backend(&ex.route))
+            (&mut ex.failover, hold.backend(&route))
         else {
             return self.reject(ApiError::UpstreamUnavailable, ex.close_on_error());
         };
-        let head_chunk = self.resend_head(resend, backend, ctx);
+        let fitted = rewrite::fit_body(
+            &backend.profile,
+            &resend.head,
+            &mut resend.fitted,
+            &mut ex.to_upstream,
+            0,
+        );
+        let head = match fitted {
+            Ok(head) => head,
+            Err(err) => return self.reject(err, ex.close_on_error()),
+        };
+        let head_chunk = self.resend_head(resend, &head, backend, ctx);
         ex.to_upstream.prepend(head_chunk);
         self.rec.replica = hold.index;
         ex.hold = hold;
@@ -195,40 +212,55 @@ impl Conn {
         self.reject(err, close)
     }
 
-    /// Moves the request to a replica it has not tried yet (rebuilding its head for that
-    /// backend); false when none is left, retries are spent, or the body is not buffered.
+    /// Moves the request to a replica it has not tried yet (its version of the body, and
+    /// the head rebuilt for it); false when none is left, retries are spent, or the body is
+    /// not buffered. A replica whose rewrite refuses the body counts as tried.
     pub(super) fn fail_over(&mut self, ex: &mut Exchange, ctx: &mut Ctx<'_>) -> bool {
         let Failover::Ready {
             resend,
             tried,
             done,
-        } = &ex.failover
+        } = &mut ex.failover
         else {
             return false;
         };
         if !ex.to_upstream.is_retaining() || *done >= ex.route.balance.retries {
             return false;
         }
-        let tried = tried | replica_bit(ex.hold.index);
         let route = Arc::clone(&ex.route);
-        let Some((chooser, slots)) = ctx.balancers.get(&route) else {
+        *tried |= replica_bit(ex.hold.index);
+        let (next, head) = loop {
+            let Some(choosing) = ctx.balancers.get(&route) else {
+                return false;
+            };
+            // A request under way cannot wait in the queue: a full tier spills to the next.
+            let Ok(next) = Hold::take(&route, choosing, ctx.now, *tried, true) else {
+                return false;
+            };
+            let Some(backend) = next.backend(&route) else {
+                return false;
+            };
+            // The outbox holds the head, then the body.
+            match rewrite::fit_body(
+                &backend.profile,
+                &resend.head,
+                &mut resend.fitted,
+                &mut ex.to_upstream,
+                1,
+            ) {
+                Ok(head) => break (next, head),
+                Err(_) => *tried |= replica_bit(next.index),
+            }
+        };
+        let Some(backend) = next.backend(&route) else {
             return false;
         };
-        let Ok(next) = Hold::take(&route, chooser, slots, ctx.now, tried) else {
-            return false;
-        };
-        let Some(backend) = next.backend(&ex.route) else {
-            return false;
-        };
-        let head_chunk = self.resend_head(resend, backend, ctx);
+        let head_chunk = self.resend_head(resend, &head, backend, ctx);
+        *done += 1;
         ex.hold.failed_over();
         ex.route.stats.retry();
         ex.to_upstream.replace_first(head_chunk);
         ex.to_upstream.rewind();
-        if let Failover::Ready { tried: t, done, .. } = &mut ex.failover {
-            *t = tried;
-            *done += 1;
-        }
         self.rec.retries += 1;
         self.rec.replica = next.index;
         ex.hold = next;

@@ -97,6 +97,20 @@ impl Outbox {
         }
     }
 
+    /// The bytes of the queued chunks from `from` on (a request's body, after its head).
+    pub(super) fn bytes_from(&self, from: usize) -> Vec<&[u8]> {
+        self.chunks.iter().skip(from).map(Chunk::bytes).collect()
+    }
+
+    /// Takes the chunks from `from` on, putting `body` in their place: a request's body
+    /// swapped for another replica's version of it (only meaningful while rewound).
+    pub(super) fn swap_from(&mut self, from: usize, body: Vec<Chunk>) -> Vec<Chunk> {
+        let old = self.chunks.split_off(from.min(self.chunks.len()));
+        self.chunks
+            .extend(body.into_iter().filter(|c| !c.bytes().is_empty()));
+        old
+    }
+
     /// Stops keeping written chunks (a response byte arrived: no retry any more).
     pub(super) fn release_written(&mut self) {
         self.retain = false;

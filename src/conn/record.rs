@@ -223,6 +223,20 @@ impl Record {
                 let name = self.key.as_ref().map(|k| &*k.name);
                 accesslog::append_str_field(&mut obs.log, "key", name);
             }
+            // The identity the request went upstream under, when its replica has its own
+            // (a fallback provider's model name, its tier).
+            let backend = self
+                .route
+                .as_ref()
+                .and_then(|r| r.backends.get(self.replica));
+            if let Some(b) = backend {
+                if let Some(name) = &b.profile.upstream_model {
+                    accesslog::append_str_field(&mut obs.log, "upstream_model", Some(name));
+                }
+                if b.priority > 0 {
+                    accesslog::append_field(&mut obs.log, "tier", u64::from(b.priority));
+                }
+            }
         }
         self.route = None;
         self.key = None;

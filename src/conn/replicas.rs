@@ -12,6 +12,7 @@ use std::time::Instant;
 use crate::balance::{Chooser, Lease, Pick, Slots};
 use crate::h1::RequestHead;
 use crate::metrics::ReplicaStats;
+use crate::profile::Profile;
 use crate::router::{Backend, Route, Routes};
 
 use super::outbox::Chunk;
@@ -90,16 +91,16 @@ impl Hold {
         }
     }
 
-    /// Takes a slot on a replica of `route` not in `tried`.
+    /// Takes a slot on a replica of `route` not in `tried` (`spill`: see `Chooser::take`).
     pub fn take(
         route: &Route,
-        chooser: &mut Chooser,
-        slots: &Arc<Slots>,
+        (chooser, slots): (&mut Chooser, &Arc<Slots>),
         now: Instant,
         tried: u64,
+        spill: bool,
     ) -> Result<Hold, Pick> {
         chooser
-            .take(slots, now, tried)
+            .take(slots, now, tried, spill)
             .map(|lease| Hold::leased(route, lease))
     }
 
@@ -109,6 +110,12 @@ impl Hold {
         let stats = route.backends.get(index).map(|b| Arc::clone(&b.stats));
         if let Some(s) = &stats {
             s.started();
+            if lease
+                .slots()
+                .is_some_and(|slots| slots.priority(index) > slots.first_tier())
+            {
+                s.fell_back();
+            }
         }
         Hold {
             index,
@@ -162,11 +169,24 @@ impl Drop for Hold {
     }
 }
 
-/// What rebuilding the request head for another replica needs: the client's raw head, its
-/// parse, and the target to forward (the `/route/` rest, or the head's own target).
+/// What rebuilding the request for another replica needs: the client's raw head, its parse
+/// (with the client's framing), the target to forward (the `/route/` rest, or the head's own
+/// target), and which version of the body the outbox holds.
 pub struct Resend {
     pub raw: Chunk,
     pub head: RequestHead,
     pub target: Option<Vec<u8>>,
     pub strip_authorization: bool,
+    /// None: the outbox holds the client's own body bytes. Some: a replica's rewrite of them
+    /// (and the client's bytes are parked here for a replica that needs them again).
+    pub fitted: Option<Fitted>,
+}
+
+/// The body as one replica's profile rewrote it, with the client's bytes kept aside.
+pub struct Fitted {
+    pub profile: Arc<Profile>,
+    /// The client's body chunks, as received.
+    pub parked: Vec<Chunk>,
+    /// The rewritten body's length (its `Content-Length`).
+    pub len: u64,
 }

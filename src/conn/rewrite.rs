@@ -1,15 +1,20 @@
 //! Virtual models at the Body → Proxy handoff: the media detour (`routeMedia`) and the body
-//! rewrite of a profile. Everything else goes upstream byte for byte.
+//! rewrite of a profile, which is the chosen replica's (a replica may carry its own upstream
+//! identity, issue 18): `fit_body` gives each replica its version of the body, again on a
+//! failover to a replica that speaks differently. Everything else goes upstream byte for
+//! byte.
 
 use std::sync::Arc;
 
-use crate::buf::Block;
 use crate::error::ApiError;
 use crate::h1::{BodyTracker, RequestFraming, RequestHead};
 use crate::multipart::MultipartError;
 use crate::profile::{Profile, RewriteError};
 use crate::router::{Route, Routes};
 use crate::scan::ScanError;
+
+use super::outbox::{Chunk, Outbox};
+use super::replicas::Fitted;
 
 /// The route a body-routed request goes to: the named one, or its `routeMedia` target when
 /// the body has a media content part.
@@ -22,18 +27,17 @@ pub(super) fn media_detour(routes: &Routes, named: Arc<Route>, saw_media: bool) 
 
 /// The rewritten body for `profile`, and the head to send it with: the same head framed by
 /// `Content-Length` (a chunked request becomes a Content-Length one; its trailers, if any, are
-/// dropped). `first` holds the raw body bytes read with the head, `rest` the blocks after it.
+/// dropped). `raw` is the body as the client framed it, in pieces.
 pub(super) fn rewrite_body(
     profile: &Profile,
     head: &RequestHead,
-    first: &[u8],
-    rest: &[Block],
+    raw: &[&[u8]],
 ) -> Result<(Vec<u8>, RequestHead), ApiError> {
     let mut tracker = BodyTracker::for_request(head.framing);
     let mut payload = Vec::new();
     let mut collect = |data: &[u8]| payload.extend_from_slice(data);
-    for raw in std::iter::once(first).chain(rest.iter().map(Block::filled)) {
-        tracker.feed(raw, &mut collect).map_err(ApiError::from)?;
+    for piece in raw {
+        tracker.feed(piece, &mut collect).map_err(ApiError::from)?;
     }
     let body = profile.rewrite(&payload).map_err(|e| match e {
         RewriteError::Parse => {
@@ -43,9 +47,71 @@ pub(super) fn rewrite_body(
             "this model's profile rewrites JSON bodies of at most 1048576 values",
         ),
     })?;
-    let mut head = head.clone();
-    head.framing = RequestFraming::Length(body.len() as u64);
+    let head = length_head(head, body.len() as u64);
     Ok((body, head))
+}
+
+/// `head` framed by `Content-Length: len`.
+fn length_head(head: &RequestHead, len: u64) -> RequestHead {
+    let mut head = head.clone();
+    head.framing = RequestFraming::Length(len);
+    head
+}
+
+/// Makes the body queued in `outbox` from chunk `from` on the one a replica with `profile`
+/// gets (issue 18): the client's own bytes when it rewrites nothing (a replica that keeps
+/// the client's model name gets them byte for byte), else its rewrite of them, made once
+/// and kept while replicas with the same profile follow. The client's bytes stay parked in
+/// `fitted` meanwhile. Returns the client's head framed for that body. Err: this replica's
+/// rewrite refused the body.
+pub(super) fn fit_body(
+    profile: &Arc<Profile>,
+    client_head: &RequestHead,
+    fitted: &mut Option<Fitted>,
+    outbox: &mut Outbox,
+    from: usize,
+) -> Result<RequestHead, ApiError> {
+    let no_body = matches!(
+        client_head.framing,
+        RequestFraming::Empty | RequestFraming::Length(0)
+    );
+    if !profile.rewrites() || no_body {
+        if let Some(f) = fitted.take() {
+            // The rewrite goes; the client's bytes come back.
+            drop(outbox.swap_from(from, f.parked));
+        }
+        return Ok(client_head.clone());
+    }
+    if let Some(f) = fitted
+        .as_ref()
+        .filter(|f| Arc::ptr_eq(&f.profile, profile) || f.profile == *profile)
+    {
+        return Ok(length_head(client_head, f.len));
+    }
+    let (body, head) = match fitted.as_ref() {
+        Some(f) => {
+            let raw: Vec<&[u8]> = f.parked.iter().map(Chunk::bytes).collect();
+            rewrite_body(profile, client_head, &raw)?
+        }
+        None => rewrite_body(profile, client_head, &outbox.bytes_from(from))?,
+    };
+    let len = body.len() as u64;
+    let previous = outbox.swap_from(from, vec![Chunk::Owned(body)]);
+    match fitted {
+        // The previous rewrite is dropped; the client's bytes stay parked.
+        Some(f) => {
+            f.profile = Arc::clone(profile);
+            f.len = len;
+        }
+        None => {
+            *fitted = Some(Fitted {
+                profile: Arc::clone(profile),
+                parked: previous,
+                len,
+            })
+        }
+    }
+    Ok(head)
 }
 
 /// The body verdict of a `/route/` request made with a scoped token. A backend serving

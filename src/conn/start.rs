@@ -60,8 +60,9 @@ impl Conn {
                 head.framing,
                 RequestFraming::Empty | RequestFraming::Length(0)
             );
-        if (route.profile.rewrites() && head.framing != RequestFraming::Empty) || scoped_body {
-            // The profile rewrites the body: read it whole first, as for a body-routed request.
+        if (route.rewrites_any() && head.framing != RequestFraming::Empty) || scoped_body {
+            // A replica's profile rewrites the body: read it whole first, as for a
+            // body-routed request.
             let flow = self.start_body(head, routes);
             if let Phase::Body(body) = &mut self.phase {
                 body.path_route = Some((route, path.to_vec()));
@@ -108,6 +109,7 @@ impl Conn {
             head: head.clone(),
             target: Some(path.to_vec()),
             strip_authorization: strip,
+            fitted: None,
         });
         let head_chunk = match &hold {
             None => None,
@@ -216,13 +218,15 @@ pub(super) fn choose_replica(
     let Some((chooser, slots)) = ctx.balancers.get(route) else {
         return Ok(Some(Hold::only()));
     };
-    let queue = slots.queue_size() > 0;
-    if queue && slots.has_waiters() {
+    // A request that can wait does when its tier is full; one that cannot (no queue, or a
+    // full one) goes on to the next tier, if the model has one.
+    let can_wait = slots.waiting() < slots.queue_size();
+    if can_wait && slots.has_waiters() {
         return Ok(None);
     }
-    match Hold::take(route, chooser, slots, ctx.now, 0) {
+    match Hold::take(route, (chooser, slots), ctx.now, 0, !can_wait) {
         Ok(hold) => Ok(Some(hold)),
-        Err(Pick::Full) if queue => Ok(None),
+        Err(Pick::Full) if can_wait => Ok(None),
         Err(Pick::Full) => Err(ApiError::Overloaded),
         Err(Pick::Exhausted) => Err(ApiError::UpstreamUnavailable),
     }

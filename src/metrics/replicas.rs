@@ -1,8 +1,9 @@
 //! Per-replica series of models with several backends (issue 9): which replica requests went
 //! to, failures, ejections and readmissions, failovers, and outstanding requests.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use super::{escape_label, family, nanos, process_epoch};
@@ -18,6 +19,10 @@ pub struct ReplicaStats {
     outstanding: AtomicI64,
     /// The active health check last saw it down.
     down: AtomicBool,
+    /// Its tier (`priority`) in the current routing table.
+    tier: AtomicU32,
+    /// Requests it took as a fallback: it is not in its model's first tier (issue 18).
+    fallbacks: AtomicU64,
     /// When the latest ejection ends, in nanoseconds since [`process_epoch`]; 0 when none is
     /// pending: the view for `/status` and `modelgate_replica_ejected` (the ejection itself
     /// is decided in the model's `balance::Slots`).
@@ -29,6 +34,17 @@ impl ReplicaStats {
     pub fn started(&self) {
         self.requests.fetch_add(1, Relaxed);
         self.outstanding.fetch_add(1, Relaxed);
+    }
+
+    /// Its tier in the table being built (requests are counted by tier at scrape).
+    pub fn set_tier(&self, tier: u32) {
+        self.tier.store(tier, Relaxed);
+    }
+
+    /// A request came to it as a fallback (the tiers before its own could not take it, or
+    /// failed it before its first response byte).
+    pub fn fell_back(&self) {
+        self.fallbacks.fetch_add(1, Relaxed);
     }
 
     pub fn ended(&self) {
@@ -160,6 +176,41 @@ pub(super) fn render(
             out.push_str("\",replica=\"");
             escape_label(out, replica);
             let _ = writeln!(out, "\"}} {}", get(stats, now));
+        }
+    }
+    render_tiers(rows, out);
+}
+
+/// Requests and fallbacks by tier (issue 18), summed over each tier's replicas.
+fn render_tiers(rows: &[(String, String, std::sync::Arc<ReplicaStats>)], out: &mut String) {
+    let mut tiers: BTreeMap<(&str, u32), (u64, u64)> = BTreeMap::new();
+    for (model, _, stats) in rows {
+        let sums = tiers
+            .entry((model.as_str(), stats.tier.load(Relaxed)))
+            .or_default();
+        sums.0 += stats.requests.load(Relaxed);
+        sums.1 += stats.fallbacks.load(Relaxed);
+    }
+    type Sum = fn(&(u64, u64)) -> u64;
+    let families: [(&str, &str, Sum); 2] = [
+        (
+            "modelgate_tier_requests_total",
+            "Requests sent to the replicas of each tier (priority) of a model.",
+            |s| s.0,
+        ),
+        (
+            "modelgate_tier_fallbacks_total",
+            "Requests a later tier took because the tiers before it could not (down, ejected, full, or failed the request before its first byte).",
+            |s| s.1,
+        ),
+    ];
+    for (name, help, get) in families {
+        family(out, name, "counter", help);
+        for ((model, tier), sums) in &tiers {
+            out.push_str(name);
+            out.push_str("{model=\"");
+            escape_label(out, model);
+            let _ = writeln!(out, "\",tier=\"{tier}\"}} {}", get(sums));
         }
     }
 }

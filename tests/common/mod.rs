@@ -34,6 +34,16 @@ pub use upstream::{
     wait_until, Conn, MockOptions, MockUpstream, RecordedRequest, ScriptedUpstream,
 };
 
+/// `base` (a JSON object) with the members of `extra` (an object) added or replaced.
+pub fn with_members(mut base: serde_json::Value, extra: &serde_json::Value) -> serde_json::Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
 /// Parses JSON text (panics with the text when invalid).
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))

@@ -365,6 +365,19 @@ impl Modelgate {
         }
     }
     /// Open file descriptors of the process.
+    /// The value of the first `/metrics` sample line starting with `sample` (labels
+    /// included); panics with the whole text when there is none.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = super::client::get(self.addr(), "/metrics")
+            .text()
+            .to_string();
+        text.lines()
+            .find(|l| l.starts_with(sample))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+
     pub fn fd_count(&self) -> usize {
         fd_count(self.pid())
     }
