@@ -301,8 +301,8 @@ impl Conn {
             let profile = hold
                 .as_ref()
                 .and_then(|h| h.backend(&route))
-                .map(|b| Arc::clone(&b.profile))
-                .filter(|p| p.rewrites());
+                .filter(|b| b.profile.rewrites())
+                .map(|b| Arc::clone(&b.profile));
             let rewritten = match profile {
                 Some(profile) => {
                     let start = body.head.head_len;
