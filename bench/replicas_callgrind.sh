@@ -10,14 +10,18 @@
 #            is always free (the data path: choose, take a slot, give it back);
 #   queued   the same three replicas with `maxConcurrentRequests` 1 and a queue: wrk -t1 -c8,
 #            so five requests wait at any time (the queue path: join, a freed slot granted
-#            to the oldest waiter).
+#            to the oldest waiter);
+#   tiered   (issue 18; only with BENCH_SCENARIOS naming it) two replicas in tier 0 and a
+#            provider in tier 1 under its own model name, wrk -t1 -c1: the provider is never
+#            used, so this is what tiers and per-replica identities cost a healthy model.
 #
 # Instructions per request = callgrind's total Ir over the measured window / wrk's completed
 # requests (bench/post.lua: ~1 KB body, model last). Output: bench/out/replicas_callgrind.md
 # and the raw files under bench/out/replicas_callgrind/. Every process started here is
 # stopped by its PID.
 #
-# Knobs: BENCH_SECONDS (4 s of measured load per run), BENCH_SKIP_BUILD=1.
+# Knobs: BENCH_SECONDS (4 s of measured load per run), BENCH_SKIP_BUILD=1,
+# BENCH_SCENARIOS (default "limited queued"; add "tiered" for builds that have tiers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -125,9 +129,16 @@ for t in "${TARGETS[@]}"; do
     label=${t%%=*}
     bin=${t#*=}
     [ -x "$bin" ] || die "$bin is not executable"
-    run "$label" "$bin" limited "{\"urls\": [$urls], \"maxConcurrentRequests\": 8}" 1
-    run "$label" "$bin" queued \
-        "{\"urls\": [$urls], \"maxConcurrentRequests\": 1, \"queue\": {\"size\": 64, \"timeout\": 30}}" 8
+    for scenario in ${BENCH_SCENARIOS:-limited queued}; do
+        case $scenario in
+            limited) run "$label" "$bin" limited "{\"urls\": [$urls], \"maxConcurrentRequests\": 8}" 1 ;;
+            queued) run "$label" "$bin" queued \
+                "{\"urls\": [$urls], \"maxConcurrentRequests\": 1, \"queue\": {\"size\": 64, \"timeout\": 30}}" 8 ;;
+            tiered) run "$label" "$bin" tiered \
+                "{\"urls\": [${URLS[0]}, ${URLS[1]}, {\"url\": ${URLS[2]}, \"priority\": 1, \"model\": \"provider-model\"}], \"maxConcurrentRequests\": 8}" 1 ;;
+            *) die "unknown scenario $scenario" ;;
+        esac
+    done
 done
 
 {
