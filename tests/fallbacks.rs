@@ -363,3 +363,44 @@ fn a_streaming_request_falls_back_before_its_first_byte() {
         ("provider-model".into(), "Bearer provider-key".into())
     );
 }
+
+#[test]
+fn a_replicas_own_profile_applies_to_it_alone() {
+    let local = answering(503);
+    let provider = ScriptedUpstream::start(|c| {
+        while let Some(req) = c.read_request() {
+            let body = req.body_str().to_string();
+            if c.respond(200, &[], body.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let cfg = serde_json::json!({
+        "listen": "127.0.0.1:0",
+        "workers": 1,
+        "models": {"chat": {
+            "defaults": {"max_tokens": 100},
+            "retryOnStatus": [503],
+            "urls": [
+                local.url(),
+                {"url": provider.url(), "priority": 1, "model": "provider-model",
+                 "clamp": {"temperature": 0}},
+            ],
+        }},
+    });
+    let gw = Modelgate::start(&cfg.to_string());
+    let r = ask_with(gw.addr(), r#"{"model":"chat","temperature":1.2}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The local replica speaks as its model: the model's defaults, the client's name.
+    let to_local = local.requests()[0].json();
+    assert_eq!(
+        (to_local["model"].as_str(), to_local["max_tokens"].as_i64()),
+        (Some("chat"), Some(100))
+    );
+    assert_eq!(to_local["temperature"], 1.2);
+    // The provider's own clamp and name, over the model's defaults it did not replace.
+    let to_provider = r.json();
+    assert_eq!(to_provider["model"], "provider-model");
+    assert_eq!(to_provider["temperature"], 0);
+    assert_eq!(to_provider["max_tokens"], 100);
+}
