@@ -10,6 +10,10 @@
 # `cargo test --all-targets`.
 # Idempotent: with the venv in place it only runs cargo. Set MODELGATE_SDK_PYTHON yourself
 # to use another interpreter (the venv step is then skipped).
+# The shared-limits tests (tests/shared_limits.rs) run Debian's redis-server and haproxy: they
+# are installed with apt-get when missing and this runs as root (versions pinned below, the
+# archive's current ones if those are gone), and MODELGATE_REQUIRE_STORES=1 then makes those
+# tests fail rather than skip if they cannot find them. Without root they skip, saying why.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,6 +21,9 @@ ROOT=$(pwd)
 VENV="$ROOT/target/sdk-venv"
 # The openai SDK the tests drive; bump deliberately (and run the suite) to test a newer one.
 OPENAI_VERSION=3.63.0
+# Debian bookworm's packages for the shared-limits tests.
+REDIS_DEB_VERSION=5:7.0.15-1~deb12u10
+HAPROXY_DEB_VERSION=2.6.12-1+deb12u4
 
 say() { printf '[test.sh] %s\n' "$*" >&2; }
 die() { printf '[test.sh] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -84,6 +91,42 @@ if ! have_chromium; then
     fi
 fi
 have_chromium && say "chromium: $( { chromium --version || chromium-browser --version || google-chrome --version; } 2>/dev/null | head -1)"
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+
+ensure_stores() {
+    local missing=()
+    have redis-server || missing+=(redis-server)
+    have haproxy || missing+=(haproxy)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+            say "${missing[*]} missing and no root apt-get: tests/shared_limits.rs will skip (apt-get install redis-server haproxy)"
+            return
+        fi
+        say "installing ${missing[*]} with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null || die "apt-get update failed"
+        local pinned=()
+        for pkg in "${missing[@]}"; do
+            case $pkg in
+                redis-server) pinned+=("redis-server=$REDIS_DEB_VERSION") ;;
+                haproxy) pinned+=("haproxy=$HAPROXY_DEB_VERSION") ;;
+            esac
+        done
+        # RUNLEVEL=1: the packages' init scripts do not start system-wide daemons.
+        if ! RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${pinned[@]}" >/dev/null 2>&1; then
+            say "pinned ${pinned[*]} not in the archive any more; installing its current versions"
+            RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+                || die "apt-get install ${missing[*]} failed"
+        fi
+    fi
+    if have redis-server && have haproxy; then
+        export MODELGATE_REQUIRE_STORES=1
+        say "redis-server and haproxy present: tests/shared_limits.rs runs them"
+    fi
+}
+
+ensure_stores
 
 if [ -z "${MODELGATE_SDK_PYTHON:-}" ]; then
     venv_works || make_venv

@@ -10,30 +10,37 @@ use crate::router::{Route, Routes};
 
 pub mod status;
 
-/// `{"status":"ok","models":N}` with N the listed models.
+/// `{"status":"ok","models":N}` with N the listed models (and the shared-limits state when
+/// `sharedLimits` is set, see [`health_with_replicas`]).
 pub fn health(routes: &Routes) -> Vec<u8> {
-    status_ok(routes.listed.len())
+    health_with_replicas(routes, &[])
 }
 
 /// `/health` with per-model replica counts (`{"status":"ok","models":N,"replicas":{NAME:
 /// {"healthy":H,"total":T}}}`) for models with several replicas; `counts` in name order.
-/// Without any, the body is exactly [`health`]'s.
+/// With `sharedLimits`, `"sharedLimits":{"store":…,"state":"synced"|"local"}` says whether
+/// keys' limits are shared right now or local while the store is unreachable: still 200,
+/// the instance serves either way (a balancer must not take it out for that).
 pub fn health_with_replicas(routes: &Routes, counts: &[(&str, usize, usize)]) -> Vec<u8> {
-    if counts.is_empty() {
-        return health(routes);
-    }
-    let mut out = format!(
-        "{{\"status\":\"ok\",\"models\":{},\"replicas\":{{",
-        routes.listed.len()
-    );
-    for (i, (name, healthy, total)) in counts.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    let mut out = format!("{{\"status\":\"ok\",\"models\":{}", routes.listed.len());
+    if !counts.is_empty() {
+        out.push_str(",\"replicas\":{");
+        for (i, (name, healthy, total)) in counts.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::from(*name).to_string());
+            out.push_str(&format!(":{{\"healthy\":{healthy},\"total\":{total}}}"));
         }
-        out.push_str(&Value::from(*name).to_string());
-        out.push_str(&format!(":{{\"healthy\":{healthy},\"total\":{total}}}"));
+        out.push('}');
     }
-    out.push_str("}}");
+    if let Some(store) = &routes.shared_store {
+        let mode = routes.shared_limits.mode();
+        out.push_str(",\"sharedLimits\":{\"store\":");
+        out.push_str(&Value::from(&**store).to_string());
+        out.push_str(&format!(",\"state\":\"{mode}\"}}"));
+    }
+    out.push('}');
     out.into_bytes()
 }
 
@@ -150,6 +157,7 @@ mod tests {
             models: map,
             discover: vec![],
             discover_interval: crate::config::DEFAULT_DISCOVER_INTERVAL,
+            shared_limits: None,
         };
         let metrics = crate::metrics::Metrics::new();
         let no_tls = &mut |_: Option<&std::path::Path>| Err("no TLS in tests".into());
@@ -169,6 +177,28 @@ mod tests {
         let list = String::from_utf8(list_models(&r, None)).expect("utf8");
         assert!(list
             .starts_with(r#"{"object":"list","data":[{"id":"a\"b","object":"model","created":"#));
+    }
+
+    #[test]
+    fn health_says_whether_limits_are_shared_right_now() {
+        let r = routes_from(
+            r#"{"sharedLimits": {"url": "redis://:pw@10.0.0.9:6380/1"},
+                "models": {"m": {"url": "http://127.0.0.1:1"}}}"#,
+        );
+        let local = parse(&health(&r));
+        assert_eq!(
+            local["sharedLimits"],
+            json!({"store": "redis://10.0.0.9:6380/1", "state": "off"})
+        );
+        r.shared_limits
+            .set_mode(crate::ratelimit::shared::Mode::Local);
+        assert_eq!(parse(&health(&r))["sharedLimits"]["state"], "local");
+        r.shared_limits
+            .set_mode(crate::ratelimit::shared::Mode::Synced);
+        let v = parse(&health_with_replicas(&r, &[("m", 1, 2)]));
+        assert_eq!(v["sharedLimits"]["state"], "synced");
+        assert_eq!(v["replicas"]["m"], json!({"healthy": 1, "total": 2}));
+        assert!(!String::from_utf8_lossy(&health(&r)).contains("pw"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod json;
 mod model_extras;
 mod profile;
 mod replicas;
+mod shared;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use crate::secrets::{self, Secret, SecretEnv};
 pub use addr::{listen_host, parse_listen, parse_upstream_url};
 use json::Json;
 pub use replicas::{ReplicaSpec, Replicas};
+pub use shared::SharedLimits;
 pub use tokens::TokenRules;
 
 /// A validated config with secrets expanded (or, for `--check`, left as written).
@@ -57,6 +59,9 @@ pub struct Config {
     pub discover: Vec<Discover>,
     /// How often the `discover` backends are probed again (key `discoverInterval`).
     pub discover_interval: Duration,
+    /// The store that shares keys' limits between instances (key `sharedLimits`); None:
+    /// limits are per process.
+    pub shared_limits: Option<SharedLimits>,
 }
 
 impl Config {
@@ -258,6 +263,7 @@ const TOP_KEYS: &[&str] = &[
     "discoverInterval",
     "api_key",
     "api_keys",
+    "sharedLimits",
 ];
 const TIMEOUT_KEYS: &[&str] = &[
     "header",
@@ -660,6 +666,7 @@ impl Cx<'_> {
             None => DEFAULT_DISCOVER_INTERVAL,
         };
         let models = self.models(f.get("models"), !discover.is_empty());
+        let shared_limits = self.shared_limits(f.get("sharedLimits"));
         Some(Config {
             listen,
             auth_tokens,
@@ -676,6 +683,7 @@ impl Cx<'_> {
             models,
             discover,
             discover_interval,
+            shared_limits,
         })
     }
 

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::accesslog::Outcome;
 use crate::buf::Budget;
+use crate::ratelimit::shared::Mode as SharedMode;
 
 mod keys;
 mod recent;
@@ -784,6 +785,7 @@ impl Metrics {
             let n = counter.load(Relaxed);
             let _ = writeln!(out, "modelgate_rate_limited_total{{limit=\"{limit}\"}} {n}");
         }
+        self.render_shared_limits(&mut out);
         let globals: [(&str, &str, &str, u64); 8] = [
             (
                 "modelgate_in_flight_requests",
@@ -879,6 +881,54 @@ impl Metrics {
             .collect();
         replicas::render(&replica_rows, now, &mut out);
         out
+    }
+}
+
+impl Metrics {
+    /// The `sharedLimits` families, when a store is configured.
+    fn render_shared_limits(&self, out: &mut String) {
+        let status = self.rate_buckets.status();
+        let mode = status.mode();
+        if mode == SharedMode::Off {
+            return;
+        }
+        let (syncs, failures, instances, last) = status.counters();
+        let gauges = [
+            (
+                "modelgate_shared_limits_synced",
+                "1 while keys' limits are shared through the sharedLimits store; 0 while the \
+                 store is down, slow or refusing and the process uses local limits.",
+                u64::from(mode == SharedMode::Synced).to_string(),
+            ),
+            (
+                "modelgate_shared_limits_instances",
+                "Instances that synced with the store recently, as of the last sync (each \
+                 gets its share of every key's limit).",
+                instances.to_string(),
+            ),
+            (
+                "modelgate_shared_limits_sync_duration_seconds",
+                "Round trip of the last successful sync with the store.",
+                last.as_secs_f64().to_string(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            family(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        family(
+            out,
+            "modelgate_shared_limits_syncs_total",
+            "counter",
+            "Syncs with the sharedLimits store, by result (failed: connect, TLS, auth, timeout \
+             or an error reply; the process then uses local limits).",
+        );
+        for (result, n) in [("ok", syncs), ("failed", failures)] {
+            let _ = writeln!(
+                out,
+                "modelgate_shared_limits_syncs_total{{result=\"{result}\"}} {n}"
+            );
+        }
     }
 }
 
@@ -1329,6 +1379,38 @@ mod tests {
         assert_eq!(
             value(&samples, tok, &[("model", "m"), ("kind", "completion")]),
             7.0
+        );
+    }
+
+    #[test]
+    fn shared_limit_families_appear_once_a_store_is_configured() {
+        let metrics = Metrics::new();
+        let (_, types) = parse(&metrics.render(0, Instant::now()));
+        assert!(!types.contains_key("modelgate_shared_limits_synced"));
+        let status = metrics.rate_buckets().status();
+        status.set_mode(SharedMode::Local);
+        status.failed_once();
+        let (samples, types) = parse(&metrics.render(0, Instant::now()));
+        assert_eq!(types["modelgate_shared_limits_syncs_total"], "counter");
+        assert_eq!(value(&samples, "modelgate_shared_limits_synced", &[]), 0.0);
+        let syncs = "modelgate_shared_limits_syncs_total";
+        assert_eq!(value(&samples, syncs, &[("result", "failed")]), 1.0);
+        status.set_mode(SharedMode::Synced);
+        status.synced_once(3, Duration::from_millis(2));
+        let (samples, _) = parse(&metrics.render(0, Instant::now()));
+        assert_eq!(value(&samples, "modelgate_shared_limits_synced", &[]), 1.0);
+        assert_eq!(
+            value(&samples, "modelgate_shared_limits_instances", &[]),
+            3.0
+        );
+        assert_eq!(value(&samples, syncs, &[("result", "ok")]), 1.0);
+        assert_eq!(
+            value(
+                &samples,
+                "modelgate_shared_limits_sync_duration_seconds",
+                &[]
+            ),
+            0.002
         );
     }
 

@@ -15,6 +15,10 @@
 //!   left?) and [`Bucket::debit`] charges the answer's tokens afterwards, which may push the
 //!   bucket into debt: the key is then refused until the debt is refilled.
 //!
+//! With `sharedLimits`, each bucket also holds its part of the state shared with other
+//! instances through a store ([`shared`]): the same three operations then also take from
+//! this instance's allowance and note what to report, still without a lock or a wait.
+//!
 //! The clock is passed in (`Instant`); the epoch is the first `Instant` the bucket sees.
 
 use std::collections::hash_map::RandomState;
@@ -23,6 +27,10 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+pub mod shared;
+
+use shared::{Slot, Status};
 
 const NANOS_PER_MINUTE: u64 = 60_000_000_000;
 
@@ -52,10 +60,20 @@ pub struct Bucket {
     /// The TAT in nanoseconds since `epoch`; 0 = full bucket.
     tat: AtomicU64,
     epoch: OnceLock<Instant>,
+    kind: Kind,
+    /// This bucket's part of the limits shared through a store.
+    shared: Slot,
+    /// Whether they are shared right now (the process's one status).
+    status: Arc<Status>,
 }
 
 impl Bucket {
-    pub fn new(limit: RateLimit) -> Bucket {
+    /// A full bucket, never shared.
+    pub fn new(kind: Kind, limit: RateLimit) -> Bucket {
+        Bucket::with_status(kind, limit, Arc::default())
+    }
+
+    fn with_status(kind: Kind, limit: RateLimit, status: Arc<Status>) -> Bucket {
         let interval = (NANOS_PER_MINUTE / limit.per_minute.max(1)).max(1);
         let tolerance = interval.saturating_mul(limit.burst.max(1) - 1);
         Bucket {
@@ -63,7 +81,37 @@ impl Bucket {
             tolerance,
             tat: AtomicU64::new(0),
             epoch: OnceLock::new(),
+            kind,
+            shared: Slot::default(),
+            status,
         }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Nanoseconds between two units (the store's bucket uses the same).
+    pub fn interval_nanos(&self) -> u64 {
+        self.interval
+    }
+
+    /// This bucket's shared state, for the sync thread.
+    pub fn slot(&self) -> &Slot {
+        &self.shared
+    }
+
+    /// A sync said the store's bucket is `ahead` nanoseconds ahead of now, among
+    /// `instances`: this instance's allowance until the next one.
+    pub fn grant(&self, ahead: i64, instances: u64, now: Instant) -> i64 {
+        self.shared.grant(
+            self.kind,
+            self.interval,
+            self.tolerance,
+            ahead,
+            instances,
+            now,
+        )
     }
 
     /// `now` in nanoseconds since the bucket's epoch (set by the first caller).
@@ -85,7 +133,22 @@ impl Bucket {
     /// Takes one request's worth from the bucket at `now`. `Err(wait)` when the bucket is
     /// empty: `wait` is how long until the next request would be admitted (nothing is
     /// taken then, so a client retrying too early does not push its own wait further out).
+    /// While limits are shared, the request also needs this instance's allowance, and is
+    /// noted for the next sync.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        if !self.status.synced() {
+            return self.take_local(now);
+        }
+        self.shared.take_one(now)?;
+        if let Err(wait) = self.take_local(now) {
+            self.shared.give_back();
+            return Err(wait);
+        }
+        self.shared.taken(1, false);
+        Ok(())
+    }
+
+    fn take_local(&self, now: Instant) -> Result<(), Duration> {
         let now = self.elapsed(now);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
@@ -105,6 +168,9 @@ impl Bucket {
     /// taking nothing: a token budget admits a request while it is not spent.
     /// `Err(wait)`: how long until it is not.
     pub fn check(&self, now: Instant) -> Result<(), Duration> {
+        if self.status.synced() {
+            self.shared.has_some(now)?;
+        }
         let now = self.elapsed(now);
         let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now);
         // A full bucket's worth: `burst` units.
@@ -121,6 +187,9 @@ impl Bucket {
     pub fn debit(&self, units: u64, now: Instant) {
         if units == 0 {
             return;
+        }
+        if self.status.synced() {
+            self.shared.taken(units, true);
         }
         let now = self.elapsed(now);
         let cost = units.saturating_mul(self.interval);
@@ -141,6 +210,8 @@ impl Bucket {
 pub struct Buckets {
     hasher: RandomState,
     map: Mutex<HashMap<(u64, Kind, RateLimit), Arc<Bucket>>>,
+    /// Whether the buckets are shared through a store right now (one for the process).
+    status: Arc<Status>,
 }
 
 impl Buckets {
@@ -149,10 +220,14 @@ impl Buckets {
     pub fn get(&self, token: &[u8], kind: Kind, limit: RateLimit) -> Arc<Bucket> {
         let key = (self.hasher.hash_one(token), kind, limit);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            map.entry(key)
-                .or_insert_with(|| Arc::new(Bucket::new(limit))),
-        )
+        Arc::clone(map.entry(key).or_insert_with(|| {
+            Arc::new(Bucket::with_status(kind, limit, Arc::clone(&self.status)))
+        }))
+    }
+
+    /// The shared-limits status every bucket of this registry follows.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
     }
 
     /// Forgets the buckets no table built since `keep` was taken uses (tables still
@@ -175,10 +250,13 @@ mod tests {
     use super::*;
 
     fn bucket(rpm: u64, burst: u64) -> Bucket {
-        Bucket::new(RateLimit {
-            per_minute: rpm,
-            burst,
-        })
+        Bucket::new(
+            Kind::Requests,
+            RateLimit {
+                per_minute: rpm,
+                burst,
+            },
+        )
     }
 
     #[test]
@@ -315,6 +393,7 @@ mod tests {
             &changed,
             &reg.get(b"tok", Kind::Requests, faster)
         ));
+        assert_eq!(a.kind(), Kind::Requests);
     }
 
     #[test]
@@ -355,6 +434,65 @@ mod tests {
         // Huge answers saturate instead of wrapping.
         b.debit(u64::MAX, later);
         assert!(b.check(later + Duration::from_secs(3600)).is_err());
+    }
+
+    #[test]
+    fn while_synced_a_request_needs_the_allowance_and_is_reported() {
+        let reg = Buckets::default();
+        let limit = RateLimit {
+            per_minute: 60,
+            burst: 60,
+        };
+        let b = reg.get(b"t", Kind::Requests, limit);
+        let t0 = Instant::now();
+        reg.status().set_mode(shared::Mode::Synced);
+        // Not granted anything yet: refused, whatever the local bucket holds.
+        assert!(b.try_acquire(t0).is_err());
+        // A full store bucket among three instances: a third of the burst here.
+        assert_eq!(b.grant(0, 3, t0), 20);
+        for _ in 0..20 {
+            assert!(b.try_acquire(t0).is_ok());
+        }
+        assert!(b.try_acquire(t0).is_err());
+        assert_eq!(b.slot().take_pending(), 20);
+        // The store down: local limits alone, from this instance's real use (40 left of
+        // the local burst), and nothing to report.
+        reg.status().set_mode(shared::Mode::Local);
+        for _ in 0..40 {
+            assert!(b.try_acquire(t0).is_ok());
+        }
+        assert!(b.try_acquire(t0).is_err());
+        assert_eq!(b.slot().take_pending(), 0);
+        // Synced again with a big allowance: the local bucket still refuses (this instance
+        // alone used the whole limit), and the allowance taken is given back.
+        reg.status().set_mode(shared::Mode::Synced);
+        assert_eq!(b.grant(-1, 1, t0), 60);
+        assert!(b.try_acquire(t0).is_err());
+        assert_eq!(b.slot().take_pending(), 0);
+        assert!(b.try_acquire(t0 + Duration::from_secs(1)).is_ok());
+        assert_eq!(b.slot().take_pending(), 1);
+    }
+
+    #[test]
+    fn while_synced_a_token_budget_needs_its_share_and_reports_charges() {
+        let reg = Buckets::default();
+        let limit = RateLimit {
+            per_minute: 600,
+            burst: 600,
+        };
+        let b = reg.get(b"t", Kind::Tokens, limit);
+        let t0 = Instant::now();
+        reg.status().set_mode(shared::Mode::Synced);
+        assert_eq!(b.grant(0, 2, t0), 300);
+        assert!(b.check(t0).is_ok());
+        b.debit(299, t0);
+        assert!(b.check(t0).is_ok());
+        b.debit(2, t0);
+        assert!(b.check(t0).is_err(), "this instance's share is spent");
+        assert_eq!(b.slot().take_pending(), 301);
+        // Locally, 301 of 600 are spent: the fallback still admits.
+        reg.status().set_mode(shared::Mode::Local);
+        assert!(b.check(t0).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::config::{Config, Scheme, Timeouts, Upstream};
 use crate::error::{ApiError, Limit};
 use crate::metrics::{process_epoch, KeyCounts, Metrics, ModelStats, RateLimited, ReplicaStats};
 use crate::profile::Profile;
+use crate::ratelimit::shared::Status;
 use crate::ratelimit::{self, Bucket, Kind};
 use crate::secrets::Secret;
 
@@ -317,6 +318,11 @@ pub struct Routes {
     pub media_routing: bool,
     /// `modelgate_rate_limited_total`, shared with the metrics (and every later table).
     pub rate_limited: Arc<RateLimited>,
+    /// Whether keys' limits are shared through the store right now (the process's one
+    /// status; `/health` shows it).
+    pub shared_limits: Arc<Status>,
+    /// The store's label (no credentials) when `sharedLimits` is set.
+    pub shared_store: Option<Box<str>>,
 }
 
 impl Routes {
@@ -484,6 +490,8 @@ impl Routes {
             unrouted,
             media_routing: config.models.values().any(|m| m.route_media.is_some()),
             rate_limited: metrics.rate_limited_counter(),
+            shared_limits: Arc::clone(metrics.rate_buckets().status()),
+            shared_store: config.shared_limits.as_ref().map(|s| s.label().into()),
         })
     }
 

@@ -21,7 +21,7 @@ use crate::prober;
 use crate::router::Routes;
 use crate::secrets::ProcessEnv;
 use crate::worker::{self, Shared, Worker};
-use crate::{health, resolver};
+use crate::{health, limitstore, resolver};
 
 /// Resolves an upstream host while a routing table is built (startup and reload, on the
 /// server thread); failures are a warning: the resolver thread keeps trying.
@@ -124,6 +124,19 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
         &discovery::with_discovered(&config, &found),
         &metrics,
     )?);
+    // Shared limits: the first sync runs before modelgate listens (bounded by the store's
+    // timeout), so the first requests are already counted in the store when it answers.
+    let (limits_tx, limits_rx) = limitstore::channel();
+    let mut syncer = limitstore::Syncer::new(
+        config.shared_limits.clone(),
+        Arc::clone(&routes),
+        Arc::clone(metrics.rate_buckets().status()),
+    );
+    if config.shared_limits.is_some() {
+        syncer.tick();
+    }
+    limitstore::spawn(syncer, limits_rx)
+        .map_err(|e| format!("cannot start the shared-limits thread: {e}"))?;
     // Socket activation: serve what systemd passed and bind nothing (SPEC §8). Passed
     // sockets are plain HTTP.
     let (listeners, tls): (Vec<Listener>, ListenerTls) = match systemd::listen_fds() {
@@ -254,6 +267,7 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
                     workers.send(|| Control::Routes(Arc::clone(&routes)));
                     // After the workers: they ignore verdicts on a table they do not have yet.
                     let _ = health_tx.send(Arc::clone(&routes));
+                    let _ = limits_tx.send(limitstore::Request::Routes(Arc::clone(&routes)));
                 }
                 continue;
             }
@@ -270,12 +284,14 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
                     list: next.discover.clone(),
                     interval: next.discover_interval,
                 });
+                let _ = limits_tx.send(limitstore::Request::Config(next.shared_limits.clone()));
                 current = next;
                 let (total, listed) = (routes.models.len(), routes.listed.len());
                 let routes = Arc::new(routes);
                 let _ = resolver_tx.send(resolver::Request::Names(routes.names_to_resolve()));
                 workers.send(|| Control::Routes(Arc::clone(&routes)));
                 let _ = health_tx.send(Arc::clone(&routes));
+                let _ = limits_tx.send(limitstore::Request::Routes(Arc::clone(&routes)));
                 workers.send(|| Control::ListenerTls(tls.clone()));
                 // Said once every worker has been handed the new table.
                 eprintln!(

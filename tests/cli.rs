@@ -96,6 +96,37 @@ fn check_validates_key_names_and_token_budgets_by_key_path() {
 }
 
 #[test]
+fn check_validates_shared_limits_by_key_path_without_reading_or_showing_secrets() {
+    let problems = |shared: &str| {
+        let config =
+            format!(r#"{{"models":{{"m":{{"url":"http://x"}}}},"sharedLimits":{shared}}}"#);
+        let (status, _, stderr) = run_with_config(&config, &["--check"], |_| {});
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        stderr
+    };
+    let stderr = problems(r#"{"url":"redis://:hunter2@h:70000","syncInterval":60}"#);
+    for want in [
+        "sharedLimits.url: has an invalid port",
+        "sharedLimits.syncInterval: must be between 0.01 and 10 seconds",
+    ] {
+        assert!(stderr.contains(want), "{want} in {stderr}");
+    }
+    let stderr = problems(r#"{"url":"redis://:hunter2@h","caFile":"/ca.pem"}"#);
+    assert!(
+        stderr.contains("sharedLimits.caFile: is only allowed with a rediss:// url"),
+        "{stderr}"
+    );
+    // References are checked, not read: the variables need not exist.
+    let ok = r#"{"models":{"m":{"url":"http://x"}},"sharedLimits":{
+        "url":"rediss://${env:REDIS_USER}:${env:REDIS_PW}@redis.internal:6380/2",
+        "password":"${file:/nonexistent/pw}","caFile":"/nonexistent/ca.pem"}}"#;
+    let (status, stdout, stderr) = run_with_config(ok, &["--check"], |_| {});
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("config ok"), "{stdout}");
+}
+
+#[test]
 fn version_and_help_print_and_exit_zero() {
     let (status, stdout, _) = run_modelgate(&["--version"], |_| {});
     assert!(status.success());

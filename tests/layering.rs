@@ -10,11 +10,11 @@ fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "buf" | "balance" | "slab" | "timer" | "config" | "secrets" | "auth" | "scan"
         | "router" | "h1" | "error" | "usage" | "metrics" | "accesslog" | "discovery"
-        | "multipart" | "ratelimit" | "profile" => 0,
+        | "multipart" | "ratelimit" | "resp" | "profile" => 0,
         "net" => 1,
         "conn" | "upstream" | "admin" => 2,
-        "cli" | "control" | "server" | "worker" | "resolver" | "health" | "prober" | "ready"
-        | "main" => 3,
+        "cli" | "control" | "server" | "worker" | "resolver" | "health" | "limitstore"
+        | "prober" | "ready" | "main" => 3,
         _ => return None,
     })
 }

@@ -330,6 +330,7 @@ fn every_metric_of_the_dashboard_and_the_alert_rules_is_in_a_live_scrape() {
             "alert ModelgateHighErrorRate",
             "alert ModelgateTimeToFirstByteRegressed",
             "alert ModelgateBufferBudgetNearlyExhausted",
+            "alert ModelgateSharedLimitsLocal",
         ]
     );
 

@@ -19,6 +19,7 @@ pub mod server;
 pub mod client;
 pub mod observed;
 pub mod process;
+pub mod stores;
 pub mod upstream;
 pub mod websocket;
 

@@ -2,7 +2,8 @@
 //! status page, the Grafana dashboard and the alert rules: a model with three replicas (one
 //! healthy, one ejected after a 502, one marked down by the active health check), a plain
 //! model with a limit (so it has a queue), and traffic that touched every series: plain and
-//! streamed answers with usage, a 502, an unknown model, and, with auth, a rate-limited token.
+//! streamed answers with usage, a 502, an unknown model, and, with auth, a rate-limited token
+//! and a `sharedLimits` store that cannot be reached (limits fall back to local).
 
 use super::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +90,9 @@ impl Observed {
                 ADMIN_TOKEN,
                 {"token": LIMITED_TOKEN, "name": "limited", "requestsPerMinute": 1, "burst": 1},
             ]);
+            // A store that never answers: the shared-limit series, in their fallback state.
+            config["sharedLimits"] =
+                serde_json::json!({"url": "redis://127.0.0.1:1", "timeout": 0.2});
         }
         let gw = Modelgate::start(&config.to_string());
         let observed = Observed {
