@@ -78,8 +78,9 @@ such as a hosted provider under its own model name and key, take a request only 
 tiers before them cannot), a parameter profile (the only case where a body is rewritten),
 and backends found by discovery. It serves GET /health and
 GET /v1/models itself, can require bearer tokens (authTokens, optionally named, scoped to
-models, rate-limited and given a token budget, with metrics and log lines per key), and
-adds per-model headers such as upstream API keys, read from the
+models, rate-limited and given a token budget, with metrics and log lines per key; limits
+can be shared by several instances through Redis or Valkey, sharedLimits), and adds
+per-model headers such as upstream API keys, read from the
 environment or from files when it starts (${env:NAME}, ${file:PATH}, ${cred:NAME}).
 Problems in the config are reported one per line with their key path, never with a
 secret's value, and modelgate exits 1.
