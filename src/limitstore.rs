@@ -134,7 +134,11 @@ impl Syncer {
         loop {
             let wait = next.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Request::Routes(routes)) => self.routes = routes,
+                Ok(Request::Routes(routes)) => {
+                    // A new key has no allowance until it is synced: do it now.
+                    self.routes = routes;
+                    next = Instant::now();
+                }
                 Ok(Request::Config(config)) => {
                     self.configure(config);
                     next = Instant::now();

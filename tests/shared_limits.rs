@@ -464,3 +464,38 @@ fn a_store_that_refuses_the_password_leaves_local_limits_and_says_why() {
     );
     drop::<Server>(store);
 }
+
+#[test]
+fn a_key_added_by_a_reload_is_synced_and_served_at_once() {
+    let Some(redis_bin) = tool("redis-server") else {
+        return;
+    };
+    let _one_at_a_time = serial();
+    let store = stores::redis(&redis_bin, free_port(), TempDir::new(), &[]);
+    let mock = MockUpstream::openai("m");
+    let url = format!("redis://127.0.0.1:{}", store.port);
+    let old = json!([{"token": "sk-old", "name": "old", "requestsPerMinute": 60}]);
+    let g = Modelgate::start(&config(&url, &mock, old, json!({})));
+    wait_state(&g, "synced");
+    let new = json!([
+        {"token": "sk-old", "name": "old", "requestsPerMinute": 60},
+        {"token": "sk-new", "name": "new", "requestsPerMinute": 60},
+    ]);
+    g.rewrite_config(&config(&url, &mock, new, json!({})));
+    g.signal(libc::SIGHUP);
+    assert!(g.wait_stderr("reloaded", Duration::from_secs(10)).is_some());
+    // Synced as soon as the table arrived: no wait for the next interval.
+    let mut last = 0;
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            last = chat(g.addr(), "sk-new").0;
+            last == 200
+        }),
+        "the new key got {last}"
+    );
+    assert!(
+        stores::redis_command(store.addr(), "EXISTS {modelgate}:key:new").contains(":1"),
+        "the new key is in the store"
+    );
+    assert_eq!(chat(g.addr(), "sk-old").0, 200);
+}
