@@ -50,6 +50,59 @@ pub struct Syncer {
     instance: String,
     /// The last failure logged (a new reason is logged again).
     last_error: Option<String>,
+    /// What a sync sends that only changes with the table or the settings.
+    plan: Option<Plan>,
+    /// Reused per sync: the pending units taken, and the command.
+    pending: Vec<[u64; 2]>,
+    command: Vec<u8>,
+}
+
+/// The limited keys of one routing table, with their store keys and script arguments made
+/// once (a sync then writes only counts).
+struct Plan {
+    routes: Arc<Routes>,
+    instances_key: Vec<u8>,
+    ttl_ms: Vec<u8>,
+    keys: Vec<PlanKey>,
+}
+
+struct PlanKey {
+    store_key: Vec<u8>,
+    /// The request bucket and the token budget (either may be absent).
+    buckets: [Option<Arc<Bucket>>; 2],
+    /// Their intervals as the script takes them (`0`: absent).
+    intervals: [Vec<u8>; 2],
+}
+
+impl Plan {
+    fn new(routes: &Arc<Routes>, config: &SharedLimits) -> Plan {
+        let keys = routes
+            .token_policies
+            .iter()
+            .filter(|p| p.requests.is_some() || p.tokens.is_some())
+            .map(|p| {
+                let buckets = [p.requests.clone(), p.tokens.clone()];
+                let intervals = buckets.clone().map(|b| match b {
+                    Some(b) => shared::interval_arg(b.interval_nanos()).into_bytes(),
+                    None => b"0".to_vec(),
+                });
+                PlanKey {
+                    store_key: shared::store_key(&config.key_prefix, &p.name),
+                    buckets,
+                    intervals,
+                }
+            })
+            .collect();
+        Plan {
+            routes: Arc::clone(routes),
+            instances_key: shared::instances_key(&config.key_prefix),
+            ttl_ms: (config.sync_interval.as_millis() * 5)
+                .max(2000)
+                .to_string()
+                .into_bytes(),
+            keys,
+        }
+    }
 }
 
 impl Syncer {
@@ -63,6 +116,9 @@ impl Syncer {
             conn: None,
             instance: format!("{seed:016x}"),
             last_error: None,
+            plan: None,
+            pending: Vec::new(),
+            command: Vec::new(),
         };
         syncer.configure(config);
         syncer
@@ -74,6 +130,7 @@ impl Syncer {
         }
         self.conn = None;
         self.last_error = None;
+        self.plan = None;
         match &config {
             Some(c) => {
                 eprintln!(
@@ -155,44 +212,47 @@ impl Syncer {
         if self.conn.is_none() {
             self.conn = Some(Conn::open(config, &self.instance, deadline)?);
         }
-        let keys = limited_keys(&self.routes);
-        // What to report, taken now and given back if the sync fails.
-        let pending: Vec<[u64; 2]> = keys
-            .iter()
-            .map(|(_, buckets)| buckets.map(|b| b.map_or(0, |b| b.slot().take_pending())))
-            .collect();
-        let ttl_ms = (config.sync_interval.as_millis() * 5).max(2000).to_string();
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(4 + keys.len() * 5);
-        args.push(b"EVALSHA".to_vec());
-        args.push(Vec::new()); // the script's SHA, filled in by `Conn::eval`
-        args.push((keys.len() + 1).to_string().into_bytes());
-        args.push(shared::instances_key(&config.key_prefix));
-        for (name, _) in &keys {
-            args.push(shared::store_key(&config.key_prefix, name));
+        if !self
+            .plan
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.routes, &self.routes))
+        {
+            self.plan = Some(Plan::new(&self.routes, config));
         }
-        args.push(self.instance.clone().into_bytes());
-        args.push(ttl_ms.into_bytes());
-        for ((_, buckets), pending) in keys.iter().zip(&pending) {
-            for (bucket, units) in buckets.iter().zip(pending) {
-                let interval = bucket.map_or(0, |b| b.interval_nanos());
-                let interval = match interval {
-                    0 => "0".to_owned(),
-                    n => shared::interval_arg(n),
-                };
-                args.push(interval.into_bytes());
-                args.push(units.to_string().into_bytes());
+        let (Some(plan), Some(conn)) = (self.plan.as_ref(), self.conn.as_mut()) else {
+            return Err("not connected".into());
+        };
+        // What to report, taken now and given back if the sync fails.
+        self.pending.clear();
+        self.pending.extend(plan.keys.iter().map(|k| {
+            k.buckets
+                .each_ref()
+                .map(|b| b.as_ref().map_or(0, |b| b.slot().take_pending()))
+        }));
+        let cmd = &mut self.command;
+        cmd.clear();
+        let keys = plan.keys.len();
+        resp::array_header(3 + (1 + keys) + 2 + 4 * keys, cmd);
+        resp::bulk(b"EVALSHA", cmd);
+        resp::bulk(&conn.sha, cmd);
+        resp::bulk_u64(1 + keys as u64, cmd);
+        resp::bulk(&plan.instances_key, cmd);
+        for k in &plan.keys {
+            resp::bulk(&k.store_key, cmd);
+        }
+        resp::bulk(self.instance.as_bytes(), cmd);
+        resp::bulk(&plan.ttl_ms, cmd);
+        for (k, pending) in plan.keys.iter().zip(&self.pending) {
+            for (interval, units) in k.intervals.iter().zip(pending) {
+                resp::bulk(interval, cmd);
+                resp::bulk_u64(*units, cmd);
             }
         }
-        let result = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| "not connected".to_owned())
-            .and_then(|c| c.eval(&mut args, deadline));
-        let reply = match result {
+        let reply = match conn.eval(cmd, deadline) {
             Ok(reply) => reply,
             Err(why) => {
-                for ((_, buckets), pending) in keys.iter().zip(&pending) {
-                    for (bucket, units) in buckets.iter().zip(pending) {
+                for (k, pending) in plan.keys.iter().zip(&self.pending) {
+                    for (bucket, units) in k.buckets.iter().zip(pending) {
                         if let Some(b) = bucket {
                             b.slot().restore_pending(*units);
                         }
@@ -201,11 +261,11 @@ impl Syncer {
                 return Err(why);
             }
         };
-        let numbers = integers(&reply, 1 + keys.len() * 2)?;
+        let numbers = integers(&reply, 1 + keys * 2)?;
         let instances = u64::try_from(numbers[0]).unwrap_or(1).max(1);
         let now = Instant::now();
-        for ((_, buckets), ahead) in keys.iter().zip(numbers[1..].chunks(2)) {
-            for (bucket, ahead_micros) in buckets.iter().zip(ahead) {
+        for (k, ahead) in plan.keys.iter().zip(numbers[1..].chunks(2)) {
+            for (bucket, ahead_micros) in k.buckets.iter().zip(ahead) {
                 if let Some(b) = bucket {
                     b.grant(ahead_micros.saturating_mul(1000), instances, now);
                 }
@@ -221,18 +281,6 @@ pub fn spawn(syncer: Syncer, rx: Receiver<Request>) -> std::io::Result<()> {
         .name("modelgate-limits".into())
         .spawn(move || syncer.run(rx))
         .map(|_| ())
-}
-
-/// Every key with a limit: its name and its (request, token) buckets.
-type Limited<'a> = (&'a str, [Option<&'a Arc<Bucket>>; 2]);
-
-fn limited_keys(routes: &Routes) -> Vec<Limited<'_>> {
-    routes
-        .token_policies
-        .iter()
-        .filter(|p| p.requests.is_some() || p.tokens.is_some())
-        .map(|p| (&*p.name, [p.requests.as_ref(), p.tokens.as_ref()]))
-        .collect()
 }
 
 /// The script's answer: `want` integers.
@@ -358,13 +406,12 @@ impl Conn {
         }
     }
 
-    /// Runs the sync script (`args[1]` is set to its SHA); loads it again once if the
-    /// server lost it (a restart, `SCRIPT FLUSH`).
-    fn eval(&mut self, args: &mut [Vec<u8>], deadline: Instant) -> Result<Reply, String> {
+    /// Runs the sync script (the encoded `EVALSHA` command); loads the script again once if
+    /// the server lost it (a restart, `SCRIPT FLUSH`): its SHA, in the command, stays the
+    /// same.
+    fn eval(&mut self, command: &[u8], deadline: Instant) -> Result<Reply, String> {
         for attempt in 0..2 {
-            args[1].clone_from(&self.sha);
-            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            match self.call(&refs, deadline)? {
+            match self.send(command, deadline)? {
                 Reply::Error(e) if e.starts_with("NOSCRIPT") && attempt == 0 => {
                     self.load_script(deadline)?;
                 }
@@ -379,11 +426,19 @@ impl Conn {
 
     /// Sends one command and reads its reply, by `deadline`.
     fn call(&mut self, args: &[&[u8]], deadline: Instant) -> Result<Reply, String> {
-        self.out.clear();
-        resp::encode(args, &mut self.out);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        resp::encode(args, &mut out);
+        let reply = self.send(&out, deadline);
+        self.out = out;
+        reply
+    }
+
+    /// Sends an encoded command and reads its reply, by `deadline`.
+    fn send(&mut self, command: &[u8], deadline: Instant) -> Result<Reply, String> {
         self.set_timeout(deadline)?;
         let io = self.stream.io();
-        io.write_all(&self.out)
+        io.write_all(command)
             .and_then(|()| io.flush())
             .map_err(|e| reason("write", &e, deadline))?;
         loop {

@@ -46,20 +46,41 @@ impl fmt::Display for ProtocolError {
 
 /// Appends a command (`*N` then one bulk string per argument) to `out`.
 pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
-    out.push(b'*');
-    push_usize(out, args.len());
-    out.extend_from_slice(b"\r\n");
+    array_header(args.len(), out);
     for arg in args {
-        out.push(b'$');
-        push_usize(out, arg.len());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        bulk(arg, out);
     }
 }
 
-fn push_usize(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(n.to_string().as_bytes());
+/// Appends `*N`: a command of `n` arguments follows (written with [`bulk`], [`bulk_u64`]),
+/// for a long command built without a list of arguments.
+pub fn array_header(n: usize, out: &mut Vec<u8>) {
+    out.push(b'*');
+    push_u64(out, n as u64);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one argument as a bulk string.
+pub fn bulk(arg: &[u8], out: &mut Vec<u8>) {
+    out.push(b'$');
+    push_u64(out, arg.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(arg);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a number as a bulk string argument (its decimal digits), without allocating.
+pub fn bulk_u64(n: u64, out: &mut Vec<u8>) {
+    let digits = n.checked_ilog10().map_or(1, |d| d + 1);
+    out.push(b'$');
+    push_u64(out, u64::from(digits));
+    out.extend_from_slice(b"\r\n");
+    push_u64(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    crate::h1::put_u64(out, n);
 }
 
 /// Parses the first reply in `buf`: `Ok(Some((reply, bytes used)))`, `Ok(None)` when more
@@ -90,14 +111,9 @@ fn reply(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Reply>, Prot
         b'+' => Reply::Simple(text()?),
         b'-' => Reply::Error(text()?),
         b':' => Reply::Int(number(line)?),
-        b'$' => match number(line)? {
-            -1 => Reply::Bulk(None),
-            n if n < 0 => return Err(ProtocolError("a negative bulk length")),
-            n => {
-                let len = usize::try_from(n).map_err(|_| ProtocolError("a bulk too long"))?;
-                if len > MAX_BULK {
-                    return Err(ProtocolError("a bulk string too long"));
-                }
+        b'$' => match length(line, MAX_BULK, "a bulk length out of range")? {
+            None => Reply::Bulk(None),
+            Some(len) => {
                 let end = pos + len;
                 if buf.len() < end + 2 {
                     return Ok(None);
@@ -110,14 +126,9 @@ fn reply(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Reply>, Prot
                 Reply::Bulk(Some(bytes))
             }
         },
-        b'*' => match number(line)? {
-            -1 => Reply::Array(None),
-            n if n < 0 => return Err(ProtocolError("a negative array length")),
-            n => {
-                let len = usize::try_from(n).map_err(|_| ProtocolError("an array too long"))?;
-                if len > MAX_ARRAY {
-                    return Err(ProtocolError("an array too long"));
-                }
+        b'*' => match length(line, MAX_ARRAY, "an array length out of range")? {
+            None => Reply::Array(None),
+            Some(len) => {
                 if depth >= MAX_DEPTH {
                     return Err(ProtocolError("arrays nested too deep"));
                 }
@@ -158,6 +169,23 @@ fn line<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, Protocol
     }
 }
 
+/// The length of a bulk string or an array: None for the null one (`-1`), else at most
+/// `max` (`out_of_range` otherwise: negative, or more than this client takes).
+fn length(
+    line: &[u8],
+    max: usize,
+    out_of_range: &'static str,
+) -> Result<Option<usize>, ProtocolError> {
+    match number(line)? {
+        -1 => Ok(None),
+        n => usize::try_from(n)
+            .ok()
+            .filter(|&len| len <= max)
+            .map(Some)
+            .ok_or(ProtocolError(out_of_range)),
+    }
+}
+
 fn number(line: &[u8]) -> Result<i64, ProtocolError> {
     std::str::from_utf8(line)
         .ok()
@@ -184,6 +212,22 @@ mod tests {
         out.clear();
         encode(&[b"PING", b""], &mut out);
         assert_eq!(out, b"*2\r\n$4\r\nPING\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn a_command_built_piece_by_piece_is_the_same_bytes() {
+        let mut whole = Vec::new();
+        encode(
+            &[b"EVALSHA", b"abc", b"0", b"18446744073709551615"],
+            &mut whole,
+        );
+        let mut pieces = Vec::new();
+        array_header(4, &mut pieces);
+        bulk(b"EVALSHA", &mut pieces);
+        bulk(b"abc", &mut pieces);
+        bulk_u64(0, &mut pieces);
+        bulk_u64(u64::MAX, &mut pieces);
+        assert_eq!(pieces, whole);
     }
 
     #[test]
