@@ -42,7 +42,12 @@ pub(super) const READ_AHEAD: usize = 16;
 
 impl Conn {
     /// Routed by body: check what can be checked from the head, then read the body.
-    pub(super) fn start_body(&mut self, head: RequestHead, routes: Arc<Routes>) -> Flow {
+    pub(super) fn start_body(
+        &mut self,
+        head: RequestHead,
+        routes: Arc<Routes>,
+        ctx: &mut Ctx<'_>,
+    ) -> Flow {
         let close_on_error = head.framing != RequestFraming::Empty || !head.keep_alive;
         if head.content_encoded {
             return self.reject(ApiError::UnsupportedMediaType, close_on_error);
@@ -80,7 +85,7 @@ impl Conn {
         };
         // The head travels with its block now.
         self.pending_head = 0;
-        let mut body = Box::new(BodyRead {
+        let mut body = ctx.spares.bodies.boxed(BodyRead {
             tracker: BodyTracker::for_request(head.framing),
             head,
             head_block,
@@ -227,9 +232,10 @@ impl Conn {
 
     /// The whole body is here: route it by its model.
     pub(super) fn finish_body(&mut self, overshoot: &[u8], ctx: &mut Ctx<'_>) -> Flow {
-        let Phase::Body(mut body) = std::mem::replace(&mut self.phase, Phase::Closed) else {
+        let Phase::Body(body) = std::mem::replace(&mut self.phase, Phase::Closed) else {
             return Flow::Close;
         };
+        let mut body = ctx.spares.bodies.unbox(body);
         // Blocks offered to a read that ended the body early go back before anything else
         // is reserved.
         body.body.retain(|block| !block.is_empty());
@@ -370,7 +376,7 @@ impl Conn {
         match prepared {
             Err(err) => self.reject(err, !keep_alive),
             Ok((route, slot, resp_buf, head_chunk, hold, mut resend, rewritten)) => {
-                let mut to_upstream = Outbox::retaining(true);
+                let mut to_upstream = Outbox::reusing(true, ctx.spares.chunk_list());
                 to_upstream.extend(head_chunk);
                 match (rewritten, resend.as_mut()) {
                     // Another replica may want the client's bytes: they stay parked.
@@ -406,7 +412,7 @@ impl Conn {
                     ctx.now,
                 );
                 ex.failover = Failover::with(resend);
-                self.enter_proxy(ex, hold, ctx.now)
+                self.enter_proxy(ex, hold, ctx)
             }
         }
     }

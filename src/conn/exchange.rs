@@ -279,7 +279,7 @@ impl Conn {
         } else {
             Failure::Connect
         };
-        let flow = self.with_exchange(|conn, ex| conn.upstream_failed(ex, failure, ctx));
+        let flow = self.with_exchange(ctx, |conn, ex, ctx| conn.upstream_failed(ex, failure, ctx));
         self.finish_turn(flow, ctx)
     }
 
@@ -287,7 +287,7 @@ impl Conn {
     /// short, not the upstream, so the request gets 503 `overloaded` with `Retry-After` and
     /// the replica is not marked failed.
     pub fn shed_no_descriptors(&mut self, ctx: &mut Ctx<'_>) -> Want {
-        let flow = self.with_exchange(|conn, ex| {
+        let flow = self.with_exchange(ctx, |conn, ex, _| {
             let close = ex.close_on_error() || conn.draining;
             conn.reject(ApiError::Overloaded, close)
         });

@@ -45,7 +45,7 @@ impl Conn {
         if !waiting_here {
             return Err(grant);
         }
-        let flow = self.with_exchange(|conn, ex| {
+        let flow = self.with_exchange(ctx, |conn, ex, ctx| {
             if let Link::Queued { place, .. } = &mut ex.link {
                 if let Some(place) = place.take() {
                     place.served();
@@ -59,7 +59,7 @@ impl Conn {
 
     /// The model's queue is full: 503 `overloaded` with `Retry-After`.
     pub fn queue_refused(&mut self, ctx: &mut Ctx<'_>) -> Want {
-        let flow = self.with_exchange(|conn, ex| {
+        let flow = self.with_exchange(ctx, |conn, ex, _| {
             conn.to_client = Outbox::default();
             conn.reject(ApiError::Overloaded, ex.close_on_error())
         });

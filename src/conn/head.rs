@@ -135,7 +135,7 @@ impl Conn {
                 self.start_path_route(head, &model, &path, routes, ctx)
             }
             Decision::ByBody if head.upgrade => self.start_upgrade(head, routes, ctx),
-            Decision::ByBody => self.start_body(head, routes),
+            Decision::ByBody => self.start_body(head, routes, ctx),
             Decision::AdminReload => self.start_reload(&head, close_on_error),
         }
     }

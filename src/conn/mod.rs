@@ -37,6 +37,7 @@ mod replicas;
 mod response;
 mod rewrite;
 mod scanner;
+mod spares;
 mod start;
 mod tunnel;
 
@@ -49,6 +50,7 @@ use exchange::{Exchange, Failure, Link, Resp};
 pub use record::Obs;
 use record::Record;
 pub use replicas::Balancers;
+pub use spares::Spares;
 use tunnel::Tunnel;
 
 use crate::accesslog::Outcome;
@@ -107,6 +109,8 @@ pub struct Ctx<'a> {
     pub obs: &'a mut Obs,
     /// This worker's replica choosers (over the models' process-wide slots).
     pub balancers: &'a mut Balancers,
+    /// Boxes and lists kept from finished requests for the next ones.
+    pub spares: &'a mut Spares,
 }
 
 /// The phases of a client connection.
@@ -239,7 +243,7 @@ impl Conn {
             let flow = match self.phase {
                 Phase::Idle | Phase::Head { .. } => self.read_head(ctx),
                 Phase::Body(_) => self.read_body(ctx),
-                Phase::Proxy(_) => self.with_exchange(|conn, ex| conn.pump(ex, ctx)),
+                Phase::Proxy(_) => self.with_exchange(ctx, |conn, ex, ctx| conn.pump(ex, ctx)),
                 Phase::Tunnel(_) => self.with_tunnel(ctx),
                 Phase::Respond { close } => self.respond(close, ctx),
                 Phase::Reloading { .. } => Flow::Wait,
@@ -322,7 +326,7 @@ impl Conn {
                 }
             }
             Phase::Body(_) => self.reject(ApiError::RequestTimeout, true),
-            Phase::Proxy(_) => self.with_exchange(|conn, ex| {
+            Phase::Proxy(_) => self.with_exchange(ctx, |conn, ex, ctx| {
                 if matches!(ex.link, Link::Queued { .. }) {
                     // Waited the model's queue timeout for a free replica.
                     let close = ex.close_on_error() || conn.draining;
@@ -418,12 +422,17 @@ impl Conn {
         }
     }
 
-    /// Runs `f` with the exchange taken out of the phase (so `f` may borrow `self`).
-    fn with_exchange(&mut self, f: impl FnOnce(&mut Conn, &mut Exchange) -> Flow) -> Flow {
+    /// Runs `f` with the exchange taken out of the phase (so `f` may borrow `self`). An
+    /// exchange that ended goes back to the worker's spares.
+    fn with_exchange(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        f: impl FnOnce(&mut Conn, &mut Exchange, &mut Ctx<'_>) -> Flow,
+    ) -> Flow {
         let Phase::Proxy(mut ex) = std::mem::replace(&mut self.phase, Phase::Closed) else {
             return Flow::Close;
         };
-        let flow = f(self, &mut ex);
+        let flow = f(self, &mut ex, ctx);
         if matches!(self.phase, Phase::Closed) && !matches!(flow, Flow::Close) {
             self.phase = match (&ex.resp, ex.upgrade.take()) {
                 (Resp::Switched, Some(up_buf)) => Phase::Tunnel(Tunnel::from_exchange(ex, up_buf)),
@@ -432,6 +441,8 @@ impl Conn {
                     Phase::Proxy(ex)
                 }
             };
+        } else {
+            ctx.spares.retire_exchange(ex);
         }
         flow
     }

@@ -46,12 +46,20 @@ pub(super) enum Flush {
 }
 
 impl Outbox {
-    /// An empty queue; `retain` keeps written chunks for a resend (see the type).
-    pub(super) fn retaining(retain: bool) -> Outbox {
+    /// An empty queue over `chunks` (an emptied list kept from an earlier request, see
+    /// `conn/spares.rs`); `retain` keeps written chunks for a resend (see the type).
+    pub(super) fn reusing(retain: bool, chunks: Vec<Chunk>) -> Outbox {
+        debug_assert!(chunks.is_empty());
         Outbox {
+            chunks,
             retain,
             ..Outbox::default()
         }
+    }
+
+    /// The chunk list, for keeping (emptied) once the queue is done with.
+    pub(super) fn into_chunks(self) -> Vec<Chunk> {
+        self.chunks
     }
 
     /// Written chunks are still kept: the whole request can be sent again.
@@ -261,7 +269,7 @@ mod tests {
     #[test]
     fn a_retaining_queue_can_be_sent_again_after_rewind() {
         let (mut sock, mut peer) = pair();
-        let mut out = Outbox::retaining(true);
+        let mut out = Outbox::reusing(true, Vec::new());
         out.push(Chunk::Static(b"POST / HTTP/1.1\r\n\r\n"));
         assert!(matches!(
             out.flush(&mut sock, None),

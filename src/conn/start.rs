@@ -1,7 +1,6 @@
 //! Starting an exchange: `/route/` requests, choosing a replica, the upstream request head.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::balance::Pick;
 use crate::error::ApiError;
@@ -63,7 +62,7 @@ impl Conn {
         if (route.rewrites_any() && head.framing != RequestFraming::Empty) || scoped_body {
             // A replica's profile rewrites the body: read it whole first, as for a
             // body-routed request.
-            let flow = self.start_body(head, routes);
+            let flow = self.start_body(head, routes, ctx);
             if let Phase::Body(body) = &mut self.phase {
                 body.path_route = Some((route, path.to_vec()));
             }
@@ -134,7 +133,7 @@ impl Conn {
             self.to_client.push(Chunk::Static(CONTINUE));
         }
         self.consume_head(head.head_len);
-        let mut to_upstream = Outbox::retaining(!streaming);
+        let mut to_upstream = Outbox::reusing(!streaming, ctx.spares.chunk_list());
         to_upstream.extend(head_chunk);
         let max_body = route.max_body_bytes;
         let mut ex = Exchange::new(
@@ -149,7 +148,7 @@ impl Conn {
         );
         ex.failover = Failover::with(resend);
         ex.upgrade = upgrade;
-        self.enter_proxy(ex, hold, ctx.now)
+        self.enter_proxy(ex, hold, ctx)
     }
 
     /// The exchange begins: with a replica it connects, without one it waits in the queue.
@@ -157,7 +156,7 @@ impl Conn {
         &mut self,
         mut ex: Exchange,
         hold: Option<Hold>,
-        now: Instant,
+        ctx: &mut Ctx<'_>,
     ) -> Flow {
         let flow = match hold {
             Some(hold) => {
@@ -166,13 +165,13 @@ impl Conn {
             }
             None => {
                 ex.link = Link::Queued {
-                    since: now,
+                    since: ctx.now,
                     place: None,
                 };
                 Flow::Queue
             }
         };
-        self.phase = Phase::Proxy(Box::new(ex));
+        self.phase = Phase::Proxy(ctx.spares.exchanges.boxed(ex));
         flow
     }
 }

@@ -20,7 +20,7 @@ mod inbox;
 mod queue;
 
 use crate::buf::{Budget, Pool};
-use crate::conn::{Balancers, Conn, Ctx, Obs, RequestIds, Want};
+use crate::conn::{Balancers, Conn, Ctx, Obs, RequestIds, Spares, Want};
 use crate::control::{Control, ListenerTls, ReloadRequest, ToServer};
 use crate::metrics::Metrics;
 use crate::net::Listener;
@@ -72,6 +72,7 @@ struct Env {
     scratch: Vec<u8>,
     obs: Obs,
     balancers: Balancers,
+    spares: Spares,
 }
 
 impl Env {
@@ -85,6 +86,7 @@ impl Env {
             scratch: &mut self.scratch,
             obs: &mut self.obs,
             balancers: &mut self.balancers,
+            spares: &mut self.spares,
         }
     }
 }
@@ -160,6 +162,7 @@ impl Worker {
                 in_flight: Arc::clone(&shared.in_flight),
                 ids: RequestIds::new(seed),
                 balancers: Balancers::new(seed.rotate_left(17), &routes),
+                spares: Spares::default(),
                 scratch: Vec::with_capacity(4096),
                 obs: Obs {
                     metrics: Arc::clone(&shared.metrics),
