@@ -55,14 +55,27 @@ impl<T> Boxes<T> {
         let value = unsafe { raw.read() };
         // SAFETY: the same allocation, made by `Box` for a `T`; `MaybeUninit<T>` has the
         // layout of `T`, so `Box` frees it with the layout it was allocated with.
-        let spare = unsafe { Box::from_raw(raw.cast::<MaybeUninit<T>>()) };
+        self.keep(unsafe { Box::from_raw(raw.cast::<MaybeUninit<T>>()) });
+        value
+    }
+
+    /// Drops the value in place (no move) and keeps the box.
+    pub(super) fn recycle(&mut self, boxed: Box<T>) {
+        let raw = Box::into_raw(boxed);
+        // SAFETY: `raw` comes from a `Box<T>`: valid and initialised; the value is dropped
+        // exactly once, here, and the allocation is only used as `MaybeUninit<T>` after.
+        unsafe { raw.drop_in_place() };
+        // SAFETY: as in `unbox`.
+        self.keep(unsafe { Box::from_raw(raw.cast::<MaybeUninit<T>>()) });
+    }
+
+    fn keep(&mut self, spare: Box<MaybeUninit<T>>) {
         if self.free.len() < KEEP {
             if self.free.capacity() == 0 {
                 self.free.reserve_exact(KEEP);
             }
             self.free.push(spare);
         }
-        value
     }
 
     #[cfg(test)]
@@ -87,9 +100,10 @@ impl Spares {
 
     /// Takes back a finished exchange: its box and its (emptied) request chunk list are kept,
     /// everything else it holds is dropped (blocks go back to the pool, the slot is freed).
-    pub(super) fn retire_exchange(&mut self, ex: Box<Exchange>) {
-        let ex = self.exchanges.unbox(ex);
-        self.keep_chunk_list(ex.to_upstream.into_chunks());
+    pub(super) fn retire_exchange(&mut self, mut ex: Box<Exchange>) {
+        let chunks = std::mem::take(&mut ex.to_upstream).into_chunks();
+        self.exchanges.recycle(ex);
+        self.keep_chunk_list(chunks);
     }
 
     fn keep_chunk_list(&mut self, mut list: Vec<Chunk>) {
@@ -126,8 +140,8 @@ mod tests {
             "the kept box is reused"
         );
         assert_eq!(boxes.kept(), 0);
-        drop(boxes.unbox(second));
-        assert_eq!(Rc::strong_count(&tracker), 1);
+        boxes.recycle(second);
+        assert_eq!(Rc::strong_count(&tracker), 1, "recycle drops the value");
         assert_eq!(boxes.kept(), 1);
         drop(boxes);
         assert_eq!(Rc::strong_count(&tracker), 1);
