@@ -78,6 +78,14 @@ pub fn broadcast(workers: &Subscribers, make: impl Fn() -> Control) {
 thread_local! {
     /// The worker this thread runs, if it runs one.
     static CURRENT_WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+    /// This worker sent itself a grant since it last read its channel.
+    static OWN_MAIL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True once after this worker granted a slot to one of its own waiters: its channel has
+/// mail that rang no waker.
+pub fn take_own_mail() -> bool {
+    OWN_MAIL.with(|m| m.replace(false))
 }
 
 /// Marks this thread as worker `id` (its own grants then skip the waker).
@@ -87,7 +95,8 @@ pub fn on_worker(id: usize) {
 
 /// The workers' channels as the replica queues' [`Handoff`]: a grant goes to its waiter's
 /// worker and wakes it. A worker granting to itself (a slot freed by one of its own
-/// requests) skips the waker: it reads its channel after every event batch anyway.
+/// requests) skips the waker and notes it ([`take_own_mail`]): it reads its channel after
+/// the event batch.
 pub struct Mailboxes(pub Subscribers);
 
 impl Handoff for Mailboxes {
@@ -100,6 +109,8 @@ impl Handoff for Mailboxes {
             Ok(()) => {
                 if CURRENT_WORKER.with(Cell::get) != Some(worker) {
                     let _ = waker.wake();
+                } else {
+                    OWN_MAIL.with(|m| m.set(true));
                 }
                 Ok(())
             }
