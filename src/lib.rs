@@ -1,8 +1,9 @@
 //! modelgate: a tiny, fast, stateless HTTP router for OpenAI-compatible LLM inference.
 //!
 //! Layers (imports point downward only; `tests/layering.rs` enforces it):
-//! - L0 pure: `buf`, `balance`, `slab`, `timer`, `config`, `secrets`, `auth`, `ratelimit`, `scan`,
-//!   `multipart`, `router`, `h1`, `error`, `usage`, `metrics`, `accesslog`, `discovery`, `profile`
+//! - L0 pure: `buf`, `balance`, `slab`, `timer`, `hash`, `config`, `secrets`, `auth`, `ratelimit`,
+//!   `scan`, `multipart`, `router`, `h1`, `error`, `usage`, `metrics`, `accesslog`, `discovery`,
+//!   `profile`
 //! - L1 transport: `net`
 //! - L2 protocol: `conn`, `upstream`, `admin`
 //! - L3 runtime: `cli`, `control`, `server`, `worker`, `resolver`, `health`, `prober`, `ready`
@@ -18,6 +19,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod h1;
+pub mod hash;
 pub mod metrics;
 pub mod multipart;
 pub mod profile;

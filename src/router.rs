@@ -4,6 +4,8 @@
 //! a new one and swaps it whole, so in-flight requests keep the table they started with.
 
 use std::collections::HashMap;
+
+use crate::hash::{config_map, ConfigMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -291,14 +293,14 @@ pub type TlsFactory<'a> =
 /// Everything a worker needs to answer requests, swapped whole on reload.
 #[derive(Debug)]
 pub struct Routes {
-    pub models: HashMap<String, Arc<Route>>,
+    pub models: ConfigMap<String, Arc<Route>>,
     /// Listed model names in byte order (`/v1/models`).
     pub listed: Vec<String>,
     pub auth_tokens: Vec<Secret>,
     /// Name, scope and limits of each token in `auth_tokens`.
     pub token_policies: Vec<Arc<TokenPolicy>>,
     /// Alias → route (the route's own name is in `models`).
-    pub aliases: HashMap<String, Arc<Route>>,
+    pub aliases: ConfigMap<String, Arc<Route>>,
     /// Every name `/v1/models` may show (listed routes' names and aliases), in byte order.
     pub catalog: Vec<(String, Arc<Route>)>,
     /// The global `maxBodyBytes` (0 = none).
@@ -335,7 +337,7 @@ impl Routes {
         metrics: &Metrics,
     ) -> Result<Routes, String> {
         let mut builder = BackendBuilder::new(resolve, tls);
-        let mut models = HashMap::with_capacity(config.models.len());
+        let mut models = config_map(config.models.len());
         let mut listed = Vec::new();
         for (name, model) in &config.models {
             let replicas = &model.replicas;
@@ -426,7 +428,7 @@ impl Routes {
         metrics
             .replica_slots()
             .retain(|name| models.get(name).is_some_and(|r| r.slots.is_some()));
-        let mut aliases = HashMap::new();
+        let mut aliases = config_map(0);
         let mut catalog = Vec::new();
         for route in models.values() {
             for alias in &route.aliases {

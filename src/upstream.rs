@@ -6,10 +6,10 @@
 //! sockets idle longer than [`POOL_IDLE`] are closed: shorter than the 5 s keep-alive of
 //! uvicorn, which serves vLLM and sglang.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hash::ConfigMap;
 use crate::net::{Io, Stream};
 
 /// How long an idle upstream connection is kept.
@@ -90,7 +90,8 @@ struct Idle {
 
 #[derive(Default)]
 pub struct UpstreamPool {
-    idle: HashMap<Arc<str>, Vec<Idle>>,
+    /// Keyed by the backend's pool key, from the config.
+    idle: ConfigMap<Arc<str>, Vec<Idle>>,
     count: usize,
 }
 

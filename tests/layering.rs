@@ -8,7 +8,7 @@ use std::path::Path;
 
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "buf" | "balance" | "slab" | "timer" | "config" | "secrets" | "auth" | "scan"
+        "buf" | "balance" | "slab" | "timer" | "hash" | "config" | "secrets" | "auth" | "scan"
         | "router" | "h1" | "error" | "usage" | "metrics" | "accesslog" | "discovery"
         | "multipart" | "ratelimit" | "resp" | "profile" => 0,
         "net" => 1,
