@@ -2,12 +2,12 @@
 //!
 //! Layers (imports point downward only; `tests/layering.rs` enforces it):
 //! - L0 pure: `buf`, `balance`, `slab`, `timer`, `hash`, `config`, `secrets`, `auth`, `ratelimit`,
-//!   `scan`, `multipart`, `router`, `h1`, `error`, `usage`, `metrics`, `accesslog`, `discovery`,
-//!   `profile`
+//!   `resp`, `scan`, `multipart`, `router`, `h1`, `error`, `usage`, `metrics`, `accesslog`,
+//!   `discovery`, `profile`
 //! - L1 transport: `net`
 //! - L2 protocol: `conn`, `upstream`, `admin`
-//! - L3 runtime: `cli`, `control`, `server`, `worker`, `resolver`, `health`, `prober`, `ready`
-//!   (and `main.rs`)
+//! - L3 runtime: `cli`, `control`, `server`, `worker`, `resolver`, `health`, `limitstore`,
+//!   `prober`, `ready` (and `main.rs`)
 //!
 //! See `docs/ARCHITECTURE.md`.
 
