@@ -501,7 +501,7 @@ fn discarding_upstream(needle: &'static [u8]) -> (SocketAddr, Arc<std::sync::ato
                         }
                     }
                     let body = &buf[head_end..head_end + len];
-                    if body.windows(needle.len()).any(|w| w == needle) {
+                    if memchr::memmem::find(body, needle).is_some() {
                         counter.fetch_add(1, Ordering::SeqCst);
                     }
                     buf.drain(..head_end + len);
