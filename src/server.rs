@@ -431,10 +431,12 @@ mod watch {
     }
 
     pub fn spawn(path: PathBuf, tx: Sender<ToServer>) -> Result<(), String> {
+        // Stamped here, before the startup line: taken on the new thread, a busy machine
+        // could let a change land first, and that version would count as the original.
+        let mut last = stamp(&path);
         std::thread::Builder::new()
             .name("modelgate-watch".into())
             .spawn(move || {
-                let mut last = stamp(&path);
                 loop {
                     std::thread::sleep(POLL);
                     let now = stamp(&path);
