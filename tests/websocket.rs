@@ -1,6 +1,6 @@
 //! WebSocket upgrades through modelgate (issue 11): the handshake routed by `?model=` or
 //! `/route/{model}/…`, then a raw byte tunnel with backpressure, half-close and idle timeout.
-//! The test speaks the handshake and the frames itself (tests/common/websocket.rs).
+//! The test speaks the handshake and the frames itself (tests/kit/src/websocket.rs).
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! A mock OpenAI-compatible upstream, std only (threads + blocking sockets).
 //!
 //! This one file is both the body of `cargo run --example mock-upstream` and the in-process
-//! mock of the integration-test harness (`tests/common/mod.rs` includes it with `#[path]`),
+//! mock of the integration-test harness (`tests/kit/src/lib.rs` includes it with `#[path]`),
 //! so the wire behaviour tests see is exactly what the benchmark measures.
 //!
 //! Endpoints:

@@ -12,9 +12,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long `Modelgate::start` waits for the startup line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The path of the modelgate binary under test.
+/// The path of the modelgate binary under test: `MODELGATE_BIN` when set, else the
+/// `modelgate` that cargo built next to the test executable (`target/<profile>/deps/…`).
 pub fn modelgate_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_modelgate")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("MODELGATE_BIN") {
+            return bin;
+        }
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("a test executable under target/<profile>/deps");
+        let bin = profile_dir.join("modelgate");
+        assert!(
+            bin.exists(),
+            "{} not found: run the tests with cargo test, or set MODELGATE_BIN",
+            bin.display()
+        );
+        bin.to_string_lossy().into_owned()
+    })
 }
 
 /// A unique directory under the system temp dir, removed (recursively) on drop.
