@@ -21,6 +21,8 @@ fn method_name(m: Method) -> Option<&'static str> {
         Method::Delete => "DELETE",
         Method::Patch => "PATCH",
         Method::Options => "OPTIONS",
+        // SPEC §11: CONNECT is refused at the edge, whatever its target form.
+        Method::Connect => unreachable!("parse_request accepted CONNECT"),
         Method::Other => return None,
     })
 }
