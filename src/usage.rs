@@ -99,6 +99,17 @@ pub struct UsageScanner {
     completion: Option<u64>,
 }
 
+/// The state after a string that closed: waiting for `:` if it is one of our keys.
+fn key_state(key: &[u8]) -> State {
+    if PROMPT_KEYS.contains(&key) {
+        State::AfterKey(Kind::Prompt)
+    } else if COMPLETION_KEYS.contains(&key) {
+        State::AfterKey(Kind::Completion)
+    } else {
+        State::Outside
+    }
+}
+
 impl Default for UsageScanner {
     fn default() -> Self {
         Self::new()
@@ -172,9 +183,19 @@ impl UsageScanner {
         }
         match memchr3(b'"', b'\\', b'\n', rest) {
             Some(i) => {
-                self.collect(&rest[..i]);
+                let part = &rest[..i];
                 self.state = match rest[i] {
-                    b'"' => self.closed_string(),
+                    // The whole string is in view: compare it where it is, no copy.
+                    b'"' if self.key_len == 0 => key_state(part),
+                    b'"' => {
+                        self.collect(part);
+                        if self.key_len == NOT_A_KEY {
+                            State::Outside
+                        } else {
+                            key_state(&self.key[..usize::from(self.key_len)])
+                        }
+                    }
+                    // An escaped string is not a key we want (see `in_string`'s start).
                     b'\\' => State::InString { escaped: true },
                     _ => State::Outside,
                 };
@@ -200,21 +221,6 @@ impl UsageScanner {
                 self.key_len = (at + part.len()) as u8;
             }
             None => self.key_len = NOT_A_KEY,
-        }
-    }
-
-    /// The state after a closing quote: waiting for `:` if the string is one of our keys.
-    fn closed_string(&self) -> State {
-        if self.key_len == NOT_A_KEY {
-            return State::Outside;
-        }
-        let key = &self.key[..usize::from(self.key_len)];
-        if PROMPT_KEYS.contains(&key) {
-            State::AfterKey(Kind::Prompt)
-        } else if COMPLETION_KEYS.contains(&key) {
-            State::AfterKey(Kind::Completion)
-        } else {
-            State::Outside
         }
     }
 
