@@ -412,6 +412,34 @@ mod tests {
     }
 
     #[test]
+    fn kept_header_lines_come_out_normalised() {
+        // Lines in `Name: value` CRLF form, lines with other spacing, a bare LF, a dropped
+        // header and the rewritten Content-Length in between.
+        let raw = b"POST /v1/x HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: two\r\nC:3\r\nD:  4 \r\n\
+            Keep-Alive: 5\r\nE: 5\nF: six\r\nContent-Length: 2\r\nG: 7\r\nH: \r\n\r\nhi";
+        let extra = [];
+        let r = rewrite_with(raw, &base_req(b"/v1/x", &extra));
+        let text = String::from_utf8(r.bytes.clone()).expect("utf8");
+        let start = text.find("\r\nA: ").expect("A") + 2;
+        let end = text.find("X-Forwarded-For").expect("XFF");
+        assert_eq!(
+            &text[start..end],
+            "A: 1\r\nB: two\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: six\r\nContent-Length: 2\r\nG: 7\r\nH: \r\n"
+        );
+        let raw = b"HTTP/1.1 200 OK\r\nA: 1\r\nConnection: close\r\nB:2\r\nC: 3\r\nD: 4\r\n\r\n";
+        let head = match parse_response(raw, Method::Post) {
+            Ok(Parse::Complete(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        let mut out = Vec::new();
+        write_client_response_head(raw, &head, b"", false, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn a_101_keeps_connection_and_upgrade_for_the_client() {
         let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
             Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
