@@ -80,12 +80,15 @@ if quick:
     L.append("> **QUICK MODE (BENCH_QUICK=1): a smoke test with short runs on a shared machine. "
              "The numbers are noisy and not for publication.**")
     L.append("")
+shape = (f"both at their defaults (nginx `worker_processes auto`, modelgate without `workers`: "
+         f"{os.cpu_count()} each)" if workers == "default" else f"{workers} worker(s) for both proxies")
 L.append(f"Loopback, {os.cpu_count()} CPU(s) ({cpu_model}), load average at the end "
-         f"{' '.join(load)}; {workers} worker(s) for both proxies ({nginx_v}); wrk runs of "
+         f"{' '.join(load)}; {shape} ({nginx_v}); wrk runs of "
          f"{duration} s; medians of {repeats} interleaved rounds (idle connections: "
          f"{idle_repeats} round(s)). \"Added\" = proxy − direct in the same round, median over rounds.")
 L.append("")
 targets = []  # (name, ok-or-None) for the issue-8 checklist
+issue19 = []  # (name, ok-or-None) for issue 19's table
 chart_cpu, chart_lat = [], []
 
 # (1) latency at c=1 ---------------------------------------------------------------------
@@ -113,6 +116,21 @@ if lat:
     L.append(f"- added p50, modelgate/nginx: **{f(r50, 2, '×')}** ({f(m50, 1)} vs {f(n50, 1)} µs; target ≤ 0.6×)")
     L.append(f"- p99, modelgate/nginx: **{f(ratio(m99, n99), 2, '×')}** ({f(m99, 1)} vs {f(n99, 1)} µs; target ≤ 1×)")
     L.append("")
+    by = {}
+    for r in lat:
+        by.setdefault(r["repeat"], {})[r["target"]] = num(r["p50_us"])
+    per_round = []
+    for rep in sorted(by, key=int):
+        d = by[rep]
+        if None not in (d.get("direct"), d.get("nginx"), d.get("modelgate")):
+            per_round.append((d["modelgate"] - d["direct"], d["nginx"] - d["direct"]))
+    if per_round:
+        L.append("- added p50 per round, modelgate / nginx (µs): "
+                 + ", ".join(f"{m:+.0f} / {n:+.0f}" for m, n in per_round))
+        every = all(n > 0 and m <= 0.6 * n for m, n in per_round)
+        L.append(f"- modelgate ≤ 0.6× nginx's added p50 in every round: **{'yes' if every else 'no'}**")
+        L.append("")
+        issue19.append(("added p50 at c=1 ≤ 0.6× nginx's, every round", every))
     targets.append(("added p50 at c=1 ≤ 0.6× nginx's", None if r50 is None or n50 is None or n50 <= 0 else r50 <= 0.6))
     targets.append(("p99 at c=1 ≤ nginx's", None if m99 is None or n99 is None else m99 <= n99))
     for t in ("nginx", "modelgate"):
@@ -141,6 +159,8 @@ if thr:
     L.append(f"- req/s, modelgate/nginx: **{f(ratio(mr, nr), 2, '×')}** (target ≥ 1×)")
     L.append("")
     targets.append(("CPU per request ≤ 0.8× nginx's", None if ratio(mc, nc) is None else ratio(mc, nc) <= 0.8))
+    issue19.append((f"CPU per request at c=64 ≤ 0.8× nginx's ({f(ratio(mc, nc), 2, '×')})",
+                    None if ratio(mc, nc) is None else ratio(mc, nc) <= 0.8))
     targets.append(("req/s at c=64 ≥ nginx's", None if ratio(mr, nr) is None else ratio(mr, nr) >= 1))
     for t in ("nginx", "modelgate", "mg_log", "mg_tls"):
         v = med(col(thr, t, "cpu_us_per_req"))
@@ -168,10 +188,13 @@ if thr:
                      "CPU per request counts modelgate's process only.")
         L.append("")
 
-# (3) SSE ----------------------------------------------------------------------------------
-sse = rows("sse.tsv")
-if sse:
-    L.append(f"### 3. SSE: {sse_streams} concurrent streams × {sse_events} events every {sse_ms} ms (+ `[DONE]`)")
+# (3) SSE, one section per stream count ------------------------------------------------------
+sse_files = sorted((int(n[4:-4]), n) for n in os.listdir(out) if n.startswith("sse-") and n.endswith(".tsv"))
+for sse_n, sse_file in sse_files:
+    sse = rows(sse_file)
+    if not sse:
+        continue
+    L.append(f"### 3. SSE: {sse_n} concurrent streams × {sse_events} events every {sse_ms} ms (+ `[DONE]`)")
     L.append("")
     L.append("| target | streams ok | events lost | TTFE p50 (µs) | TTFE p99 (µs) | added TTFE p50 (µs) "
              "| max gap, worst stream (ms) | added max gap (ms) | per-stream max gap p50 (ms) | batched streams | CPU ms/round |")
@@ -197,6 +220,15 @@ if sse:
     if "modelgate" in sse_added and "nginx" in sse_added:
         ma, na = sse_added["modelgate"][0], sse_added["nginx"][0]
         r = ratio(ma, na)
+        by = {}
+        for row in sse:
+            by.setdefault(row["repeat"], {})[row["target"]] = num(row["ttfe_p50_us"])
+        rounds = [(by[k].get("modelgate"), by[k].get("nginx")) for k in sorted(by, key=int)]
+        L.append("- TTFE p50 per round, modelgate / nginx (µs): "
+                 + ", ".join(f"{f(m)} / {f(n)}" for m, n in rounds))
+        every = all(m is not None and n is not None and m <= n for m, n in rounds)
+        L.append(f"- modelgate's TTFE p50 ≤ nginx's in every round: **{'yes' if every else 'no'}**")
+        issue19.append((f"SSE TTFE p50 at {sse_n} streams ≤ nginx's, every round", every))
         L.append(f"- added TTFE p50, modelgate/nginx: **{f(r, 2, '×')}** ({f(ma)} vs {f(na)} µs; target ≤ 0.5×)")
         mg_gap = sse_added["modelgate"][1]
         L.append(f"- modelgate added max inter-event gap: {f(None if mg_gap is None else mg_gap / 1000, 2)} ms (target ≤ 1 ms); "
@@ -209,10 +241,11 @@ if sse:
                  "direct row is the floor set by the client and the mock sharing the cores "
                  "(a late reader finds two events queued); TTFE is measured from writing the request.")
         L.append("")
-        targets.append(("SSE added TTFE ≤ 0.5× nginx's", None if r is None or na is None or na <= 0 else r <= 0.5))
-        targets.append(("SSE added max gap ≤ 1 ms", None if mg_gap is None else mg_gap <= 1000))
-        targets.append(("SSE 0 events lost", sse_added["modelgate"][2] == 0))
-        targets.append(("SSE no stream batched", None if sse_added["modelgate"][3] is None else sse_added["modelgate"][3] == 0))
+        if sse_n == sse_files[0][0]:
+            targets.append(("SSE added TTFE ≤ 0.5× nginx's", None if r is None or na is None or na <= 0 else r <= 0.5))
+            targets.append(("SSE added max gap ≤ 1 ms", None if mg_gap is None else mg_gap <= 1000))
+            targets.append(("SSE 0 events lost", sse_added["modelgate"][2] == 0))
+            targets.append(("SSE no stream batched", None if sse_added["modelgate"][3] is None else sse_added["modelgate"][3] == 0))
 
 # (4) idle connections, (6) RSS ------------------------------------------------------------
 idle = rows("idle.tsv")
@@ -249,6 +282,7 @@ if idle or rss:
              "The idle-connection rounds use a fresh nginx and a fresh modelgate each.")
     L.append("")
     targets.append(("idle RSS ≤ 3 MiB", None if mi is None else mi <= 3))
+    issue19.append((f"idle RSS ≤ 3 MiB ({f(mi, 1)} MiB after start and one request)", None if mi is None else mi <= 3))
     if idle:
         targets.append(("idle keep-alive conns add ≤ 40 MiB", None if md is None else md <= 40))
 
@@ -271,6 +305,15 @@ if big:
     L.append(f"- CPU per request, modelgate/nginx: **{f(ratio(mc, nc), 2, '×')}**; req/s modelgate/nginx: "
              f"**{f(ratio(med(col(big, 'modelgate', 'rps')), med(col(big, 'nginx', 'rps'))), 2, '×')}** "
              "(nginx buffers the body in memory, client_body_buffer_size 16m, and does not parse it)")
+    L.append("")
+
+if issue19:
+    L.append("### Issue 19 goals (this run)")
+    L.append("")
+    L.append("| goal | result |")
+    L.append("|---|---|")
+    for name, ok in issue19:
+        L.append(f"| {name} | {verdict(ok)} |")
     L.append("")
 
 if targets:
