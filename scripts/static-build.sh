@@ -5,19 +5,23 @@
 #   scripts/static-build.sh            # build, print the output path
 #
 # Target choice:
-#   - x86_64-unknown-linux-gnu with `-C target-feature=+crt-static` (static glibc), the default.
-#     Everything modelgate needs works statically (sockets, signals, IP literals, unix sockets).
-#     Static glibc still tries to dlopen NSS modules for getaddrinfo(); see docs/DEPLOYMENT.md,
-#     "Name resolution in the static binary", for exactly what resolves and what does not.
-#   - MODELGATE_STATIC_TARGET=x86_64-unknown-linux-musl builds for musl (needs
-#     `rustup target add x86_64-unknown-linux-musl` and Debian's musl-tools for ring's C code):
-#     a smaller binary (2.43 MiB) with a plain resolver, but 9.3% more user-space
-#     instructions per proxied request (callgrind: musl's malloc on three per-request
-#     allocations, its memcpy and bcmp; docs/DEPLOYMENT.md, "Memory and the allocator"), so
-#     it is opt-in until those allocations are gone.
+#   - x86_64-unknown-linux-musl, the default and the build users copy (onto hosts, into the
+#     FROM-scratch image): 2.6 MiB, with musl's plain resolver (/etc/hosts, /etc/resolv.conf,
+#     no NSS). Since issue 19 a proxied request makes no allocator call, so musl's malloc is
+#     off the data path; what is left of musl's cost is its memcpy/bcmp on short copies,
+#     ~3% more user-space instructions per request than glibc (callgrind; about 0.5% of a
+#     request's CPU, which is mostly the kernel's). Needs the Rust target
+#     (`rustup target add x86_64-unknown-linux-musl`: tried here when it is missing) and a C
+#     compiler for musl for ring's C code (Debian's musl-tools, installed here with apt when
+#     missing and root).
+#   - MODELGATE_STATIC_TARGET=x86_64-unknown-linux-gnu builds static glibc
+#     (`-C target-feature=+crt-static`): 3.4 MiB. Static glibc still tries to dlopen NSS
+#     modules for getaddrinfo(); see docs/DEPLOYMENT.md, "Name resolution in the static
+#     binary". It is also what this script falls back to, saying so, on a machine whose Rust
+#     has no musl target and cannot fetch it.
 #
-# Size knobs: MODELGATE_STATIC_SMALL=1 also builds modelgate's own code for size (2.99 MiB,
-# about 10% more CPU per request: for appliances where flash matters more than CPU);
+# Size knobs: MODELGATE_STATIC_SMALL=1 also builds modelgate's own code for size (about 10%
+# more CPU per request: for appliances where flash matters more than CPU);
 # MODELGATE_STATIC_FULL_OPT=1 builds every crate at opt-level 3.
 #
 # Output: the binary is copied to target/static/modelgate (the path Dockerfile.scratch COPYs and
@@ -28,8 +32,33 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-target=${MODELGATE_STATIC_TARGET:-x86_64-unknown-linux-gnu}
-if [[ $target == *-musl && -z ${CC_x86_64_unknown_linux_musl:-} ]] && command -v musl-gcc >/dev/null; then
+say() { printf 'static-build: %s\n' "$*" >&2; }
+
+target=${MODELGATE_STATIC_TARGET:-x86_64-unknown-linux-musl}
+if [[ $target == *-musl ]]; then
+    # The Rust standard library for musl (rustup's target; it brings musl's own libc.a).
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        say "the Rust target $target is not installed: rustup target add $target"
+        rustup target add "$target" >&2 || true
+    fi
+    # ring builds C code: it needs a compiler for musl (Debian: musl-tools' musl-gcc).
+    if ! command -v musl-gcc >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        say "installing musl-tools (musl-gcc, for ring's C code) with apt"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null 2>&1 ||
+            { apt-get update -qq >/dev/null 2>&1 &&
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null 2>&1; } || true
+    fi
+    if ! rustup target list --installed 2>/dev/null | grep -qx "$target" || ! command -v musl-gcc >/dev/null; then
+        if [[ -n ${MODELGATE_STATIC_TARGET:-} ]]; then
+            say "FAIL: $target asked for, but its Rust target or musl-gcc is missing"
+            exit 1
+        fi
+        say "WARNING: no Rust musl target or no musl-gcc here: building static glibc instead"
+        say "WARNING: (3.4 MiB, over the 3 MiB of the musl build that is shipped)"
+        target=x86_64-unknown-linux-gnu
+    fi
+fi
+if [[ $target == *-musl && -z ${CC_x86_64_unknown_linux_musl:-} ]]; then
     export CC_x86_64_unknown_linux_musl=musl-gcc
 fi
 
@@ -38,11 +67,11 @@ fi
 export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static"
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
-# Size: static glibc alone is ~1.2 MB of the binary. The crates off the per-byte data path
-# (TLS handshake/record code whose ciphers are assembly anyway, the config/endpoint JSON, the
-# CLI parser, the root store) are optimised for size; the engine, httparse, memchr and mio keep
-# the release profile's opt-level 3. Measured when it was introduced: 3.04 MiB -> 2.76 MiB;
-# with issues 9-11 (replicas, tokens, profiles, multipart, tunnels, discovery) 3.21 MiB.
+# Size: the crates off the per-byte data path (TLS handshake/record code whose ciphers are
+# assembly anyway, the config/endpoint JSON, the CLI parser, the root store) are optimised for
+# size; the engine, httparse, memchr and mio keep the release profile's opt-level 3. Measured
+# when it was introduced (glibc): 3.04 MiB -> 2.76 MiB. Static glibc alone is ~1.2 MB of its
+# binary (getaddrinfo pulls in NSS), musl ~0.3 MB: musl 2.59 MiB, glibc 3.44 MiB (issue 19).
 size_opts=()
 if [[ ${MODELGATE_STATIC_FULL_OPT:-0} != 1 ]]; then
     crates=(rustls rustls-webpki ring webpki-roots serde_json pico-args)
@@ -54,7 +83,7 @@ if [[ ${MODELGATE_STATIC_FULL_OPT:-0} != 1 ]]; then
     done
 fi
 
-echo "static-build: cargo build --release --locked --target $target (RUSTFLAGS=$RUSTFLAGS)" >&2
+say "cargo build --release --locked --target $target (RUSTFLAGS=$RUSTFLAGS)"
 cargo build --release --locked --target "$target" --bin modelgate "${size_opts[@]}"
 
 built="$target_dir/$target/release/modelgate"
