@@ -112,7 +112,14 @@ impl Worker {
             return;
         };
         match registered {
-            Ok(sock) => conn.attach_upstream(sock, false, now),
+            Ok(mut sock) => {
+                // A connect to a loopback or unix upstream has usually completed by the time
+                // connect() returns: look at once (two syscalls) rather than one event-loop
+                // turn later, when the writable edge would say so. Not connected yet: the
+                // flag is cleared and the edge still comes.
+                sock.writable = true;
+                conn.attach_upstream(sock, false, now)
+            }
             Err(net::FailKind::NoDescriptors(code)) => {
                 // Our shortage, not the upstream's failure: 503, and the replica stays up.
                 let mut ctx = self.env.ctx(now);
