@@ -23,7 +23,8 @@
 # BENCH_SSE_STREAMS (512; a comma list such as `32,512` runs the SSE scenario once per count),
 # BENCH_SSE_EVENTS (64), BENCH_SSE_INTERVAL_MS (10), BENCH_IDLE_CONNS (10000),
 # BENCH_IDLE_REPEATS (3, quick 1), BENCH_BIG_MB (10), BENCH_SKIP_BUILD=1,
-# BENCH_MODELGATE_BIN (another modelgate build), BENCH_NO_INSTALL=1 (never apt-get).
+# BENCH_MODELGATE_BIN (another modelgate build), BENCH_MODELGATE_JSON (extra top-level config
+# keys for modelgate, e.g. '"busyPoll": 0,'), BENCH_NO_INSTALL=1 (never apt-get).
 #
 # Output: bench/out/summary.md (markdown tables + ratios against issue 8's targets),
 # bench/out/{latency,throughput,sse,idle,bigbody,rss}.tsv (one row per run), the raw wrk and
@@ -328,7 +329,7 @@ start_modelgate() {
     cat >"$OUT/$name.json" <<EOF
 {
   "listen": "127.0.0.1:0",
-  $MG_WORKERS_JSON
+  $MG_WORKERS_JSON ${BENCH_MODELGATE_JSON:-}
   "accessLog": $access,
   "timeouts": { "keepAlive": 300 },
   "models": { "$MODEL": { "url": "$url"$extra } }

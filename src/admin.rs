@@ -153,6 +153,7 @@ mod tests {
             timeouts: Timeouts::default(),
             access_log: false,
             workers: 1,
+            busy_poll: std::time::Duration::ZERO,
             watch_config: false,
             models: map,
             discover: vec![],

@@ -52,6 +52,9 @@ pub struct Config {
     pub access_log: bool,
     /// 0 = one per available core.
     pub workers: usize,
+    /// How long a worker that just moved bytes polls before it sleeps (key `busyPoll`, in
+    /// microseconds; 0 = off). Adaptive: see `worker/spin.rs`.
+    pub busy_poll: Duration,
     pub watch_config: bool,
     pub models: BTreeMap<String, Model>,
     /// Backends whose `GET /v1/models` is routed (key `discover`, plain `http://` or
@@ -225,6 +228,11 @@ pub const DEFAULT_MAX_BUFFER_BYTES: u64 = 1 << 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// More threads than this is a typo, not a machine.
 pub const MAX_WORKERS: u64 = 1024;
+/// `busyPoll` default, in microseconds: longer than a loopback or LAN round trip through a
+/// fast upstream on a VM whose idle vCPUs halt (BENCHMARKS.md, issue 19).
+pub const DEFAULT_BUSY_POLL_US: u64 = 200;
+/// Spinning longer than this before sleeping is never worth it.
+pub const MAX_BUSY_POLL_US: u64 = 10_000;
 /// Timeouts above a year are typos; they would also risk `Instant` overflow downstream.
 pub const MAX_TIMEOUT_SECS: f64 = 31_536_000.0;
 /// `discoverInterval`: how often discovered backends are probed again.
@@ -257,6 +265,7 @@ const TOP_KEYS: &[&str] = &[
     "timeouts",
     "accessLog",
     "workers",
+    "busyPoll",
     "watchConfig",
     "models",
     "discover",
@@ -652,6 +661,13 @@ impl Cx<'_> {
         let timeouts = self.timeouts(f.get("timeouts"));
         let access_log = self.bool("accessLog", f.get("accessLog"), true);
         let workers = self.uint_in("workers", f.get("workers"), 0, 0, MAX_WORKERS);
+        let busy_poll = self.uint_in(
+            "busyPoll",
+            f.get("busyPoll"),
+            DEFAULT_BUSY_POLL_US,
+            0,
+            MAX_BUSY_POLL_US,
+        );
         let watch_config = self.bool("watchConfig", f.get("watchConfig"), false);
         let discover = self.discover(f.get("discover"));
         let discover_interval = match f.get("discoverInterval") {
@@ -679,6 +695,7 @@ impl Cx<'_> {
             timeouts,
             access_log,
             workers: usize::try_from(workers).unwrap_or(0),
+            busy_poll: Duration::from_micros(busy_poll),
             watch_config,
             models,
             discover,

@@ -220,7 +220,17 @@ pub fn run(config_path: Option<&Path>, config: Config) -> Result<(), String> {
         let spawned = std::thread::Builder::new()
             .name(format!("modelgate-{id}"))
             .spawn(move || {
-                match Worker::new(id, poll, mine, tls, rx, routes, &shared, per_worker) {
+                match Worker::new(
+                    id,
+                    poll,
+                    mine,
+                    tls,
+                    rx,
+                    routes,
+                    &shared,
+                    per_worker,
+                    config.busy_poll,
+                ) {
                     Ok(worker) => worker.run(),
                     Err(e) => eprintln!("modelgate: cannot start worker {id}: {e}"),
                 }

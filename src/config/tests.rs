@@ -273,6 +273,23 @@ fn too_many_workers_is_error() {
 }
 
 #[test]
+fn busy_poll_is_microseconds_with_a_default_and_a_bound() {
+    assert_eq!(
+        ok(&with_top(r#""maxConnections": 10"#)).busy_poll,
+        Duration::from_micros(DEFAULT_BUSY_POLL_US)
+    );
+    assert_eq!(ok(&with_top(r#""busyPoll": 0"#)).busy_poll, Duration::ZERO);
+    assert_eq!(
+        ok(&with_top(r#""busyPoll": 50"#)).busy_poll,
+        Duration::from_micros(50)
+    );
+    assert_eq!(
+        one(&with_top(r#""busyPoll": 20000"#)),
+        "busyPoll: must be at most 10000"
+    );
+}
+
+#[test]
 fn zero_max_connections_is_error() {
     assert_eq!(
         one(&with_top(r#""maxConnections": 0"#)),

@@ -18,6 +18,7 @@ mod accept;
 mod attach;
 mod inbox;
 mod queue;
+mod spin;
 
 use crate::buf::{Budget, Pool};
 use crate::conn::{Balancers, Conn, Ctx, Obs, RequestIds, Spares, Want};
@@ -29,6 +30,7 @@ use crate::router::Routes;
 use crate::slab::Slab;
 use crate::timer::Timers;
 use crate::upstream::{Sock, UpstreamPool};
+use spin::Spin;
 
 pub const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
@@ -116,6 +118,8 @@ pub struct Worker {
     yielded: Vec<usize>,
     /// Rate limit of the descriptor-shortage log line.
     fd_log: accept::ShortageLog,
+    /// Whether to poll a little longer before sleeping (`busyPoll`).
+    spin: Spin,
 }
 
 impl Worker {
@@ -129,6 +133,7 @@ impl Worker {
         routes: Arc<Routes>,
         shared: &Shared,
         max_conns: usize,
+        busy_poll: Duration,
     ) -> io::Result<Worker> {
         let resolver = shared.resolver.clone();
         let reload = shared.reload.clone();
@@ -178,6 +183,7 @@ impl Worker {
             shutdown: None,
             yielded: Vec::new(),
             fd_log: accept::ShortageLog::default(),
+            spin: Spin::new(busy_poll),
         })
     }
 
@@ -188,6 +194,8 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut dirty: Vec<usize> = Vec::with_capacity(1024);
         let mut next_sweep = Instant::now() + SWEEP;
+        // The last turn handled a socket event: a worker that just moved bytes may spin.
+        let mut active = false;
         loop {
             let now = Instant::now();
             let mut wake = next_sweep;
@@ -202,18 +210,21 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("modelgate: poll failed: {e}");
-                    return;
-                }
+            if let Err(e) = self
+                .spin
+                .wait(&mut self.poll, &mut events, timeout, now, active)
+            {
+                eprintln!("modelgate: poll failed: {e}");
+                return;
             }
             let now = Instant::now();
             dirty.clear();
             dirty.append(&mut self.yielded);
             let mut accept = false;
+            active = false;
             for event in events.iter() {
                 let token = event.token().0;
+                active |= token != WAKER.0;
                 if token == WAKER.0 {
                     self.handle_control(now);
                 } else if token < SOCKET_BASE {
@@ -244,7 +255,7 @@ impl Worker {
                     self.close_sock(sock);
                 }
                 if self.env.pool.trim(now) {
-                    release_allocator_memory();
+                    crate::buf::release_allocator_memory();
                 }
             }
             for key in self.to_free.drain(..) {
@@ -479,16 +490,4 @@ pub fn waker(poll: &Poll) -> io::Result<Waker> {
 /// Requests in flight across all workers.
 pub fn in_flight(shared: &Shared) -> u64 {
     shared.in_flight.load(Ordering::Relaxed)
-}
-
-/// Once per buffer trim window (in one worker): glibc's malloc keeps freed memory of its
-/// arenas (connection state after 10k requests: a few MiB) until told; `malloc_trim` gives
-/// the free pages back. musl's malloc returns memory by itself. Block memory is not malloc's
-/// (see `buf`).
-fn release_allocator_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer changes.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

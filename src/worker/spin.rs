@@ -1,0 +1,181 @@
+//! Busy polling: a worker that just moved bytes may poll without sleeping for a short
+//! window before it blocks (`busyPoll`, microseconds; 0 turns it off).
+//!
+//! Why (issue 19, measured with `perf sched` on the 2-vCPU VM): a worker that blocks in
+//! `epoll_wait` lets its vCPU halt, and the next event then costs a halted-vCPU wakeup
+//! (20–40 µs before the thread runs, and it runs on cold caches). At one connection a
+//! proxied request waits twice (for the upstream's answer, for the client's next request);
+//! which of those waits cross vCPUs depends on where the scheduler put the client, the
+//! upstream and the worker at start, which is why the added latency of a proxy varied from
+//! run to run. A worker that keeps polling through the wait is running when the bytes come:
+//! no wakeup, and no cross-vCPU hop into it, in every run.
+//!
+//! It only pays when the next event comes soon, so it is adaptive: a wait that ended within
+//! the window (spun or blocked) counts for spinning, one that did not counts more against
+//! it, and the worker spins only while the balance is not negative. Ping-pong traffic (a
+//! fast upstream, one client after another) spins; sparse traffic and answers that take
+//! milliseconds, as a model's generation does, stop it after a few misses, so an idle or
+//! lightly loaded router costs what it did. An idle worker (no socket event in its last turn)
+//! never spins.
+
+use mio::{Events, Poll};
+use std::io;
+use std::time::{Duration, Instant};
+
+/// How much a wait that outlasted the window counts against spinning, against 1 for one
+/// that ended within it: the worker spins while at least two of three recent waits paid.
+const MISS_WEIGHT: i32 = 2;
+/// The balance is kept within ±`CAP`, so a change of traffic turns it within a few waits.
+const CAP: i32 = 8;
+
+/// A worker's busy-poll policy, and the wait that follows it.
+#[derive(Debug, Clone)]
+pub struct Spin {
+    window: Duration,
+    balance: i32,
+}
+
+impl Spin {
+    /// `window` zero: never spin.
+    pub fn new(window: Duration) -> Spin {
+        Spin { window, balance: 0 }
+    }
+
+    /// How long to poll without sleeping before blocking, after a turn that handled a
+    /// socket event (`active`) or not; zero means block at once.
+    fn budget(&self, active: bool) -> Duration {
+        if active && self.balance >= 0 {
+            self.window
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Whether the policy can ever spin (the caller skips measuring waits otherwise).
+    fn is_on(&self) -> bool {
+        !self.window.is_zero()
+    }
+
+    /// A wait ended after `waited`: it would have paid to spin through it when that is
+    /// within the window.
+    fn waited(&mut self, waited: Duration) {
+        if self.window.is_zero() {
+            return;
+        }
+        self.balance = if waited <= self.window {
+            (self.balance + 1).min(CAP)
+        } else {
+            (self.balance - MISS_WEIGHT).max(-CAP)
+        };
+    }
+
+    /// Waits for events up to `timeout`: polling without sleeping first for as long as the
+    /// policy says, then blocking for the rest; `now` is when the wait began.
+    pub fn wait(
+        &mut self,
+        poll: &mut Poll,
+        events: &mut Events,
+        timeout: Duration,
+        now: Instant,
+        active: bool,
+    ) -> io::Result<()> {
+        let spin = self.budget(active).min(timeout);
+        let mut left = timeout;
+        if !spin.is_zero() {
+            let until = now + spin;
+            loop {
+                poll_once(poll, events, Duration::ZERO)?;
+                if !events.is_empty() {
+                    self.waited(now.elapsed());
+                    return Ok(());
+                }
+                let at = Instant::now();
+                if at >= until {
+                    left = timeout.saturating_sub(at - now);
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        poll_once(poll, events, left)?;
+        if self.is_on() && !timeout.is_zero() {
+            self.waited(now.elapsed());
+        }
+        Ok(())
+    }
+}
+
+/// One `epoll_wait`; an interrupted one returns no events.
+fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> io::Result<()> {
+    match poll.poll(events, Some(timeout)) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = Duration::from_micros(100);
+
+    #[test]
+    fn off_never_spins() {
+        let mut spin = Spin::new(Duration::ZERO);
+        for _ in 0..10 {
+            spin.waited(Duration::from_micros(10));
+        }
+        assert_eq!(spin.budget(true), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_idle_worker_never_spins() {
+        let spin = Spin::new(W);
+        assert_eq!(spin.budget(false), Duration::ZERO);
+        assert_eq!(spin.budget(true), W);
+    }
+
+    #[test]
+    fn short_waits_keep_it_spinning_and_long_ones_stop_it_within_a_few_waits() {
+        let mut spin = Spin::new(W);
+        for _ in 0..100 {
+            spin.waited(Duration::from_micros(60));
+        }
+        assert_eq!(spin.budget(true), W);
+        // Answers that take milliseconds: at most 5 wasted windows after a long run of hits.
+        let mut wasted = 0;
+        while spin.budget(true) > Duration::ZERO {
+            spin.waited(Duration::from_millis(20));
+            wasted += 1;
+        }
+        assert!(wasted <= 5, "{wasted}");
+        // Back to quick waits (seen while blocking): spinning resumes.
+        let mut waits = 0;
+        while spin.budget(true) == Duration::ZERO {
+            spin.waited(Duration::from_micros(50));
+            waits += 1;
+        }
+        assert!(waits <= 2 * CAP as usize, "{waits}");
+    }
+
+    #[test]
+    fn it_spins_only_while_two_of_three_waits_pay() {
+        let mut spin = Spin::new(W);
+        // One miss in three: balance stays.
+        for _ in 0..30 {
+            spin.waited(Duration::from_micros(10));
+            spin.waited(Duration::from_micros(10));
+            spin.waited(Duration::from_millis(1));
+        }
+        assert_eq!(spin.budget(true), W);
+        // One miss in two: it stops.
+        for _ in 0..30 {
+            spin.waited(Duration::from_micros(10));
+            spin.waited(Duration::from_millis(1));
+        }
+        assert_eq!(spin.budget(true), Duration::ZERO);
+    }
+}
