@@ -30,7 +30,8 @@
 # bench/out/{latency,throughput,sse,idle,bigbody,rss}.tsv (one row per run), the raw wrk and
 # sse_bench outputs under bench/out/raw/, and bench/out/chart.svg (gnuplot).
 #
-# Fairness: nginx gets worker_processes = modelgate's `workers`, an upstream keepalive pool,
+# Fairness: nginx gets worker_processes = modelgate's `workers`, an upstream keepalive pool
+# (idle connections kept 60 s, nginx's default; modelgate gets upstreamKeepAlive 60 to match),
 # HTTP/1.1 upstream, `proxy_buffering off` (streams like modelgate), request buffering on with
 # client_body_buffer_size 16m (modelgate also holds the whole body in memory to find `model`;
 # nginx's default would spill bodies > 16 KiB to a temp file), access log off on both (except
@@ -331,7 +332,7 @@ start_modelgate() {
   "listen": "127.0.0.1:0",
   $MG_WORKERS_JSON ${BENCH_MODELGATE_JSON:-}
   "accessLog": $access,
-  "timeouts": { "keepAlive": 300 },
+  "timeouts": { "keepAlive": 300, "upstreamKeepAlive": 60 },
   "models": { "$MODEL": { "url": "$url"$extra } }
 }
 EOF

@@ -121,6 +121,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// Idle keep-alive between requests (key `keepAlive`, default 60 s).
     pub keep_alive: Duration,
+    /// How long an idle connection to an upstream is kept for reuse (key
+    /// `upstreamKeepAlive`, default 4 s: under the 5 s of uvicorn, which serves vLLM).
+    pub upstream_keep_alive: Duration,
     pub shutdown: Duration,
 }
 
@@ -132,6 +135,7 @@ impl Default for Timeouts {
             first_byte: None,
             idle: Duration::from_secs(600),
             keep_alive: Duration::from_secs(60),
+            upstream_keep_alive: Duration::from_secs(4),
             shutdown: Duration::from_secs(30),
         }
     }
@@ -280,6 +284,7 @@ const TIMEOUT_KEYS: &[&str] = &[
     "firstByte",
     "idle",
     "keepAlive",
+    "upstreamKeepAlive",
     "shutdown",
 ];
 const MODEL_KEYS: &[&str] = &[
@@ -933,11 +938,12 @@ impl Cx<'_> {
         let Some(f) = self.fields("timeouts", v, TIMEOUT_KEYS) else {
             return t;
         };
-        let slots: [(&str, &mut Duration); 5] = [
+        let slots: [(&str, &mut Duration); 6] = [
             ("header", &mut t.header),
             ("connect", &mut t.connect),
             ("idle", &mut t.idle),
             ("keepAlive", &mut t.keep_alive),
+            ("upstreamKeepAlive", &mut t.upstream_keep_alive),
             ("shutdown", &mut t.shutdown),
         ];
         for (key, slot) in slots {

@@ -3,17 +3,14 @@
 //! Idle sockets stay registered with the worker's `Poll`: any readable event on one (EOF or
 //! unexpected bytes) means the upstream gave up on it, and the worker discards it. Reuse is
 //! LIFO (the most recently used socket is the least likely to have timed out upstream), and
-//! sockets idle longer than [`POOL_IDLE`] are closed: shorter than the 5 s keep-alive of
-//! uvicorn, which serves vLLM and sglang.
+//! sockets idle for `timeouts.upstreamKeepAlive` are closed (default 4 s: shorter than the
+//! 5 s keep-alive of uvicorn, which serves vLLM and sglang).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::hash::ConfigMap;
 use crate::net::{Io, Stream};
-
-/// How long an idle upstream connection is kept.
-pub const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Idle connections kept per upstream per worker; more are closed.
 pub const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -96,15 +93,21 @@ pub struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// The most recently parked live connection for `key`, if any.
-    pub fn checkout(&mut self, key: &str, now: Instant) -> (Option<Sock>, Vec<Sock>) {
+    /// The most recently parked connection for `key` idle for less than `keep`, if any, and
+    /// the older ones passed over.
+    pub fn checkout(
+        &mut self,
+        key: &str,
+        now: Instant,
+        keep: Duration,
+    ) -> (Option<Sock>, Vec<Sock>) {
         let mut expired = Vec::new();
         let Some(list) = self.idle.get_mut(key) else {
             return (None, expired);
         };
         while let Some(entry) = list.pop() {
             self.count -= 1;
-            if now.duration_since(entry.since) < POOL_IDLE {
+            if now.duration_since(entry.since) < keep {
                 return (Some(entry.sock), expired);
             }
             expired.push(entry.sock);
@@ -134,13 +137,13 @@ impl UpstreamPool {
         None
     }
 
-    /// Takes out every connection idle for [`POOL_IDLE`] or longer.
-    pub fn expire(&mut self, now: Instant) -> Vec<Sock> {
+    /// Takes out every connection idle for `keep` or longer.
+    pub fn expire(&mut self, now: Instant, keep: Duration) -> Vec<Sock> {
         let mut out = Vec::new();
         for list in self.idle.values_mut() {
             let mut i = 0;
             while i < list.len() {
-                if now.duration_since(list[i].since) >= POOL_IDLE {
+                if now.duration_since(list[i].since) >= keep {
                     out.push(list.swap_remove(i).sock);
                 } else {
                     i += 1;
@@ -174,6 +177,8 @@ impl UpstreamPool {
 mod tests {
     use super::*;
 
+    const KEEP: Duration = Duration::from_secs(4);
+
     fn sock(token: usize) -> Sock {
         let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
         a.set_nonblocking(true).expect("nonblocking");
@@ -187,7 +192,7 @@ mod tests {
         let key: Arc<str> = "http://a".into();
         assert!(pool.checkin(key.clone(), sock(1), now).is_none());
         assert!(pool.checkin(key.clone(), sock(2), now).is_none());
-        let (got, _) = pool.checkout("http://a", now);
+        let (got, _) = pool.checkout("http://a", now, KEEP);
         assert_eq!(got.map(|s| s.token), Some(2));
         assert_eq!(pool.len(), 1);
     }
@@ -197,7 +202,7 @@ mod tests {
         let now = Instant::now();
         let mut pool = UpstreamPool::default();
         pool.checkin("k".into(), sock(1), now);
-        let (got, expired) = pool.checkout("k", now + POOL_IDLE);
+        let (got, expired) = pool.checkout("k", now + KEEP, KEEP);
         assert!(got.is_none());
         assert_eq!(expired.len(), 1);
         assert!(pool.is_empty());
@@ -220,7 +225,7 @@ mod tests {
         let mut pool = UpstreamPool::default();
         pool.checkin("k".into(), sock(1), now);
         pool.checkin("k".into(), sock(2), now + Duration::from_secs(3));
-        let gone = pool.expire(now + POOL_IDLE);
+        let gone = pool.expire(now + KEEP, KEEP);
         assert_eq!(gone.len(), 1);
         assert_eq!(pool.len(), 1);
     }

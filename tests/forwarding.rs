@@ -1284,6 +1284,29 @@ fn upstream_connection_is_reused_for_sequential_requests_on_one_client() {
 }
 
 #[test]
+fn idle_upstream_connections_are_kept_for_upstream_keep_alive_and_no_longer() {
+    for (keep, reused) in [(0.2, false), (30.0, true)] {
+        let up = echo_upstream("m");
+        let extra = json!({"workers": 1, "timeouts": {"upstreamKeepAlive": keep}});
+        let mg = Modelgate::start(&config_with(&[("m", &up.url())], extra));
+        let mut c = client(mg.addr());
+        post_on(&mut c);
+        std::thread::sleep(Duration::from_millis(600));
+        post_on(&mut c);
+        up.wait_requests(2, T);
+        let want = if reused { 1 } else { 2 };
+        assert_eq!(up.connections(), want, "upstreamKeepAlive {keep}");
+        if !reused {
+            // The sweep closes the idle one too, without a request asking for it.
+            assert!(
+                wait_until(T, || up.open_connections() == 0),
+                "the idle connection was closed after {keep} s"
+            );
+        }
+    }
+}
+
+#[test]
 fn upstream_connection_is_reused_across_client_connections() {
     // Each client asks for `Connection: close` and waits for modelgate to close, so the
     // exchange is finished before the client goes away.

@@ -72,7 +72,7 @@ fn every_top_level_key_is_read() {
         "maxConcurrentRequests": 7,
         "maxBufferBytes": 1048576,
         "maxConnections": 100,
-        "timeouts": {"header": 1, "connect": 2, "firstByte": 3, "idle": 4, "keepAlive": 5, "shutdown": 6},
+        "timeouts": {"header": 1, "connect": 2, "firstByte": 3, "idle": 4, "keepAlive": 5, "upstreamKeepAlive": 7, "shutdown": 6},
         "accessLog": false,
         "workers": 3,
         "watchConfig": true,
@@ -96,6 +96,7 @@ fn every_top_level_key_is_read() {
             first_byte: Some(s(3)),
             idle: s(4),
             keep_alive: s(5),
+            upstream_keep_alive: s(7),
             shutdown: s(6),
         }
     );

@@ -72,7 +72,11 @@ impl Worker {
             .get(attempt)
             .copied();
         if !fresh_only {
-            let (sock, expired) = self.upstreams.checkout(&backend.pool_key, now);
+            let (sock, expired) = self.upstreams.checkout(
+                &backend.pool_key,
+                now,
+                self.env.routes.timeouts.upstream_keep_alive,
+            );
             for old in expired {
                 self.close_sock(old);
             }

@@ -251,7 +251,8 @@ impl Worker {
             self.dispatch_waiters(now);
             if now >= next_sweep {
                 next_sweep = now + SWEEP;
-                for sock in self.upstreams.expire(now) {
+                let keep = self.env.routes.timeouts.upstream_keep_alive;
+                for sock in self.upstreams.expire(now, keep) {
                     self.close_sock(sock);
                 }
                 if self.env.pool.trim(now) {
