@@ -462,8 +462,9 @@ if has sse; then
     for SSE_N in ${SSE_STREAMS//,/ }; do
     SSE_TSV="$OUT/sse-$SSE_N.tsv"
     printf 'repeat\ttarget\tcpu_ms\t' >"$SSE_TSV"
-    "$EX/sse_bench" --addr "${URL[direct]#http://}" --streams 1 --events 2 --interval-ms 1 --header \
-        | head -1 >>"$SSE_TSV"
+    # The whole output first: `| head -1` could close the pipe while sse_bench still writes.
+    header=$("$EX/sse_bench" --addr "${URL[direct]#http://}" --streams 1 --events 2 --interval-ms 1 --header)
+    head -1 <<<"$header" >>"$SSE_TSV"
     say "scenario sse: $SSE_N streams x $SSE_EVENTS events @ ${SSE_INTERVAL_MS} ms, $REPEATS rounds"
     for t in direct nginx modelgate; do # warm-up (and a check that each target streams)
         "$EX/sse_bench" --addr "${URL[$t]#http://}" --streams 8 --events 4 --interval-ms 1 >"$RAW/warmup.txt" \

@@ -16,7 +16,9 @@
 //! fast upstream, one client after another) spins; sparse traffic and answers that take
 //! milliseconds, as a model's generation does, stop it after a few misses, so an idle or
 //! lightly loaded router costs what it did. An idle worker (no socket event in its last turn)
-//! never spins.
+//! never spins. Each round of the spin yields the CPU: with 512 SSE streams on 2 vCPUs, a
+//! bare spin took the CPU the upstream and the clients needed, and the streams' first events
+//! came later than without it (BENCHMARKS.md, issue 19).
 
 use mio::{Events, Poll};
 use std::io;
@@ -94,7 +96,9 @@ impl Spin {
                     left = timeout.saturating_sub(at - now);
                     break;
                 }
-                std::hint::spin_loop();
+                // Not a bare spin: a thread that needs this CPU (an upstream, a client on
+                // the same machine) runs first.
+                std::thread::yield_now();
             }
         }
         poll_once(poll, events, left)?;
