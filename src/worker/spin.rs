@@ -1,9 +1,9 @@
 //! Busy polling: a worker that just moved bytes may poll without sleeping for a short
 //! window before it blocks (`busyPoll`, microseconds; 0 turns it off).
 //!
-//! Why (issue 19, measured with `perf sched` on the 2-vCPU VM): a worker that blocks in
+//! Why (issue 19; BENCHMARKS.md has the measurements): a worker that blocks in
 //! `epoll_wait` lets its vCPU halt, and the next event then costs a halted-vCPU wakeup
-//! (20–40 µs before the thread runs, and it runs on cold caches). At one connection a
+//! (the host must run the vCPU again, and the thread runs on cold caches). At one connection a
 //! proxied request waits twice (for the upstream's answer, for the client's next request);
 //! which of those waits cross vCPUs depends on where the scheduler put the client, the
 //! upstream and the worker at start, which is why the added latency of a proxy varied from
