@@ -198,14 +198,25 @@ fn usage_per_key_carries_names_and_never_the_secret() {
     assert_eq!(chat(a, "sk-scoped-SECRET", "chat").status, 403);
     assert_eq!(chat(a, "sk-wrong-SECRET", "chat").status, 401);
 
-    // Records are finished just after an answer's last byte went out: poll for the last one.
+    // A record is finished just after its answer's last byte went out, by whichever worker
+    // served it (a busy machine may preempt it right there): poll until all seven are in
+    // (the scrapes themselves count as unrouted 200s).
     let mut m = String::new();
-    assert!(wait_until(Duration::from_secs(5), || {
-        m = call(a, Some("sk-alice-SECRET"), "GET", "/metrics", "")
-            .text()
-            .to_string();
-        m.contains("modelgate_requests_total{model=\"\",code=\"401\"} 1")
-    }));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            m = call(a, Some("sk-alice-SECRET"), "GET", "/metrics", "")
+                .text()
+                .to_string();
+            let recorded: f64 = m
+                .lines()
+                .filter(|l| l.starts_with("modelgate_requests_total{"))
+                .filter(|l| !l.starts_with(r#"modelgate_requests_total{model="",code="200""#))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            recorded == 7.0
+        }),
+        "{m}"
+    );
     let req = |labels: &str| metric(&m, &format!("modelgate_requests_total{{{labels}}} "));
     let tok = |labels: &str| metric(&m, &format!("modelgate_tokens_total{{{labels}}} "));
     assert_eq!(
