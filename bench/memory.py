@@ -7,8 +7,8 @@
 burst: CLIENTS concurrent POSTs of MB MiB each ("model" last, so the whole body is read and
 scanned before routing). inflight: CLIENTS connections each send a small chat request to a
 model whose upstream answers slowly (the mock's --latency-ms 4000), so all are in flight at
-once. (10k in flight needs about 20k descriptors in modelgate, the mock and the client each:
-with a hard limit of 20,000 per process, this machine measures 4,000.)
+once. (10k in flight needs about 20k descriptors in modelgate, two per request: with a hard
+limit of 20,000 per process, this machine measures up to 9,000.)
 RSS (VmRSS of PID) is sampled every 50 ms during each round and for --after seconds after it;
 printed: idle before, peak during, and RSS 1, 2, 5, 10 and 15 s after the round ended.
 """
