@@ -210,10 +210,14 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self
-                .spin
-                .wait(&mut self.poll, &mut events, timeout, now, active)
-            {
+            let in_flight = self.env.in_flight.load(Ordering::Relaxed);
+            if let Err(e) = self.spin.wait(
+                &mut self.poll,
+                &mut events,
+                timeout,
+                now,
+                (active, in_flight),
+            ) {
                 eprintln!("modelgate: poll failed: {e}");
                 return;
             }
