@@ -34,15 +34,8 @@ for _ in $(seq 100); do grep -q 'listening on' "$OUT/ins-mock.log" && break; sle
 MOCK=$(grep -m1 'listening on' "$OUT/ins-mock.log" | sed 's/.*listening on //')
 LABEL=${LABEL:-$(basename "$BIN")}
 CONFIG="$OUT/ins-$LABEL.json"
-# Busy polling (issue 19) would add the spin's non-blocking epoll_waits to what is counted
-# here: it is turned off when the binary knows the key (builds before it do not).
-nospin() { # BIN -> '"busyPoll": 0,' or nothing
-    local probe
-    probe=$(mktemp)
-    printf '{"busyPoll": 0, "models": {"m": {"url": "http://127.0.0.1:9"}}}' >"$probe"
-    if "$1" --check --config "$probe" >/dev/null 2>&1; then echo '"busyPoll": 0,'; fi
-    rm -f "$probe"
-}
+# Busy polling stays off in what is counted here (bench/nospin.sh).
+source "$ROOT/bench/nospin.sh"
 NOSPIN=$(nospin "$BIN")
 cat >"$CONFIG" <<JSON
 { "listen": "127.0.0.1:0", "workers": 1, "accessLog": false, $NOSPIN ${EXTRA_CONFIG:+$EXTRA_CONFIG,}

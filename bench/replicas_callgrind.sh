@@ -85,15 +85,8 @@ for i in 1 2 3; do
 done
 urls=$(IFS=,; echo "${URLS[*]}")
 
-# Busy polling (issue 19) would add the spin's non-blocking epoll_waits to what is counted
-# here: it is turned off when the binary knows the key (builds before it do not).
-nospin() { # BIN -> '"busyPoll": 0,' or nothing
-    local probe
-    probe=$(mktemp)
-    printf '{"busyPoll": 0, "models": {"m": {"url": "http://127.0.0.1:9"}}}' >"$probe"
-    if "$1" --check --config "$probe" >/dev/null 2>&1; then echo '"busyPoll": 0,'; fi
-    rm -f "$probe"
-}
+# Busy polling stays off in what is counted here (bench/nospin.sh).
+source "$ROOT/bench/nospin.sh"
 
 # run LABEL BIN SCENARIO MODEL_JSON CONNECTIONS
 run() {

@@ -57,15 +57,8 @@ import json, sys
 n = int(sys.argv[1])
 print(json.dumps([{"token": f"sk-{i}", "name": f"k{i}", "requestsPerMinute": 600, "tokensPerMinute": 100000} for i in range(n)]))' "$1"
 }
-# Busy polling (issue 19) would add the spin's non-blocking epoll_waits to what is counted
-# here: it is turned off when the binary knows the key (builds before it do not).
-nospin() { # BIN -> '"busyPoll": 0,' or nothing
-    local probe
-    probe=$(mktemp)
-    printf '{"busyPoll": 0, "models": {"m": {"url": "http://127.0.0.1:9"}}}' >"$probe"
-    if "$1" --check --config "$probe" >/dev/null 2>&1; then echo '"busyPoll": 0,'; fi
-    rm -f "$probe"
-}
+# Busy polling stays off in what is counted here (bench/nospin.sh).
+source "$ROOT/bench/nospin.sh"
 idle() { # label extra -> "instructions syncs"
     local label=$1 extra=$2 log="$OUT/sl-idle-$1.log"
     cat >"$OUT/sl-idle-$label.json" <<JSON

@@ -62,15 +62,8 @@ wait_line() { # file regex pid
 PIDS+=($!)
 MOCK_ADDR=$(wait_line "$OUT/sys-mock.log" 'listening on' "${PIDS[0]}" | sed 's/.*listening on //')
 
-# Busy polling (issue 19) would add the spin's non-blocking epoll_waits to what is counted
-# here: it is turned off when the binary knows the key (builds before it do not).
-nospin() { # BIN -> '"busyPoll": 0,' or nothing
-    local probe
-    probe=$(mktemp)
-    printf '{"busyPoll": 0, "models": {"m": {"url": "http://127.0.0.1:9"}}}' >"$probe"
-    if "$1" --check --config "$probe" >/dev/null 2>&1; then echo '"busyPoll": 0,'; fi
-    rm -f "$probe"
-}
+# Busy polling stays off in what is counted here (bench/nospin.sh).
+source "$ROOT/bench/nospin.sh"
 if [ "$TARGET" = modelgate ]; then
     cat >"$OUT/sys-modelgate.json" <<JSON
 { "listen": "127.0.0.1:0", "workers": 1, "accessLog": false, $(nospin "$MG_BIN")
