@@ -1283,6 +1283,40 @@ fn upstream_connection_is_reused_for_sequential_requests_on_one_client() {
     assert!(!c.is_closed());
 }
 
+/// utime + stime of process `pid`, in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The command name may hold spaces; the fields after its closing paren do not.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn a_busy_polling_worker_stops_spinning_when_traffic_stops() {
+    // Ping-pong on one connection is what makes a worker spin (busyPoll, worker/spin.rs);
+    // once the client goes quiet the worker must sleep, whatever the window.
+    for window in [json!(null), json!(10_000), json!(0)] {
+        let up = echo_upstream("m");
+        let extra = json!({"workers": 1, "busyPoll": window});
+        let mg = Modelgate::start(&config_with(&[("m", &up.url())], extra));
+        let mut c = client(mg.addr());
+        for _ in 0..200 {
+            post_on(&mut c);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let before = cpu_ticks(mg.pid());
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu_ticks(mg.pid()) - before;
+        // A worker still spinning would use most of that second (~100 ticks at 100 Hz).
+        assert!(
+            used < 15,
+            "busyPoll {window}: {used} ticks of CPU in an idle second"
+        );
+        assert!(!c.is_closed());
+    }
+}
+
 #[test]
 fn idle_upstream_connections_are_kept_for_upstream_keep_alive_and_no_longer() {
     for (keep, reused) in [(0.2, false), (30.0, true)] {
